@@ -1,0 +1,124 @@
+// Package backend defines the narrow interface between package shm and the
+// mechanisms that provide named shared memory (POSIX shm_open, SysV shmget,
+// mapped files, memfd).
+//
+// Users of shm never need this package except to pass a backend to
+// shm.WithBackend. It exists for backend implementers, in the way
+// database/sql/driver exists for database drivers: package shm owns the
+// region header, the ready handshake and the lock; a backend only creates,
+// opens, maps and removes raw objects.
+//
+// A backend reports failures with errors that match fs.ErrExist,
+// fs.ErrNotExist and fs.ErrPermission where they mean the same (a
+// syscall.Errno such as EEXIST does). Package shm adds the key and the
+// operation.
+//
+// Capabilities that not every backend has are optional interfaces, which
+// package shm detects with a type assertion: a Segment may implement
+// Chowner, Fder or Sealed; a Backend may implement Lister.
+package backend
+
+import (
+	"io/fs"
+)
+
+// Backend creates, opens and removes named shared-memory objects.
+//
+// Names passed to a Backend are already validated by package shm: 1 to 200
+// bytes, no '/' and no NUL, not "." or "..". Sizes are the whole object
+// (package shm's header plus the user's data), at least 1 byte.
+type Backend interface {
+	// Name is a short lower-case name such as "posix"; it is also the
+	// prefix a key may carry ("posix:/name").
+	Name() string
+
+	// Create makes a new object of exactly size bytes, with permission
+	// bits perm applied exactly (whatever the umask), its pages reserved so
+	// that touching them never raises SIGBUS for want of space, and maps
+	// it read-write and shared. Where the backend can, the object is not
+	// yet visible under name: Publish makes it so.
+	//
+	// Create fails with an error matching fs.ErrExist when name is
+	// already taken (it may also find out only at Publish).
+	Create(name string, size int64, perm fs.FileMode) (Pending, error)
+
+	// Open maps an existing, published object read-write and shared. It
+	// fails with an error matching fs.ErrNotExist when there is none.
+	Open(name string) (Segment, error)
+
+	// Unlink removes name. Mappings keep working; new Opens fail with
+	// fs.ErrNotExist. It fails with an error matching fs.ErrNotExist when
+	// there is no such name.
+	Unlink(name string) error
+}
+
+// Segment is one mapping of an object.
+type Segment interface {
+	// Bytes is the whole mapping: len(Bytes()) is the object's size when
+	// it was mapped. It stays valid until Close.
+	Bytes() []byte
+
+	// Close unmaps the segment and releases what the mapping held (the
+	// descriptor, a socket, a lock). It does not remove the name.
+	Close() error
+}
+
+// Pending is a created object that is mapped but possibly not yet visible
+// under its name.
+type Pending interface {
+	Segment
+
+	// Publish makes the object visible under its name, exclusively: it
+	// fails with an error matching fs.ErrExist when the name was taken in
+	// the meantime, in which case the object is discarded (the mapping
+	// stays valid until Close). After Publish, the Pending is a Segment
+	// like any other.
+	Publish() error
+
+	// Discard removes an object that was not published (or whose Publish
+	// failed) and closes the mapping.
+	Discard() error
+}
+
+// Chowner is implemented by segments whose object can change owner.
+type Chowner interface {
+	Chown(uid, gid int) error
+}
+
+// Fder is implemented by segments backed by a file descriptor. The
+// descriptor belongs to the segment and is valid until Close.
+type Fder interface {
+	Fd() uintptr
+}
+
+// Sealed is implemented by segments whose object cannot shrink while mapped
+// (memfd seals, SysV segments), so that touching any byte of Bytes never
+// faults. Package shm may skip fault protection for them.
+type Sealed interface {
+	Sealed() bool
+}
+
+// VisibleBeforePublish is implemented by backends whose objects are visible
+// under their name from Create on (SysV), so that an opener can meet an
+// object whose header is still being written.
+type VisibleBeforePublish interface {
+	VisibleBeforePublish() bool
+}
+
+// Info describes a named object as a Lister sees it, before package shm
+// reads its header.
+type Info struct {
+	Name string      // the name, without a leading '/'
+	Size int64       // the object's size in bytes
+	Mode fs.FileMode // permission bits
+	UID  int         // owner
+	GID  int
+	// Attached is the number of processes that map the object, or -1 when
+	// the backend cannot tell.
+	Attached int
+}
+
+// Lister is implemented by backends that can enumerate their objects.
+type Lister interface {
+	List() ([]Info, error)
+}

@@ -1,0 +1,289 @@
+package shm
+
+import (
+	"context"
+	"errors"
+	"sync/atomic"
+	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/shmgo/shm/internal/sys"
+)
+
+// The lock word, in the header's lock line: the holder's PID, or 0 when
+// free, with two flags. The layout follows the kernel's robust futexes.
+const (
+	lockWaiters = 1 << 31 // someone may sleep in FUTEX_WAIT: Unlock must wake
+	lockDied    = 1 << 30 // a holder died; cleared by MarkConsistent
+	lockPIDMask = lockDied - 1
+)
+
+// How long a waiter sleeps before it looks at the holder again: it starts
+// short so that a dead holder is noticed fast, and backs off to a cap so that
+// a long critical section costs its waiters little.
+const (
+	probeMin = time.Millisecond
+	probeMax = 10 * time.Millisecond
+)
+
+// lockState is this process's side of the lock of one Region.
+type lockState struct {
+	// room is the waiting room: the goroutines of this process that find
+	// the lock taken queue here, so that at most one OS thread per Region
+	// sleeps in the kernel. Only the slow path touches it.
+	room chan struct{}
+
+	me     uint32 // our PID, as stored in the word
+	record uint64 // our holder record
+	ns     uint64
+
+	// Written only by the goroutine holding the lock.
+	held bool
+	died bool   // acquired with ErrOwnerDead and not yet marked consistent
+	gen  uint64 // counts acquisitions, so that a stale Lock cannot unlock
+}
+
+func (s *lockState) init() {
+	id := sys.Self()
+	s.room = make(chan struct{}, 1)
+	s.me = uint32(id.PID)
+	s.record = holderRecord(id)
+	s.ns = id.NS
+}
+
+// Lock is a held region lock, returned by Region.Lock, LockContext and
+// TryLock. Release it with Unlock, typically with defer. It is a small value:
+// taking the lock allocates nothing.
+type Lock struct {
+	r   *Region
+	gen uint64
+}
+
+// Lock takes the region's lock, waiting as long as another process or
+// goroutine holds it. The lock excludes every process that maps the region
+// and every goroutine in this one; it is not reentrant: locking twice from
+// one goroutine deadlocks, as with sync.Mutex.
+//
+// When the previous holder died holding the lock, Lock returns the held lock
+// together with an error matching ErrOwnerDead. The data the lock guards may
+// then be half updated: repair it and call MarkConsistent before Unlock, or
+// the next Lock reports ErrOwnerDead again.
+func (r *Region) Lock() (Lock, error) {
+	return r.LockContext(context.Background())
+}
+
+// LockContext is Lock that gives up when ctx is done, returning an error
+// that wraps ctx.Err() (and matches ErrTimeout when its deadline passed).
+func (r *Region) LockContext(ctx context.Context) (Lock, error) {
+	if r.closed.Load() {
+		return Lock{}, r.err("lock", ErrClosed)
+	}
+	if atomic.CompareAndSwapUint32(&r.hdr.Lock.Word, 0, r.lk.me) {
+		return r.acquired(false), nil
+	}
+	return r.lockSlow(ctx, false)
+}
+
+// TryLock takes the lock if it is free and returns ErrLocked otherwise. Like
+// Lock, it may return the held lock with ErrOwnerDead.
+func (r *Region) TryLock() (Lock, error) {
+	if r.closed.Load() {
+		return Lock{}, r.err("lock", ErrClosed)
+	}
+	if atomic.CompareAndSwapUint32(&r.hdr.Lock.Word, 0, r.lk.me) {
+		return r.acquired(false), nil
+	}
+	return r.lockSlow(context.Background(), true)
+}
+
+// acquired records this process as the holder; the caller holds the word.
+func (r *Region) acquired(died bool) Lock {
+	// Plain stores: only waiters in other processes read the record (a
+	// waiter never judges its own process), after the word says who holds.
+	ll := &r.hdr.Lock
+	*(*uint64)(unsafe.Pointer(&ll.HolderNS)) = r.lk.ns
+	*(*uint64)(unsafe.Pointer(&ll.Holder)) = r.lk.record
+	raceAcquire(unsafe.Pointer(&r.lk))
+	r.lk.held = true
+	r.lk.died = died
+	r.lk.gen++
+	return Lock{r: r, gen: r.lk.gen}
+}
+
+func (r *Region) lockSlow(ctx context.Context, try bool) (Lock, error) {
+	w := &r.hdr.Lock.Word
+	if try {
+		for {
+			v := atomic.LoadUint32(w)
+			if v&lockPIDMask != 0 {
+				return Lock{}, r.err("lock", ErrLocked)
+			}
+			if atomic.CompareAndSwapUint32(w, v, v|r.lk.me) {
+				return r.afterSlow(v&lockDied != 0)
+			}
+		}
+	}
+
+	// Enter the waiting room (the uncontended path never does).
+	select {
+	case r.lk.room <- struct{}{}:
+	case <-ctx.Done():
+		return Lock{}, r.lockCtxErr(ctx)
+	}
+	defer func() { <-r.lk.room }()
+
+	var suspect [3]uint64 // the state last judged dead, confirmed on the next probe
+	probe := probeMin
+	for {
+		if r.closed.Load() {
+			return Lock{}, r.err("lock", ErrClosed)
+		}
+		v := atomic.LoadUint32(w)
+		if v&lockPIDMask == 0 {
+			// Free. Take it with the waiters flag set: another process
+			// may have slept on it while we did.
+			if atomic.CompareAndSwapUint32(w, v, v|r.lk.me|lockWaiters) {
+				return r.afterSlow(v&lockDied != 0)
+			}
+			continue
+		}
+		if v&lockWaiters == 0 {
+			if !atomic.CompareAndSwapUint32(w, v, v|lockWaiters) {
+				continue
+			}
+			v |= lockWaiters
+		}
+		wait := probe
+		if dl, ok := ctx.Deadline(); ok {
+			left := time.Until(dl)
+			if left <= 0 {
+				return Lock{}, r.lockCtxErr(ctx)
+			}
+			wait = min(wait, left)
+		}
+		err := sys.FutexWait(w, v, wait)
+		if err == unix.EFAULT {
+			return Lock{}, r.err("lock", because("lock word is no longer mapped (region truncated?)", err, ErrCorrupt))
+		}
+		if ctx.Err() != nil {
+			return Lock{}, r.lockCtxErr(ctx)
+		}
+		if err != unix.ETIMEDOUT {
+			continue
+		}
+		probe = min(probe*2, probeMax)
+
+		// The holder has had the lock for a while: is it alive?
+		pid := v & lockPIDMask
+		if pid == r.lk.me {
+			continue // a goroutine of ours, through another Region
+		}
+		ll := &r.hdr.Lock
+		rec := atomic.LoadUint64(&ll.Holder)
+		ns := atomic.LoadUint64(&ll.HolderNS)
+		if uint32(rec>>40) != pid {
+			suspect = [3]uint64{}
+			continue // the holder has not written its record yet
+		}
+		id := sys.Identity{PID: int(pid), Start: rec & (1<<40 - 1), NS: ns}
+		if !deadHolder(id) {
+			suspect = [3]uint64{}
+			continue
+		}
+		state := [3]uint64{uint64(v), rec, ns}
+		if state != suspect {
+			suspect = state // judge twice, one probe apart, before taking over
+			probe = probeMin
+			continue
+		}
+		if atomic.CompareAndSwapUint32(w, v, r.lk.me|lockWaiters|lockDied) {
+			return r.afterSlow(true)
+		}
+		suspect = [3]uint64{}
+	}
+}
+
+// deadHolder tells whether the recorded holder is certainly dead. The start
+// time in the record holds only its low 40 bits.
+func deadHolder(id sys.Identity) bool {
+	switch sys.Check(sys.Identity{PID: id.PID, NS: id.NS}) {
+	case sys.Dead:
+		return true
+	case sys.Unknown:
+		return false
+	}
+	now := sys.StartTime(id.PID)
+	return now != 0 && now&(1<<40-1) != id.Start
+}
+
+func (r *Region) afterSlow(died bool) (Lock, error) {
+	l := r.acquired(died)
+	if died {
+		return l, r.err("lock", because("previous holder died holding the lock; repair the data, then MarkConsistent", nil, ErrOwnerDead))
+	}
+	return l, nil
+}
+
+func (r *Region) lockCtxErr(ctx context.Context) error {
+	err := ctx.Err()
+	if errors.Is(err, context.DeadlineExceeded) {
+		return r.err("lock", because("", err, ErrTimeout))
+	}
+	return r.err("lock", err)
+}
+
+// Unlock releases the lock. It returns ErrNotLocked when l is no longer held
+// (a second Unlock) and ErrClosed when the region was closed.
+func (l Lock) Unlock() error {
+	r := l.r
+	if r == nil {
+		return &Error{Op: "unlock", Err: ErrNotLocked}
+	}
+	if r.closed.Load() {
+		return r.err("unlock", ErrClosed)
+	}
+	if !r.lk.held || r.lk.gen != l.gen {
+		return r.err("unlock", ErrNotLocked)
+	}
+	r.lk.held = false
+	raceRelease(unsafe.Pointer(&r.lk))
+	r.unlockWord(r.lk.died)
+	return nil
+}
+
+// unlockWord frees the word, keeping the died flag when the data was not
+// marked consistent, and wakes one waiter if any may sleep.
+func (r *Region) unlockWord(died bool) {
+	w := &r.hdr.Lock.Word
+	var v uint32
+	if died {
+		v = atomic.SwapUint32(w, lockDied)
+	} else {
+		v = atomic.SwapUint32(w, 0)
+	}
+	if v&lockWaiters != 0 {
+		sys.FutexWake(w, 1)
+	}
+}
+
+// MarkConsistent records that the data guarded by the lock was repaired
+// after ErrOwnerDead, so that later Locks succeed without it.
+func (l Lock) MarkConsistent() error {
+	r := l.r
+	if r == nil {
+		return &Error{Op: "markconsistent", Err: ErrNotLocked}
+	}
+	if r.closed.Load() {
+		return r.err("markconsistent", ErrClosed)
+	}
+	if !r.lk.held || r.lk.gen != l.gen {
+		return r.err("markconsistent", ErrNotLocked)
+	}
+	if r.lk.died {
+		atomic.AndUint32(&r.hdr.Lock.Word, ^uint32(lockDied))
+		r.lk.died = false
+	}
+	return nil
+}

@@ -1,0 +1,453 @@
+// Package shm shares memory between processes on Linux, in pure Go.
+//
+// An owner creates a region from a key and a size; users attach to it by
+// key, waiting up to a timeout for the owner; all of them see the same
+// bytes. A lock inside the region excludes other processes and other
+// goroutines, and survives the death of its holder: the next locker gets
+// the lock with ErrOwnerDead and can repair the data it guards.
+//
+//	r, err := shm.Create("/app-status", 4096)          // the owner
+//	u, err := shm.Open("/app-status", 2*time.Second)   // a user, elsewhere
+//	l, err := u.Lock()
+//	copy(u.Bytes(), "hello")
+//	l.Unlock()
+//
+// It re-implements geopm::SharedMemory from the GEOPM HPC runtime and fixes
+// what that class lacks:
+//
+//   - A user never sees a half-made region: every region starts with a
+//     header (magic, layout version, sizes, key, creator identity and a
+//     ready state) that the owner writes before the region becomes visible
+//     or ready. Open checks it and reports anything foreign as ErrCorrupt.
+//   - The lock is a futex holding the holder's PID. A waiter notices a dead
+//     holder (exited, a zombie, or its PID reused) within milliseconds and
+//     takes the lock over with ErrOwnerDead.
+//   - Pages are reserved at Create (fallocate), so a full /dev/shm is an
+//     ENOSPC error from Create, never a SIGBUS later.
+//   - Blocking calls take a timeout or a context.Context.
+//
+// Backends live in their own packages under backend/ and are chosen with
+// WithBackend; the default is POSIX shared memory in /dev/shm
+// (backend/posix). Package conformance checks any backend against the
+// behaviour documented here.
+//
+// Errors are *Error values wrapping the sentinel errors of this package;
+// test them with errors.Is. ErrExist, ErrNotExist, ErrTimeout and ErrClosed
+// also match fs.ErrExist, fs.ErrNotExist, os.ErrDeadlineExceeded and
+// fs.ErrClosed, and permission failures match fs.ErrPermission.
+package shm
+
+import (
+	"context"
+	"errors"
+	"io/fs"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/shmgo/shm/backend"
+	"github.com/shmgo/shm/backend/posix"
+	"github.com/shmgo/shm/internal/sys"
+)
+
+// MaxSize is the largest data size a region may have: 1 TiB.
+const MaxSize = 1 << 40
+
+// DefaultMode is the permission of a new region: read and write for its
+// owner only (GEOPM's "secure" owner).
+const DefaultMode fs.FileMode = 0o600
+
+// Option configures Create, Open and OpenContext.
+type Option func(*options) error
+
+type options struct {
+	backend backend.Backend
+	mode    fs.FileMode
+	init    func([]byte) error
+}
+
+// WithBackend chooses the backend that holds the region (default: POSIX,
+// posix.New()).
+func WithBackend(b backend.Backend) Option {
+	return func(o *options) error {
+		if b == nil {
+			return because("nil backend", nil, ErrInvalidOption)
+		}
+		o.backend = b
+		return nil
+	}
+}
+
+// WithMode sets the permission bits of a new region (default 0600). They are
+// applied exactly, whatever the process umask, and the umask is not touched.
+// Open ignores it.
+func WithMode(perm fs.FileMode) Option {
+	return func(o *options) error {
+		if perm&^fs.ModePerm != 0 {
+			return because("mode "+perm.String()+" has bits beyond 0777", nil, ErrInvalidOption)
+		}
+		o.mode = perm
+		return nil
+	}
+}
+
+// WithInit runs init on the new region's data before any user can attach:
+// Open waits until it has returned. When it returns an error, Create
+// removes the region and returns that error. Open ignores it.
+func WithInit(init func(data []byte) error) Option {
+	return func(o *options) error {
+		o.init = init
+		return nil
+	}
+}
+
+func buildOptions(opts []Option) (options, error) {
+	o := options{mode: DefaultMode}
+	for _, opt := range opts {
+		if opt == nil {
+			continue
+		}
+		if err := opt(&o); err != nil {
+			return o, err
+		}
+	}
+	if o.backend == nil {
+		o.backend = posix.New()
+	}
+	return o, nil
+}
+
+// Region is one process's mapping of a shared-memory region. Its methods
+// may be called from several goroutines, but Close must not run while
+// another method is in flight.
+type Region struct {
+	key  string // as given
+	name string // without the leading '/'
+	size int
+
+	be   backend.Backend
+	seg  backend.Segment
+	hdr  *header
+	data []byte
+
+	closed   atomic.Bool
+	mu       sync.Mutex // Unlink, Chown, Close
+	unlinked bool
+	created  int64 // header's creation stamp, to recognise our object
+
+	lk lockState
+}
+
+// parseKey validates key and returns its name (without the leading '/').
+func parseKey(key string) (string, error) {
+	name := strings.TrimPrefix(key, "/")
+	switch {
+	case len(name) == 0:
+		return "", because("empty key", nil, ErrInvalidKey)
+	case len(name) > maxKeyLen:
+		return "", because("key longer than 200 bytes", nil, ErrInvalidKey)
+	case name == "." || name == "..":
+		return "", because("key may not be . or ..", nil, ErrInvalidKey)
+	case strings.ContainsAny(name, "/\x00"):
+		return "", because("key may not contain '/' or NUL after its first byte", nil, ErrInvalidKey)
+	}
+	return name, nil
+}
+
+// Create makes a new region of size bytes under key and returns the
+// owner's mapping of it, zero-filled, ready for users to attach.
+//
+// The key is an optional '/' then 1 to 200 bytes without '/' or NUL, and not
+// "." or "..". Create fails with ErrExist when the key is taken, and with an
+// error matching syscall.ENOSPC when there is no room for the region.
+func Create(key string, size int, opts ...Option) (*Region, error) {
+	name, err := parseKey(key)
+	if err != nil {
+		return nil, &Error{Op: "create", Key: key, Err: err}
+	}
+	o, err := buildOptions(opts)
+	if err != nil {
+		return nil, &Error{Op: "create", Key: key, Err: err}
+	}
+	bname := o.backend.Name()
+	fail := func(err error) (*Region, error) {
+		return nil, &Error{Op: "create", Key: key, Backend: bname, Err: err}
+	}
+	if size < 1 || size > MaxSize {
+		return fail(because("size must be 1 byte to 1 TiB", nil, ErrInvalidSize))
+	}
+	p, err := o.backend.Create(name, headerSize+int64(size), o.mode)
+	if err != nil {
+		return fail(classify(err))
+	}
+	mem := p.Bytes()
+	if len(mem) < headerSize+size {
+		p.Discard()
+		return fail(because("backend mapped fewer bytes than asked", nil, ErrCorrupt))
+	}
+	h := headerOf(mem)
+	writeHeader(h, name, int64(size), time.Now())
+	r := newRegion(key, name, o.backend, p, mem)
+	if o.init != nil {
+		if err := o.init(r.data); err != nil {
+			p.Discard()
+			return fail(err)
+		}
+	}
+	atomic.StoreUint32(&h.State, stateReady)
+	sys.FutexWake(&h.State, 1<<30)
+	if err := p.Publish(); err != nil {
+		p.Discard()
+		return fail(classify(err))
+	}
+	return r, nil
+}
+
+func newRegion(key, name string, be backend.Backend, seg backend.Segment, mem []byte) *Region {
+	h := headerOf(mem)
+	r := &Region{
+		key: key, name: name, size: int(h.DataSize),
+		be: be, seg: seg, hdr: h,
+		data:    mem[headerSize : headerSize+int(h.DataSize) : headerSize+int(h.DataSize)],
+		created: h.Created,
+	}
+	r.lk.init()
+	return r
+}
+
+// Open attaches to the region under key, waiting up to timeout for its
+// owner to create it and make it ready. A timeout of 0 means one try.
+//
+// When the key never appears, the error matches both ErrTimeout and
+// ErrNotExist. An object under the key that is not a valid region gives
+// ErrCorrupt; a region whose creator died before it was ready gives
+// ErrOwnerDead.
+func Open(key string, timeout time.Duration, opts ...Option) (*Region, error) {
+	if timeout <= 0 {
+		return open(context.Background(), key, time.Time{}, true, opts)
+	}
+	return open(context.Background(), key, time.Now().Add(timeout), false, opts)
+}
+
+// OpenContext is Open that waits until ctx is done. When ctx ends before
+// the region is there, the error wraps ctx.Err() and matches ErrNotExist
+// (and ErrTimeout when the deadline passed).
+func OpenContext(ctx context.Context, key string, opts ...Option) (*Region, error) {
+	return open(ctx, key, time.Time{}, false, opts)
+}
+
+const (
+	minBackoff = 200 * time.Microsecond
+	maxBackoff = 50 * time.Millisecond
+)
+
+func open(ctx context.Context, key string, deadline time.Time, once bool, opts []Option) (*Region, error) {
+	name, err := parseKey(key)
+	if err != nil {
+		return nil, &Error{Op: "open", Key: key, Err: err}
+	}
+	o, err := buildOptions(opts)
+	if err != nil {
+		return nil, &Error{Op: "open", Key: key, Err: err}
+	}
+	bname := o.backend.Name()
+	fail := func(err error) (*Region, error) {
+		return nil, &Error{Op: "open", Key: key, Backend: bname, Err: err}
+	}
+	visibleEarly := false
+	if v, ok := o.backend.(backend.VisibleBeforePublish); ok {
+		visibleEarly = v.VisibleBeforePublish()
+	}
+	var timer *time.Timer
+	backoff := minBackoff
+	var last error // why the last try did not succeed
+	for {
+		seg, err := o.backend.Open(name)
+		if err == nil {
+			mem := seg.Bytes()
+			st, why := checkHeader(mem, name)
+			switch {
+			case st == headerOK:
+				return newRegion(key, name, o.backend, seg, mem), nil
+			case st == headerBad, st == headerBlank && !visibleEarly:
+				seg.Close()
+				return fail(because(why.Error(), nil, ErrCorrupt))
+			case st == headerNotReady:
+				if sys.Check(headerOf(mem).creator()) == sys.Dead {
+					seg.Close()
+					return fail(because("creator died before the region was ready", nil, ErrOwnerDead))
+				}
+			}
+			seg.Close()
+			last = because(why.Error(), nil, ErrCorrupt)
+		} else if errors.Is(err, fs.ErrNotExist) {
+			last = nil
+		} else {
+			return fail(classify(err))
+		}
+
+		// Wait before the next try.
+		wait := backoff
+		backoff = min(backoff*2, maxBackoff)
+		if once {
+			return fail(notThere(last, nil, true))
+		}
+		if !deadline.IsZero() {
+			left := time.Until(deadline)
+			if left <= 0 {
+				return fail(notThere(last, nil, true))
+			}
+			wait = min(wait, left)
+		}
+		if timer == nil {
+			timer = time.NewTimer(wait)
+			defer timer.Stop()
+		} else {
+			timer.Reset(wait)
+		}
+		select {
+		case <-ctx.Done():
+			return fail(notThere(last, ctx.Err(), errors.Is(ctx.Err(), context.DeadlineExceeded)))
+		case <-timer.C:
+		}
+	}
+}
+
+// notThere is the error of an Open that gave up: the key never appeared
+// (ErrNotExist), or an object stayed invalid (last).
+func notThere(last, ctxErr error, timedOut bool) error {
+	var errs []error
+	if timedOut {
+		errs = append(errs, ErrTimeout)
+	}
+	if last != nil {
+		return because("gave up waiting for a valid region", last, errs...)
+	}
+	errs = append(errs, ErrNotExist)
+	if ctxErr != nil {
+		return because("no such region", ctxErr, errs...)
+	}
+	return because("no such region", nil, errs...)
+}
+
+// Bytes returns the region's data: Size() bytes, 64-byte aligned, shared
+// with every process that maps the region. It returns nil after Close.
+func (r *Region) Bytes() []byte {
+	if r.closed.Load() {
+		return nil
+	}
+	return r.data
+}
+
+// Pointer returns the address of the first data byte (&Bytes()[0]), or nil
+// after Close.
+func (r *Region) Pointer() unsafe.Pointer {
+	if r.closed.Load() {
+		return nil
+	}
+	return unsafe.Pointer(&r.data[0])
+}
+
+// Key returns the key as given to Create or Open.
+func (r *Region) Key() string { return r.key }
+
+// Size returns the size of the data in bytes, as given to Create.
+func (r *Region) Size() int { return r.size }
+
+// Backend returns the name of the backend that holds the region.
+func (r *Region) Backend() string { return r.be.Name() }
+
+func (r *Region) err(op string, err error) error {
+	return &Error{Op: op, Key: r.key, Backend: r.be.Name(), Err: err}
+}
+
+// Unlink removes the region's key: new Opens fail with ErrNotExist, while
+// every process that has it mapped keeps working. A second Unlink of the
+// same Region does nothing. If the key no longer names this region (someone
+// else removed it, or made a new region under it), Unlink leaves it alone
+// and returns ErrNotExist.
+func (r *Region) Unlink() error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.closed.Load() {
+		return r.err("unlink", ErrClosed)
+	}
+	if r.unlinked {
+		return nil
+	}
+	if !r.stillNamed() {
+		r.unlinked = true
+		return r.err("unlink", because("key names another region now", nil, ErrNotExist))
+	}
+	if err := r.be.Unlink(r.name); err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			r.unlinked = true
+		}
+		return r.err("unlink", classify(err))
+	}
+	r.unlinked = true
+	return nil
+}
+
+// stillNamed tells whether the key still names this region.
+func (r *Region) stillNamed() bool {
+	seg, err := r.be.Open(r.name)
+	if err != nil {
+		return !errors.Is(err, fs.ErrNotExist) // let Unlink report other errors
+	}
+	defer seg.Close()
+	mem := seg.Bytes()
+	if len(mem) < headerSize {
+		return false
+	}
+	h := headerOf(mem)
+	return h.Magic == magic && h.Created == r.created && h.creator() == r.hdr.creator()
+}
+
+// Chown changes the owner and group of the region's object, as GEOPM's
+// chown. It fails after Unlink, and with ErrInvalidOption on backends that
+// cannot change owners.
+func (r *Region) Chown(uid, gid int) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.closed.Load() {
+		return r.err("chown", ErrClosed)
+	}
+	if r.unlinked {
+		return r.err("chown", because("cannot chown a region that has been unlinked", nil, ErrNotExist))
+	}
+	c, ok := r.seg.(backend.Chowner)
+	if !ok {
+		return r.err("chown", because("backend cannot change owners", nil, ErrInvalidOption))
+	}
+	if err := c.Chown(uid, gid); err != nil {
+		return r.err("chown", classify(err))
+	}
+	return nil
+}
+
+// Close unmaps the region in this process; it does not unlink it. If this
+// Region holds the lock, Close releases it. Afterwards every method returns
+// ErrClosed (Bytes and Pointer return nil), a second Close too.
+func (r *Region) Close() error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.closed.Load() {
+		return r.err("close", ErrClosed)
+	}
+	if r.lk.held {
+		r.unlockWord(r.lk.died)
+		r.lk.held = false
+	}
+	r.closed.Store(true)
+	if err := r.seg.Close(); err != nil {
+		return r.err("close", err)
+	}
+	return nil
+}
+
+var _ = unix.EINTR
