@@ -116,9 +116,21 @@ type Info struct {
 	// Attached is the number of processes that map the object, or -1 when
 	// the backend cannot tell.
 	Attached int
+	// ID is a backend-specific handle for backends whose objects cannot be
+	// found by name alone (SysV: the shmid); see IDOpener. Empty otherwise.
+	ID string
 }
 
 // Lister is implemented by backends that can enumerate their objects.
+// Objects still being created are not listed. Name is empty when the
+// backend cannot know it without mapping the object (SysV); ID is then set.
 type Lister interface {
 	List() ([]Info, error)
+}
+
+// IDOpener is implemented by backends whose listed objects may lack a name
+// (SysV): it maps, or removes, an object by the ID a Lister gave.
+type IDOpener interface {
+	OpenID(id string) (Segment, error)
+	UnlinkID(id string) error
 }
