@@ -28,6 +28,11 @@ const (
 	probeMax = 10 * time.Millisecond
 )
 
+// raceLock stands for every region lock in the race detector, which does not
+// see the atomics on the shared lock word: two Regions of one process may map
+// the same object, so one address serves them all.
+var raceLock byte
+
 // lockState is this process's side of the lock of one Region.
 type lockState struct {
 	// room is the waiting room: the goroutines of this process that find
@@ -105,7 +110,7 @@ func (r *Region) acquired(died bool) Lock {
 	ll := &r.hdr.Lock
 	*(*uint64)(unsafe.Pointer(&ll.HolderNS)) = r.lk.ns
 	*(*uint64)(unsafe.Pointer(&ll.Holder)) = r.lk.record
-	raceAcquire(unsafe.Pointer(&r.lk))
+	raceAcquire(unsafe.Pointer(&raceLock))
 	r.lk.held = true
 	r.lk.died = died
 	r.lk.gen++
@@ -228,6 +233,9 @@ func (r *Region) afterSlow(died bool) (Lock, error) {
 
 func (r *Region) lockCtxErr(ctx context.Context) error {
 	err := ctx.Err()
+	if err == nil {
+		err = context.DeadlineExceeded // our clock saw the deadline first
+	}
 	if errors.Is(err, context.DeadlineExceeded) {
 		return r.err("lock", because("", err, ErrTimeout))
 	}
@@ -247,9 +255,10 @@ func (l Lock) Unlock() error {
 	if !r.lk.held || r.lk.gen != l.gen {
 		return r.err("unlock", ErrNotLocked)
 	}
+	died := r.lk.died
 	r.lk.held = false
-	raceRelease(unsafe.Pointer(&r.lk))
-	r.unlockWord(r.lk.died)
+	raceRelease(unsafe.Pointer(&raceLock))
+	r.unlockWord(died)
 	return nil
 }
 

@@ -1,0 +1,779 @@
+package conformance
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/binary"
+	"errors"
+	"io/fs"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+	"unsafe"
+
+	"github.com/shmgo/shm"
+	"github.com/shmgo/shm/backend"
+)
+
+// roles are the parts children play, by name.
+var roles = map[string]role{
+	"share":   roleShare,
+	"count":   roleCount,
+	"hold":    roleHold,
+	"create":  roleCreate,
+	"verify":  roleVerify,
+	"attach":  roleAttach,
+	"umask":   roleUmaskCreate,
+	"holdall": roleHoldAll,
+}
+
+func (c *childCtx) opt() shm.Option { return shm.WithBackend(c.b) }
+
+func (c *childCtx) open() (*shm.Region, error) {
+	return shm.Open(c.spec.Key, 30*time.Second, c.opt())
+}
+
+func (c *childCtx) arg(i int) int {
+	n, _ := strconv.Atoi(c.spec.Args[i])
+	return n
+}
+
+func testShareInProcess(h *H) {
+	key := h.Key("share")
+	owner := h.create(key, 8192)
+	user := h.open(key)
+	copy(owner.Bytes(), "from owner")
+	copy(user.Bytes()[4096:], "from user")
+	if got := string(user.Bytes()[:10]); got != "from owner" {
+		h.t.Fatalf("user sees %q, want the owner's write", got)
+	}
+	if got := string(owner.Bytes()[4096:4105]); got != "from user" {
+		h.t.Fatalf("owner sees %q, want the user's write", got)
+	}
+	if user.Size() != 8192 || owner.Size() != 8192 {
+		h.t.Fatalf("sizes %d and %d, want 8192", owner.Size(), user.Size())
+	}
+	if user.Key() != key || owner.Key() != key {
+		h.t.Fatalf("keys %q and %q, want %q", owner.Key(), user.Key(), key)
+	}
+}
+
+// roleShare checks the parent's bytes at 0 and writes its own at 4096.
+func roleShare(c *childCtx) error {
+	r, err := c.open()
+	if err != nil {
+		return err
+	}
+	defer r.Close()
+	if got := string(r.Bytes()[:11]); got != "from parent" {
+		return errors.New("child sees " + strconv.Quote(got))
+	}
+	copy(r.Bytes()[4096:], "from child")
+	c.say("done")
+	return nil
+}
+
+func testShareAcrossProcesses(h *H) {
+	key := h.Key("xshare")
+	r := h.create(key, 8192)
+	copy(r.Bytes(), "from parent")
+	ch := h.start("share", key, nil)
+	ch.expect("done")
+	ch.wait()
+	if got := string(r.Bytes()[4096:4106]); got != "from child" {
+		h.t.Fatalf("parent sees %q, want the child's write", got)
+	}
+}
+
+func testCreateExisting(h *H) {
+	key := h.Key("exist")
+	r := h.create(key, 64)
+	copy(r.Bytes(), "first")
+	_, err := shm.Create(key, 64, h.Opt())
+	h.is(err, shm.ErrExist, fs.ErrExist)
+	var e *shm.Error
+	if !errors.As(err, &e) || e.Op != "create" || e.Key != key {
+		h.t.Fatalf("error %v is not an *shm.Error naming create and %s", err, key)
+	}
+	u := h.open(key)
+	if string(u.Bytes()[:5]) != "first" {
+		h.t.Fatal("the failed Create disturbed the existing region")
+	}
+}
+
+func testOpenMissing(h *H) {
+	key := h.Key("missing")
+	_, err := shm.Open(key, 0, h.Opt())
+	h.is(err, shm.ErrNotExist, shm.ErrTimeout, fs.ErrNotExist, os.ErrDeadlineExceeded)
+	_, err = shm.Open(key, 30*time.Millisecond, h.Opt())
+	h.is(err, shm.ErrNotExist, shm.ErrTimeout)
+
+	ctx, cancel := context.WithCancel(context.Background())
+	time.AfterFunc(20*time.Millisecond, cancel)
+	_, err = shm.OpenContext(ctx, key, h.Opt())
+	h.is(err, shm.ErrNotExist, context.Canceled)
+
+	ctx, cancel = context.WithTimeout(context.Background(), 20*time.Millisecond)
+	defer cancel()
+	_, err = shm.OpenContext(ctx, key, h.Opt())
+	h.is(err, shm.ErrNotExist, shm.ErrTimeout, context.DeadlineExceeded)
+}
+
+func testOpenBeforeCreate(h *H) {
+	key := h.Key("later")
+	type result struct {
+		r   *shm.Region
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		r, err := shm.Open(key, 30*time.Second, h.Opt())
+		done <- result{r, err}
+	}()
+	time.Sleep(30 * time.Millisecond)
+	select {
+	case res := <-done:
+		h.t.Fatalf("Open returned before Create: %v", res.err)
+	default:
+	}
+	owner := h.create(key, 100)
+	copy(owner.Bytes(), "made later")
+	res := <-done
+	h.ok(res.err, "Open started before Create")
+	defer res.r.Close()
+	if res.r.Size() != 100 || string(res.r.Bytes()[:10]) != "made later" {
+		h.t.Fatalf("Open got size %d data %q", res.r.Size(), res.r.Bytes()[:10])
+	}
+}
+
+func testOpenWaitsForReady(h *H) {
+	key := h.Key("ready")
+	release := make(chan struct{})
+	inInit := make(chan struct{})
+	var released atomic.Bool
+	created := make(chan error, 1)
+	go func() {
+		r, err := shm.Create(key, 4096, h.Opt(), shm.WithInit(func(b []byte) error {
+			copy(b, "initialised")
+			close(inInit)
+			<-release
+			return nil
+		}))
+		if err == nil {
+			h.t.Cleanup(func() { r.Close() })
+		}
+		created <- err
+	}()
+	<-inInit
+	// While the owner initialises, a user must not get the region.
+	_, err := shm.Open(key, 0, h.Opt())
+	if err == nil {
+		h.t.Fatal("Open(timeout 0) returned a region whose owner is still initialising")
+	}
+	_, err = shm.Open(key, 50*time.Millisecond, h.Opt())
+	h.is(err, shm.ErrTimeout)
+
+	opened := make(chan error, 1)
+	go func() {
+		u, err := shm.Open(key, 30*time.Second, h.Opt())
+		if err == nil {
+			if !released.Load() {
+				err = errors.New("Open returned before the owner was ready")
+			} else if string(u.Bytes()[:11]) != "initialised" {
+				err = errors.New("user does not see the owner's initialisation")
+			}
+			u.Close()
+		}
+		opened <- err
+	}()
+	time.Sleep(30 * time.Millisecond)
+	released.Store(true)
+	close(release)
+	h.ok(<-created, "Create")
+	h.ok(<-opened, "Open waiting for ready")
+
+	// An init that fails leaves nothing behind.
+	key2 := h.Key("initfail")
+	boom := errors.New("boom")
+	_, err = shm.Create(key2, 64, h.Opt(), shm.WithInit(func([]byte) error { return boom }))
+	h.is(err, boom)
+	_, err = shm.Open(key2, 0, h.Opt())
+	h.is(err, shm.ErrNotExist)
+}
+
+func testSizeAndAlignment(h *H) {
+	for _, size := range []int{1, 63, 64, 4095, 4096, 4097, 1 << 20} {
+		key := h.Key("size" + strconv.Itoa(size))
+		r := h.create(key, size)
+		u := h.open(key)
+		for _, x := range []*shm.Region{r, u} {
+			if x.Size() != size || len(x.Bytes()) != size || cap(x.Bytes()) != size {
+				h.t.Fatalf("size %d: Size %d, len %d, cap %d", size, x.Size(), len(x.Bytes()), cap(x.Bytes()))
+			}
+			if uintptr(x.Pointer())%64 != 0 || x.Pointer() != unsafe.Pointer(&x.Bytes()[0]) {
+				h.t.Fatalf("size %d: data at %p is not 64-byte aligned or not Bytes()", size, x.Pointer())
+			}
+			if x.Backend() != h.b.Name() {
+				h.t.Fatalf("Backend() = %q, want %q", x.Backend(), h.b.Name())
+			}
+		}
+		if !bytes.Equal(r.Bytes(), make([]byte, size)) {
+			h.t.Fatalf("size %d: new region is not zero-filled", size)
+		}
+		r.Bytes()[size-1] = 0xAB
+		if u.Bytes()[size-1] != 0xAB {
+			h.t.Fatalf("size %d: last byte not shared", size)
+		}
+	}
+}
+
+func testInvalidKeys(h *H) {
+	bad := []string{"", "/", "//a", "a/b", "/a/b", ".", "..", "/.", "/..", "a\x00b", strings.Repeat("k", 201), "/" + strings.Repeat("k", 201)}
+	for _, key := range bad {
+		_, err := shm.Create(key, 64, h.Opt())
+		h.is(err, shm.ErrInvalidKey)
+		_, err = shm.Open(key, 0, h.Opt())
+		h.is(err, shm.ErrInvalidKey)
+	}
+	// The longest key, with and without the slash, works.
+	long := h.Key(strings.Repeat("k", 200-len(h.Key(""))+1))
+	if len(long) != 201 {
+		h.t.Fatalf("test bug: key of %d bytes", len(long))
+	}
+	r := h.create(long, 64)
+	u := h.open(long[1:])
+	r.Bytes()[0] = 7
+	if u.Bytes()[0] != 7 {
+		h.t.Fatal("a 200-byte key does not share data")
+	}
+}
+
+func testInvalidSizes(h *H) {
+	for _, size := range []int{0, -1, -4096, shm.MaxSize + 1} {
+		key := h.Key("badsize")
+		_, err := shm.Create(key, size, h.Opt())
+		h.is(err, shm.ErrInvalidSize)
+		_, err = shm.Open(key, 0, h.Opt())
+		h.is(err, shm.ErrNotExist)
+	}
+}
+
+func testUnlink(h *H) {
+	key := h.Key("unlink")
+	owner := h.create(key, 4096)
+	user := h.open(key)
+	h.ok(owner.Unlink(), "Unlink")
+	h.ok(owner.Unlink(), "second Unlink of the same Region")
+	_, err := shm.Open(key, 0, h.Opt())
+	h.is(err, shm.ErrNotExist)
+	// Mappings keep working, both ways.
+	copy(owner.Bytes(), "after unlink")
+	copy(user.Bytes()[100:], "user too")
+	if string(user.Bytes()[:12]) != "after unlink" || string(owner.Bytes()[100:108]) != "user too" {
+		h.t.Fatal("mappings stopped sharing data after Unlink")
+	}
+	l, err := user.Lock()
+	h.ok(err, "Lock after Unlink")
+	h.ok(l.Unlock(), "Unlock")
+	// The user's Unlink finds the key gone.
+	h.is(user.Unlink(), shm.ErrNotExist)
+	// The key can be created again, as a new region.
+	again := h.create(key, 64)
+	if again.Bytes()[0] != 0 {
+		h.t.Fatal("a new region under an unlinked key shows old data")
+	}
+	// The old owner's Unlink does not remove the new region.
+	h.ok(owner.Unlink(), "Unlink again")
+	u2 := h.open(key)
+	u2.Bytes()[0] = 1
+	if again.Bytes()[0] != 1 {
+		h.t.Fatal("Open after re-Create did not find the new region")
+	}
+}
+
+func testUseAfterClose(h *H) {
+	key := h.Key("closed")
+	r := h.create(key, 64)
+	l, err := r.Lock()
+	h.ok(err, "Lock")
+	h.ok(r.Close(), "Close")
+	h.is(r.Close(), shm.ErrClosed, fs.ErrClosed)
+	if r.Bytes() != nil || r.Pointer() != nil {
+		h.t.Fatal("Bytes or Pointer not nil after Close")
+	}
+	h.is(l.Unlock(), shm.ErrClosed)
+	_, err = r.Lock()
+	h.is(err, shm.ErrClosed)
+	_, err = r.TryLock()
+	h.is(err, shm.ErrClosed)
+	_, err = r.LockContext(context.Background())
+	h.is(err, shm.ErrClosed)
+	h.is(r.Unlink(), shm.ErrClosed)
+	h.is(r.Chown(os.Getuid(), os.Getgid()), shm.ErrClosed)
+	if r.Key() != key || r.Size() != 64 {
+		h.t.Fatal("Key or Size changed after Close")
+	}
+	// Close released the lock it held.
+	u := h.open(key)
+	l2, err := u.TryLock()
+	h.ok(err, "TryLock after the holder closed")
+	h.ok(l2.Unlock(), "Unlock")
+	h.is(l2.Unlock(), shm.ErrNotLocked)
+}
+
+// incr adds one to the counter at the start of b, non-atomically, so that a
+// lock that does not exclude loses updates.
+func incr(b []byte) {
+	p := (*uint64)(unsafe.Pointer(&b[0]))
+	v := *p
+	*p = v + 1
+}
+
+func counter(b []byte) uint64 { return *(*uint64)(unsafe.Pointer(&b[0])) }
+
+func testLockGoroutines(h *H) {
+	key := h.Key("lockg")
+	r := h.create(key, 64)
+	u := h.open(key) // a second mapping in this process
+	const G, N = 8, 5000
+	var wg sync.WaitGroup
+	for g := range G {
+		x := r
+		if g%2 == 1 {
+			x = u
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range N {
+				l, err := x.Lock()
+				if err != nil {
+					h.t.Error(err)
+					return
+				}
+				incr(x.Bytes())
+				l.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	if got := counter(r.Bytes()); got != G*N {
+		h.t.Fatalf("counter %d, want %d", got, G*N)
+	}
+}
+
+// roleCount does Args[0] locked increments.
+func roleCount(c *childCtx) error {
+	r, err := c.open()
+	if err != nil {
+		return err
+	}
+	defer r.Close()
+	c.say("ready")
+	c.hear()
+	for range c.arg(0) {
+		l, err := r.Lock()
+		if err != nil {
+			return err
+		}
+		incr(r.Bytes())
+		if err := l.Unlock(); err != nil {
+			return err
+		}
+	}
+	c.say("done")
+	return nil
+}
+
+func testLockProcesses(h *H) {
+	key := h.Key("lockp")
+	r := h.create(key, 64)
+	const N = 100000
+	a := h.start("count", key, []string{strconv.Itoa(N)})
+	b := h.start("count", key, []string{strconv.Itoa(N)})
+	a.expect("ready")
+	b.expect("ready")
+	a.send("go")
+	b.send("go")
+	a.expect("done")
+	b.expect("done")
+	a.wait()
+	b.wait()
+	if got := counter(r.Bytes()); got != 2*N {
+		h.t.Fatalf("counter %d after 2 processes x %d locked increments", got, N)
+	}
+}
+
+func testTryLockBusy(h *H) {
+	key := h.Key("try")
+	r := h.create(key, 64)
+	u := h.open(key)
+	l, err := r.TryLock()
+	h.ok(err, "TryLock on a free lock")
+	_, err = r.TryLock()
+	h.is(err, shm.ErrLocked)
+	_, err = u.TryLock()
+	h.is(err, shm.ErrLocked)
+	errc := make(chan error, 1)
+	go func() { _, err := u.TryLock(); errc <- err }()
+	h.is(<-errc, shm.ErrLocked)
+	h.ok(l.Unlock(), "Unlock")
+	l, err = u.TryLock()
+	h.ok(err, "TryLock after Unlock")
+	h.ok(l.Unlock(), "Unlock")
+}
+
+func testLockContextDeadline(h *H) {
+	key := h.Key("deadline")
+	r := h.create(key, 64)
+	u := h.open(key)
+	l, err := r.Lock()
+	h.ok(err, "Lock")
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Millisecond)
+	defer cancel()
+	_, err = u.LockContext(ctx)
+	h.is(err, shm.ErrTimeout, context.DeadlineExceeded)
+	ctx, cancel = context.WithCancel(context.Background())
+	time.AfterFunc(20*time.Millisecond, cancel)
+	_, err = r.LockContext(ctx) // a goroutine of the holder's own Region waits too
+	h.is(err, context.Canceled)
+	h.ok(l.Unlock(), "Unlock")
+	ctx, cancel = context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	l, err = u.LockContext(ctx)
+	h.ok(err, "LockContext on a free lock")
+	h.ok(l.Unlock(), "Unlock")
+}
+
+// roleHold takes the lock, adds Args[0] to the counter, says so and waits
+// to be killed (or told to go).
+func roleHold(c *childCtx) error {
+	r, err := c.open()
+	if err != nil {
+		return err
+	}
+	l, err := r.Lock()
+	if err != nil && !errors.Is(err, shm.ErrOwnerDead) {
+		return err
+	}
+	p := (*uint64)(unsafe.Pointer(&r.Bytes()[0]))
+	*p += uint64(c.arg(0)) // half of an update: the parent repairs it
+	c.say("locked")
+	c.hear()
+	l.Unlock()
+	return r.Close()
+}
+
+func testLockHolderKilled(h *H) {
+	key := h.Key("dead")
+	r := h.create(key, 64)
+	ch := h.start("hold", key, []string{"1000"})
+	ch.expect("locked")
+	_, err := r.TryLock()
+	h.is(err, shm.ErrLocked)
+	ch.kill()
+	start := time.Now()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	l, err := r.LockContext(ctx)
+	h.is(err, shm.ErrOwnerDead)
+	h.t.Logf("took over the lock of a killed holder in %v", time.Since(start))
+	if counter(r.Bytes()) != 1000 {
+		h.t.Fatalf("counter %d, want the dead holder's 1000", counter(r.Bytes()))
+	}
+	// Without MarkConsistent, the next Lock reports the death again.
+	h.ok(l.Unlock(), "Unlock")
+	l, err = r.Lock()
+	h.is(err, shm.ErrOwnerDead)
+	*(*uint64)(unsafe.Pointer(&r.Bytes()[0])) = 0 // repair
+	h.ok(l.MarkConsistent(), "MarkConsistent")
+	h.ok(l.Unlock(), "Unlock")
+	l, err = r.Lock()
+	h.ok(err, "Lock after MarkConsistent")
+	incr(r.Bytes())
+	h.ok(l.Unlock(), "Unlock")
+	if counter(r.Bytes()) != 1 {
+		h.t.Fatalf("counter %d after repair and one increment", counter(r.Bytes()))
+	}
+}
+
+// plant puts a raw object with the given content under key, bypassing
+// package shm, and returns the name to remove.
+func (h *harness) plant(key string, content []byte) {
+	h.t.Helper()
+	name := strings.TrimPrefix(key, "/")
+	p, err := h.b.Create(name, int64(len(content)), 0o600)
+	h.ok(err, "backend Create")
+	copy(p.Bytes(), content)
+	if err := p.Publish(); err != nil {
+		p.Discard()
+		h.t.Fatalf("backend Publish: %v", err)
+	}
+	// Keep the mapping until the test ends: backends that serve objects
+	// through their creator (memfd) need it.
+	h.t.Cleanup(func() { p.Close() })
+}
+
+func testForeignObject(h *H) {
+	valid := func(key string) []byte {
+		// A valid region's bytes, copied from a real one.
+		src := h.create(key+"-src", 4096)
+		_ = src
+		u := h.open(key + "-src")
+		_ = u
+		return nil
+	}
+	_ = valid
+	random := make([]byte, 8192)
+	rand.Read(random)
+	wrongMagic := make([]byte, 8192)
+	copy(wrongMagic, "GEOPMSHM")
+	cases := []struct {
+		name    string
+		content []byte
+	}{
+		{"zeros", make([]byte, 8192)},
+		{"random", random},
+		{"wrongmagic", wrongMagic},
+		{"tiny", []byte("x")},
+	}
+	for _, c := range cases {
+		key := h.Key("foreign-" + c.name)
+		h.plant(key, c.content)
+		_, err := shm.Open(key, 50*time.Millisecond, h.Opt())
+		h.is(err, shm.ErrCorrupt)
+		_, err = shm.Create(key, 64, h.Opt())
+		h.is(err, shm.ErrExist)
+	}
+}
+
+// roleUmaskCreate creates a region with mode Args[0] (octal) under umask 022
+// and waits to be told to go.
+func roleUmaskCreate(c *childCtx) error {
+	syscall.Umask(0o022)
+	mode, _ := strconv.ParseUint(c.spec.Args[0], 8, 32)
+	r, err := shm.Create(c.spec.Key, 4096, c.opt(), shm.WithMode(fs.FileMode(mode)))
+	if err != nil {
+		return err
+	}
+	c.say("created")
+	c.hear()
+	return r.Close()
+}
+
+// roleAttach opens the region read-write, writes to it, and reports the
+// outcome as "attached" or "denied <permission?>".
+func roleAttach(c *childCtx) error {
+	r, err := shm.Open(c.spec.Key, 0, c.opt())
+	if err != nil {
+		c.say("denied %v %v", errors.Is(err, fs.ErrPermission), err)
+		return nil
+	}
+	copy(r.Bytes(), "written by "+strconv.Itoa(os.Getuid()))
+	l, err := r.Lock()
+	if err != nil {
+		return err
+	}
+	l.Unlock()
+	c.say("attached")
+	return r.Close()
+}
+
+func testModes(h *H) {
+	for _, mode := range []fs.FileMode{0o600, 0o666} {
+		key := h.Key("mode" + strconv.FormatUint(uint64(mode), 8))
+		owner := h.start("umask", key, []string{strconv.FormatUint(uint64(mode), 8)})
+		owner.expect("created")
+		if l, ok := h.b.(backend.Lister); ok {
+			infos, err := l.List()
+			h.ok(err, "List")
+			for _, in := range infos {
+				if in.Name == key[1:] && in.Mode != 0 && in.Mode != mode {
+					h.t.Fatalf("mode %v, want %v exactly under umask 022", in.Mode, mode)
+				}
+			}
+		}
+		if os.Geteuid() != 0 {
+			h.t.Logf("not root: cannot check access by another uid")
+		} else {
+			other := h.start("attach", key, nil, asUser(h.t, 65534, 65534))
+			ev := other.expect("")
+			other.wait()
+			switch {
+			case mode == 0o600 && !strings.HasPrefix(ev, "denied true"):
+				h.t.Fatalf("uid 65534 on a 0600 region: %q, want a permission error", ev)
+			case mode == 0o666 && ev != "attached":
+				h.t.Fatalf("uid 65534 on a 0666 region: %q, want attached", ev)
+			}
+			if mode == 0o666 {
+				u := h.open(key)
+				if !strings.HasPrefix(string(u.Bytes()), "written by 65534") {
+					h.t.Fatal("the other user's write is not visible")
+				}
+			}
+		}
+		owner.send("go")
+		owner.wait()
+	}
+	if os.Geteuid() != 0 {
+		h.t.Skip("the access checks by another uid need root")
+	}
+}
+
+// roleCreate races to create the key after "go", says "won" or "exist",
+// and keeps the region until told to go.
+func roleCreate(c *childCtx) error {
+	c.say("ready")
+	c.hear()
+	r, err := shm.Create(c.spec.Key, 4096, c.opt())
+	switch {
+	case err == nil:
+		c.say("won")
+		c.hear()
+		r.Unlink()
+		return r.Close()
+	case errors.Is(err, shm.ErrExist):
+		c.say("exist")
+		return nil
+	default:
+		return err
+	}
+}
+
+func testCreateRace(h *H) {
+	for range 5 {
+		key := h.Key("race")
+		a := h.start("create", key, nil)
+		b := h.start("create", key, nil)
+		a.expect("ready")
+		b.expect("ready")
+		a.send("go")
+		b.send("go")
+		ea, eb := a.expect(""), b.expect("")
+		if !(ea == "won" && eb == "exist" || ea == "exist" && eb == "won") {
+			h.t.Fatalf("racing creators said %q and %q, want one winner", ea, eb)
+		}
+		a.send("go")
+		b.send("go")
+		a.wait()
+		b.wait()
+	}
+}
+
+func countFDs() int {
+	ents, _ := os.ReadDir("/proc/self/fd")
+	return len(ents)
+}
+
+func testManyRegions(h *H) {
+	before := countFDs()
+	const N = 1000
+	keys := make([]string, N)
+	for i := range keys {
+		keys[i] = h.Key("many")
+		r, err := shm.Create(keys[i], 128, h.Opt())
+		h.ok(err, "Create")
+		u, err := shm.Open(keys[i], 0, h.Opt())
+		h.ok(err, "Open")
+		h.ok(r.Unlink(), "Unlink")
+		h.ok(u.Close(), "Close user")
+		h.ok(r.Close(), "Close owner")
+	}
+	if after := countFDs(); after > before {
+		h.t.Fatalf("%d descriptors before, %d after %d regions", before, after, N)
+	}
+	for _, key := range keys {
+		if _, err := shm.Open(key, 0, h.Opt()); !errors.Is(err, shm.ErrNotExist) {
+			h.t.Fatalf("Open %s after Unlink: %v", key, err)
+		}
+	}
+	if l, ok := h.b.(backend.Lister); ok {
+		infos, err := l.List()
+		h.ok(err, "List")
+		prefix := strings.TrimSuffix(keys[0][1:], "-many")
+		prefix = prefix[:strings.LastIndexByte(prefix, '-')]
+		for _, in := range infos {
+			if strings.HasPrefix(in.Name, prefix) && strings.HasSuffix(in.Name, "-many") {
+				h.t.Fatalf("%s still listed after Unlink", in.Name)
+			}
+		}
+	}
+}
+
+const bigSize = 256 << 20
+
+func fillPattern(b []byte) {
+	for i := 0; i+8 <= len(b); i += 8 {
+		binary.LittleEndian.PutUint64(b[i:], uint64(i)*0x9E3779B97F4A7C15)
+	}
+}
+
+// roleVerify checks the pattern fillPattern wrote.
+func roleVerify(c *childCtx) error {
+	r, err := c.open()
+	if err != nil {
+		return err
+	}
+	defer r.Close()
+	b := r.Bytes()
+	if len(b) != c.arg(0) {
+		return errors.New("size " + strconv.Itoa(len(b)))
+	}
+	for i := 0; i+8 <= len(b); i += 8 {
+		if binary.LittleEndian.Uint64(b[i:]) != uint64(i)*0x9E3779B97F4A7C15 {
+			return errors.New("mismatch at byte " + strconv.Itoa(i))
+		}
+	}
+	c.say("ok")
+	return nil
+}
+
+func testBigRegion(h *H) {
+	key := h.Key("big")
+	r := h.create(key, bigSize)
+	fillPattern(r.Bytes())
+	ch := h.start("verify", key, []string{strconv.Itoa(bigSize)})
+	ch.expect("ok")
+	ch.wait()
+	h.ok(r.Unlink(), "Unlink")
+}
+
+// roleHoldAll opens the region and waits to be told to go.
+func roleHoldAll(c *childCtx) error {
+	r, err := c.open()
+	if err != nil {
+		return err
+	}
+	c.say("open")
+	c.hear()
+	return r.Close()
+}
+
+func testChown(h *H) {
+	key := h.Key("chown")
+	r := h.create(key, 64)
+	err := r.Chown(os.Getuid(), os.Getgid())
+	if errors.Is(err, shm.ErrInvalidOption) {
+		h.t.Skipf("backend %s cannot change owners: %v", h.b.Name(), err)
+	}
+	h.ok(err, "Chown to ourselves")
+	if os.Geteuid() == 0 {
+		h.ok(r.Chown(65534, 65534), "Chown to 65534")
+		if l, ok := h.b.(backend.Lister); ok {
+			infos, err := l.List()
+			h.ok(err, "List")
+			for _, in := range infos {
+				if in.Name == key[1:] && in.Mode != 0 && (in.UID != 65534 || in.GID != 65534) {
+					h.t.Fatalf("owner %d:%d after Chown(65534, 65534)", in.UID, in.GID)
+				}
+			}
+		}
+	}
+	h.ok(r.Unlink(), "Unlink")
+	h.is(r.Chown(os.Getuid(), os.Getgid()), shm.ErrNotExist)
+}
