@@ -1,0 +1,505 @@
+// Package sysv is the System V shared-memory backend: shmget(2), shmat(2),
+// shmctl(2), in Go without cgo.
+//
+// # When to pick it
+//
+// Pick SysV when the other side of the region is a tool or program that only
+// speaks SysV shared memory (legacy C code, MPI stacks, X11 MIT-SHM style
+// consumers), when operators want to see and remove regions with ipcs(1) and
+// ipcrm(1), or when the region must be scoped to a container's IPC namespace
+// rather than to a /dev/shm mount: SysV objects belong to the IPC namespace,
+// so `docker run --ipc=container:x` and Kubernetes pods that share an IPC
+// namespace share them. Otherwise prefer the default POSIX backend: it has a
+// file descriptor, names instead of 32-bit keys, and a region is never visible
+// half made.
+//
+// # Keys
+//
+// A SysV object has no name, only a 32-bit key_t. This backend derives it
+// from the region's key: FNV-1a, 32 bits, over "shmgo:" followed by the key
+// without its leading '/' (a value of 0, IPC_PRIVATE, or -1 is XORed with
+// 0x53484d47). Key computes it, so that ipcs output can be matched to
+// regions and a C program can find a region with shmget(Key(name), 0, 0).
+// Package shm stores the full key in the region's header and compares it on
+// every Open, so two keys whose hashes collide cannot be confused: Open of
+// the second one fails with shm.ErrCorrupt ("header names key X, not Y"),
+// and Create of the second one fails with shm.ErrExist while the first
+// exists.
+//
+// # Creation and visibility
+//
+// Create calls shmget with IPC_CREAT|IPC_EXCL, so exactly one of several
+// racing owners wins; the others get an error matching fs.ErrExist. The
+// permission bits are applied exactly (shmget ignores the umask; the mode is
+// set again with IPC_SET whenever it differs, and the creator may attach
+// even to a mode without owner read-write). After shmat, every page is
+// populated with madvise(MADV_POPULATE_WRITE) (touching one byte per page on
+// kernels older than 5.14), so a shortage of memory is an error from Create
+// instead of a fault later. A SysV segment cannot shrink, so touching any
+// byte of a mapping never raises SIGBUS.
+//
+// Unlike POSIX objects, a SysV segment is visible under its key from shmget
+// on, before package shm has written its header. The backend says so
+// (VisibleBeforePublish), and shm.Open then waits while the header is blank
+// or not yet ready instead of reporting shm.ErrCorrupt at once. Publish has
+// nothing left to do.
+//
+// # Limits
+//
+//   - kernel.shmmax bounds one segment, kernel.shmall the pages of all
+//     segments, kernel.shmmni their number (see /proc/sys/kernel); exceeding
+//     them fails Create with EINVAL or ENOSPC.
+//   - There is no file descriptor: segments cannot be passed over a socket,
+//     sealed, or polled, and Region has no Fd.
+//   - Keys are 32-bit hashes: a collision makes the second key unusable
+//     while the first region exists (see above).
+//   - systemd-logind's RemoveIPC=yes (the default on many distributions)
+//     removes every SysV segment of a non-system user when that user's last
+//     session ends; run long-lived owners as a system user or set
+//     RemoveIPC=no.
+//   - Segments are per IPC namespace: a process in another IPC namespace
+//     (another container) sees different segments under the same key.
+//
+// # Cleanup
+//
+// Unlink is shmctl(IPC_RMID): the key is freed at once (new Opens fail with
+// an error matching fs.ErrNotExist and a new region may be created under the
+// key), processes that have the segment attached keep using it, and the
+// kernel frees the memory at the last detach (Close, or process exit). A
+// segment nobody removes outlives every process, like a file in /dev/shm:
+// List shows them (their names are in their headers, which package shm
+// reads through OpenID), UnlinkID removes one by its shmid, and so does
+// `ipcrm -m SHMID` or `ipcrm -M KEY`.
+package sysv
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"io"
+	"io/fs"
+	"os"
+	"strconv"
+	"strings"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/shmgo/shm/backend"
+)
+
+// shmDest is the mode bit the kernel sets on a segment removed with
+// IPC_RMID while still attached (SHM_DEST, not in x/sys).
+const shmDest = 0o1000
+
+// keyPrefix is hashed in front of every name, so that our key_t values do
+// not coincide with those of other programs that hash bare names.
+const keyPrefix = "shmgo:"
+
+// ProcFile lists the SysV shared-memory segments of the caller's IPC
+// namespace.
+const ProcFile = "/proc/sysvipc/shm"
+
+// Backend is the SysV backend. The zero value is ready to use; so is New().
+type Backend struct {
+	// keyFn replaces Key in tests, to force hash collisions.
+	keyFn func(name string) int
+}
+
+// New returns the SysV backend.
+func New() *Backend { return &Backend{} }
+
+// Name returns "sysv".
+func (b *Backend) Name() string { return "sysv" }
+
+// VisibleBeforePublish implements backend.VisibleBeforePublish: a segment
+// is visible under its key from shmget on, before its header is written.
+func (b *Backend) VisibleBeforePublish() bool { return true }
+
+// Key returns the SysV key_t (as an int, possibly negative, as shmget takes
+// it) under which this backend keeps the region with the given key. A
+// leading '/' is ignored, as in package shm. The value is FNV-1a 32 over
+// "shmgo:"+name; 0 (IPC_PRIVATE) and -1 are XORed with 0x53484d47.
+func Key(name string) int {
+	name = strings.TrimPrefix(name, "/")
+	h := fnv.New32a()
+	h.Write([]byte(keyPrefix))
+	h.Write([]byte(name))
+	k := int32(h.Sum32())
+	if k == 0 || k == -1 {
+		k ^= 0x53484d47
+	}
+	return int(k)
+}
+
+func (b *Backend) key(name string) int {
+	if b.keyFn != nil {
+		return b.keyFn(name)
+	}
+	return Key(name)
+}
+
+// keyPath names a segment in errors the way ipcs shows its key.
+func keyPath(name string, key int) string {
+	return fmt.Sprintf("/%s (sysv key 0x%08x)", name, uint32(int32(key)))
+}
+
+func idPath(id int) string { return "shmid " + strconv.Itoa(id) }
+
+// madvise is unix.Madvise; tests replace it to exercise the fallback.
+var madvise = unix.Madvise
+
+// Create implements backend.Backend: shmget(IPC_CREAT|IPC_EXCL), shmat,
+// pages populated, mode exact. The segment is visible from here on.
+func (b *Backend) Create(name string, size int64, perm fs.FileMode) (backend.Pending, error) {
+	key := b.key(name)
+	path := keyPath(name, key)
+	if size < 1 || int64(int(size)) != size {
+		return nil, &fs.PathError{Op: "shmget", Path: path, Err: unix.EINVAL}
+	}
+	mode := uint32(perm.Perm())
+	// Owner read-write at first, so that the creator can attach whatever
+	// the final mode; the exact mode is set below, before anyone but the
+	// owner (who could change the mode anyway) could attach.
+	id, err := unix.SysvShmGet(key, int(size), unix.IPC_CREAT|unix.IPC_EXCL|int(mode|0o600))
+	if err != nil {
+		return nil, &fs.PathError{Op: "shmget", Path: path, Err: err}
+	}
+	fail := func(op string, err error, mem []byte) (backend.Pending, error) {
+		unix.SysvShmCtl(id, unix.IPC_RMID, nil)
+		if mem != nil {
+			unix.SysvShmDetach(mem)
+		}
+		return nil, &fs.PathError{Op: op, Path: path, Err: err}
+	}
+	mem, err := unix.SysvShmAttach(id, 0, 0)
+	if err != nil {
+		return fail("shmat", err, nil)
+	}
+	if int64(len(mem)) != size {
+		return fail("shmat", unix.EINVAL, mem)
+	}
+	if err := populate(mem); err != nil {
+		return fail("madvise", err, mem)
+	}
+	var ds unix.SysvShmDesc
+	if _, err := unix.SysvShmCtl(id, unix.IPC_STAT, &ds); err != nil {
+		return fail("shmctl IPC_STAT", err, mem)
+	}
+	if ds.Perm.Mode&0o777 != mode {
+		ds.Perm.Mode = ds.Perm.Mode&^0o777 | mode
+		if _, err := unix.SysvShmCtl(id, unix.IPC_SET, &ds); err != nil {
+			return fail("shmctl IPC_SET", err, mem)
+		}
+	}
+	return &segment{id: id, mem: mem, path: path}, nil
+}
+
+// populate allocates every page of mem, so that later touches cannot fail
+// for want of memory. MADV_POPULATE_WRITE (Linux 5.14) reports failure as
+// an error; older kernels get one write per page.
+func populate(mem []byte) error {
+	for {
+		err := madvise(mem, unix.MADV_POPULATE_WRITE)
+		switch err {
+		case nil:
+			return nil
+		case unix.EINTR:
+			continue
+		case unix.EINVAL:
+			// The kernel does not know MADV_POPULATE_WRITE. The segment
+			// is fresh and nobody writes it yet, so writing zeros is safe.
+			ps := os.Getpagesize()
+			for i := 0; i < len(mem); i += ps {
+				mem[i] = 0
+			}
+			return nil
+		default:
+			return err
+		}
+	}
+}
+
+// Open implements backend.Backend: shmget(key, 0, 0) and shmat read-write.
+// The segment may still be being created (see VisibleBeforePublish).
+func (b *Backend) Open(name string) (backend.Segment, error) {
+	key := b.key(name)
+	path := keyPath(name, key)
+	id, err := unix.SysvShmGet(key, 0, 0)
+	if err != nil {
+		return nil, &fs.PathError{Op: "shmget", Path: path, Err: err}
+	}
+	return attach(id, path)
+}
+
+// attach maps segment id read-write. A segment removed since it was found
+// (shmat's EINVAL or EIDRM) is reported as ENOENT.
+func attach(id int, path string) (*segment, error) {
+	mem, err := unix.SysvShmAttach(id, 0, 0)
+	if err != nil {
+		if err == unix.EINVAL || err == unix.EIDRM {
+			err = unix.ENOENT
+		}
+		return nil, &fs.PathError{Op: "shmat", Path: path, Err: err}
+	}
+	return &segment{id: id, mem: mem, path: path}, nil
+}
+
+// Unlink implements backend.Backend: IPC_RMID on the segment under name's
+// key. Attached processes keep it; the kernel frees it at the last detach.
+func (b *Backend) Unlink(name string) error {
+	key := b.key(name)
+	path := keyPath(name, key)
+	id, err := unix.SysvShmGet(key, 0, 0)
+	if err != nil {
+		return &fs.PathError{Op: "shmget", Path: path, Err: err}
+	}
+	return rmid(id, path)
+}
+
+func rmid(id int, path string) error {
+	if _, err := unix.SysvShmCtl(id, unix.IPC_RMID, nil); err != nil {
+		if err == unix.EINVAL || err == unix.EIDRM {
+			err = unix.ENOENT
+		}
+		return &fs.PathError{Op: "shmctl IPC_RMID", Path: path, Err: err}
+	}
+	return nil
+}
+
+// Chmod sets the permission bits of the segment under name's key, exactly.
+// Only its owner, its creator or a privileged process may.
+func (b *Backend) Chmod(name string, perm fs.FileMode) error {
+	key := b.key(name)
+	path := keyPath(name, key)
+	id, err := unix.SysvShmGet(key, 0, 0)
+	if err != nil {
+		return &fs.PathError{Op: "shmget", Path: path, Err: err}
+	}
+	return setPerm(id, path, func(p *unix.SysvIpcPerm) {
+		p.Mode = p.Mode&^0o777 | uint32(perm.Perm())
+	})
+}
+
+// setPerm reads the segment's permissions, lets edit change them, and
+// writes them back (IPC_SET sets owner, group and mode together).
+func setPerm(id int, path string, edit func(*unix.SysvIpcPerm)) error {
+	var ds unix.SysvShmDesc
+	if _, err := unix.SysvShmCtl(id, unix.IPC_STAT, &ds); err != nil {
+		return &fs.PathError{Op: "shmctl IPC_STAT", Path: path, Err: err}
+	}
+	edit(&ds.Perm)
+	if _, err := unix.SysvShmCtl(id, unix.IPC_SET, &ds); err != nil {
+		return &fs.PathError{Op: "shmctl IPC_SET", Path: path, Err: err}
+	}
+	return nil
+}
+
+// Stat is what shmctl(IPC_STAT) tells about a segment.
+type Stat struct {
+	ID       int         // shmid
+	Key      int         // key_t; 0 once removed
+	Size     int64       // bytes
+	Mode     fs.FileMode // permission bits
+	UID, GID int         // owner
+	CPID     int         // creator's PID, in the caller's PID namespace (0 if outside it)
+	LPID     int         // PID of the last shmat or shmdt
+	Attached int         // number of attachments (nattch)
+	Removed  bool        // IPC_RMID done, freed at the last detach (SHM_DEST)
+}
+
+// Stat reports on the segment under name's key. It fails with an error
+// matching fs.ErrNotExist when there is none, and fs.ErrPermission when the
+// caller may not read it.
+func (b *Backend) Stat(name string) (Stat, error) {
+	key := b.key(name)
+	path := keyPath(name, key)
+	id, err := unix.SysvShmGet(key, 0, 0)
+	if err != nil {
+		return Stat{}, &fs.PathError{Op: "shmget", Path: path, Err: err}
+	}
+	return statID(id, path)
+}
+
+// StatID is Stat for the segment with the given shmid (as List reports it).
+func (b *Backend) StatID(id string) (Stat, error) {
+	n, err := parseID(id)
+	if err != nil {
+		return Stat{}, err
+	}
+	return statID(n, idPath(n))
+}
+
+func statID(id int, path string) (Stat, error) {
+	var ds unix.SysvShmDesc
+	if _, err := unix.SysvShmCtl(id, unix.IPC_STAT, &ds); err != nil {
+		if err == unix.EINVAL || err == unix.EIDRM {
+			err = unix.ENOENT
+		}
+		return Stat{}, &fs.PathError{Op: "shmctl IPC_STAT", Path: path, Err: err}
+	}
+	return Stat{
+		ID: id, Key: int(ds.Perm.Key), Size: int64(ds.Segsz),
+		Mode: fs.FileMode(ds.Perm.Mode & 0o777),
+		UID:  int(ds.Perm.Uid), GID: int(ds.Perm.Gid),
+		CPID: int(ds.Cpid), LPID: int(ds.Lpid), Attached: int(ds.Nattch),
+		Removed: ds.Perm.Mode&shmDest != 0,
+	}, nil
+}
+
+// List implements backend.Lister from /proc/sysvipc/shm: every segment of
+// the IPC namespace that still has a key (neither IPC_PRIVATE nor removed),
+// ours or not. Name is empty (the name is in the header); ID is the shmid.
+// Attached is nattch.
+func (b *Backend) List() ([]backend.Info, error) {
+	f, err := os.Open(ProcFile)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	return parseList(f)
+}
+
+// parseList reads the format of /proc/sysvipc/shm: a header line naming the
+// columns (key shmid perms size cpid lpid nattch uid gid ...), then one line
+// per segment, key in decimal and perms in octal.
+func parseList(r io.Reader) ([]backend.Info, error) {
+	sc := bufio.NewScanner(r)
+	if !sc.Scan() {
+		if err := sc.Err(); err != nil {
+			return nil, &fs.PathError{Op: "read", Path: ProcFile, Err: err}
+		}
+		return nil, nil
+	}
+	col := map[string]int{}
+	for i, f := range strings.Fields(sc.Text()) {
+		col[f] = i
+	}
+	need := []string{"key", "shmid", "perms", "size", "nattch", "uid", "gid"}
+	for _, n := range need {
+		if _, ok := col[n]; !ok {
+			return nil, &fs.PathError{Op: "parse", Path: ProcFile, Err: fmt.Errorf("no %q column", n)}
+		}
+	}
+	var out []backend.Info
+	for sc.Scan() {
+		f := bytes.Fields(sc.Bytes())
+		if len(f) < len(col) {
+			continue
+		}
+		get := func(name string, base int) (int64, error) {
+			return strconv.ParseInt(string(f[col[name]]), base, 64)
+		}
+		key, err1 := get("key", 10)
+		id, err2 := get("shmid", 10)
+		perms, err3 := get("perms", 8)
+		size, err4 := get("size", 10)
+		nattch, err5 := get("nattch", 10)
+		uid, err6 := get("uid", 10)
+		gid, err7 := get("gid", 10)
+		if err := errors.Join(err1, err2, err3, err4, err5, err6, err7); err != nil {
+			return nil, &fs.PathError{Op: "parse", Path: ProcFile, Err: err}
+		}
+		if key == 0 || perms&shmDest != 0 {
+			continue // IPC_PRIVATE or removed: no key can reach it
+		}
+		out = append(out, backend.Info{
+			Size: size, Mode: fs.FileMode(perms & 0o777),
+			UID: int(uid), GID: int(gid), Attached: int(nattch),
+			ID: strconv.FormatInt(id, 10),
+		})
+	}
+	if err := sc.Err(); err != nil {
+		return nil, &fs.PathError{Op: "read", Path: ProcFile, Err: err}
+	}
+	return out, nil
+}
+
+func parseID(id string) (int, error) {
+	n, err := strconv.Atoi(id)
+	if err != nil || n < 0 {
+		return 0, &fs.PathError{Op: "parse", Path: "shmid " + id, Err: unix.EINVAL}
+	}
+	return n, nil
+}
+
+// OpenID implements backend.IDOpener: shmat read-write by shmid. It fails
+// with an error matching fs.ErrNotExist when the segment is gone.
+func (b *Backend) OpenID(id string) (backend.Segment, error) {
+	n, err := parseID(id)
+	if err != nil {
+		return nil, err
+	}
+	return attach(n, idPath(n))
+}
+
+// UnlinkID implements backend.IDOpener: IPC_RMID by shmid.
+func (b *Backend) UnlinkID(id string) error {
+	n, err := parseID(id)
+	if err != nil {
+		return err
+	}
+	return rmid(n, idPath(n))
+}
+
+// segment is one attachment of a segment.
+type segment struct {
+	id   int
+	mem  []byte
+	path string
+}
+
+func (s *segment) Bytes() []byte { return s.mem }
+
+// Sealed implements backend.Sealed: a SysV segment never shrinks.
+func (s *segment) Sealed() bool { return true }
+
+// Publish does nothing: the segment has been visible, and exclusively ours,
+// since shmget(IPC_CREAT|IPC_EXCL) in Create.
+func (s *segment) Publish() error { return nil }
+
+// Discard removes the segment by its shmid (never another segment that took
+// the key since) and detaches it.
+func (s *segment) Discard() error {
+	err := rmid(s.id, s.path)
+	if cerr := s.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+// Chown implements backend.Chowner with IPC_SET, keeping the mode.
+func (s *segment) Chown(uid, gid int) error {
+	return setPerm(s.id, s.path, func(p *unix.SysvIpcPerm) {
+		if uid != -1 {
+			p.Uid = uint32(uid)
+		}
+		if gid != -1 {
+			p.Gid = uint32(gid)
+		}
+	})
+}
+
+// Close detaches the segment. A second Close does nothing.
+func (s *segment) Close() error {
+	if s.mem == nil {
+		return nil
+	}
+	err := unix.SysvShmDetach(s.mem)
+	s.mem = nil
+	if err != nil {
+		return &fs.PathError{Op: "shmdt", Path: s.path, Err: err}
+	}
+	return nil
+}
+
+var (
+	_ backend.Backend              = (*Backend)(nil)
+	_ backend.Lister               = (*Backend)(nil)
+	_ backend.IDOpener             = (*Backend)(nil)
+	_ backend.VisibleBeforePublish = (*Backend)(nil)
+	_ backend.Pending              = (*segment)(nil)
+	_ backend.Chowner              = (*segment)(nil)
+	_ backend.Sealed               = (*segment)(nil)
+)
