@@ -1,4 +1,4 @@
-package sysv
+package sysv_test
 
 import (
 	"bytes"
@@ -21,6 +21,8 @@ import (
 
 	"github.com/shmgo/shm"
 	"github.com/shmgo/shm/backend"
+	"github.com/shmgo/shm/backend/posix"
+	"github.com/shmgo/shm/backend/sysv"
 )
 
 // Environment of the re-executed test binary.
@@ -43,7 +45,7 @@ func testName(t testing.TB, tag string) string {
 	t.Helper()
 	key := fmt.Sprintf("/t-sysv-%d-%d-%s", os.Getpid(), seq.Add(1), tag)
 	usedMu.Lock()
-	usedKeys[Key(key)] = key
+	usedKeys[sysv.Key(key)] = key
 	usedMu.Unlock()
 	return key
 }
@@ -54,13 +56,13 @@ func TestMain(m *testing.M) {
 	}
 	before, err := segments()
 	if err != nil {
-		fmt.Fprintln(os.Stderr, "cannot read", ProcFile, err)
+		fmt.Fprintln(os.Stderr, "cannot read", sysv.ProcFile, err)
 		os.Exit(2)
 	}
 	code := m.Run()
 	after, err := segments()
 	if err != nil {
-		fmt.Fprintln(os.Stderr, "cannot read", ProcFile, err)
+		fmt.Fprintln(os.Stderr, "cannot read", sysv.ProcFile, err)
 		os.Exit(2)
 	}
 	// A segment left behind is one of ours when we created it, or when it
@@ -84,8 +86,8 @@ func TestMain(m *testing.M) {
 }
 
 // segments reads every segment of the IPC namespace, removed ones too.
-func segments() (map[int]Stat, error) {
-	b, err := os.ReadFile(ProcFile)
+func segments() (map[int]sysv.Stat, error) {
+	b, err := os.ReadFile(sysv.ProcFile)
 	if err != nil {
 		return nil, err
 	}
@@ -94,14 +96,14 @@ func segments() (map[int]Stat, error) {
 	for i, f := range strings.Fields(lines[0]) {
 		col[f] = i
 	}
-	out := map[int]Stat{}
+	out := map[int]sysv.Stat{}
 	for _, l := range lines[1:] {
 		f := strings.Fields(l)
 		key, _ := strconv.Atoi(f[col["key"]])
 		id, _ := strconv.Atoi(f[col["shmid"]])
 		cpid, _ := strconv.Atoi(f[col["cpid"]])
 		nattch, _ := strconv.Atoi(f[col["nattch"]])
-		out[id] = Stat{ID: id, Key: key, CPID: cpid, Attached: nattch}
+		out[id] = sysv.Stat{ID: id, Key: key, CPID: cpid, Attached: nattch}
 	}
 	return out, nil
 }
@@ -122,9 +124,9 @@ func ipcsCount(t *testing.T) (int, string) {
 	return n, string(out)
 }
 
-func opt() shm.Option { return shm.WithBackend(New()) }
+func opt() shm.Option { return shm.WithBackend(sysv.New()) }
 
-func mustStat(t *testing.T, b *Backend, name string) Stat {
+func mustStat(t *testing.T, b *sysv.Backend, name string) sysv.Stat {
 	t.Helper()
 	st, err := b.Stat(name)
 	if err != nil {
@@ -144,23 +146,23 @@ func TestKey(t *testing.T) {
 		return int(int32(h))
 	}
 	for _, name := range []string{"a", "app-status", "t-sysv-x", strings.Repeat("z", 200)} {
-		if got, want := Key(name), ref(name); got != want {
-			t.Errorf("Key(%q) = %#x, want %#x", name, got, want)
+		if got, want := sysv.Key(name), ref(name); got != want {
+			t.Errorf("sysv.Key(%q) = %#x, want %#x", name, got, want)
 		}
-		if Key("/"+name) != Key(name) {
-			t.Errorf("Key(/%s) differs from Key(%s)", name, name)
+		if sysv.Key("/"+name) != sysv.Key(name) {
+			t.Errorf("sysv.Key(/%s) differs from sysv.Key(%s)", name, name)
 		}
-		if k := Key(name); k == 0 || k == -1 {
-			t.Errorf("Key(%q) = %d", name, k)
+		if k := sysv.Key(name); k == 0 || k == -1 {
+			t.Errorf("sysv.Key(%q) = %d", name, k)
 		}
 	}
-	if Key("a") == Key("b") {
-		t.Error("Key(a) == Key(b)")
+	if sysv.Key("a") == sysv.Key("b") {
+		t.Error("sysv.Key(a) == sysv.Key(b)")
 	}
 }
 
 func TestBackendCreateOpenUnlink(t *testing.T) {
-	b := New()
+	b := sysv.New()
 	if b.Name() != "sysv" || !b.VisibleBeforePublish() {
 		t.Fatalf("Name %q VisibleBeforePublish %v", b.Name(), b.VisibleBeforePublish())
 	}
@@ -190,7 +192,7 @@ func TestBackendCreateOpenUnlink(t *testing.T) {
 		t.Fatalf("opened %d bytes ending %q", len(s.Bytes()), s.Bytes()[size-5:])
 	}
 	st := mustStat(t, b, name)
-	if st.Key != Key(name) || st.Size != size || st.Attached != 2 || st.CPID != os.Getpid() || st.Removed {
+	if st.Key != sysv.Key(name) || st.Size != size || st.Attached != 2 || st.CPID != os.Getpid() || st.Removed {
 		t.Errorf("Stat = %+v", st)
 	}
 
@@ -234,7 +236,7 @@ func TestBackendCreateOpenUnlink(t *testing.T) {
 }
 
 func TestOpenMissing(t *testing.T) {
-	b := New()
+	b := sysv.New()
 	name := strings.TrimPrefix(testName(t, "missing"), "/")
 	if _, err := b.Open(name); !errors.Is(err, fs.ErrNotExist) {
 		t.Fatalf("Open: %v, want ErrNotExist", err)
@@ -260,11 +262,11 @@ func TestCreateExclusive(t *testing.T) {
 	if !errors.Is(err, shm.ErrExist) || !errors.Is(err, syscall.EEXIST) {
 		t.Fatalf("second Create: %v, want ErrExist (EEXIST)", err)
 	}
-	_, err = New().Create(strings.TrimPrefix(key, "/"), 1024, 0o600)
+	_, err = sysv.New().Create(strings.TrimPrefix(key, "/"), 1024, 0o600)
 	if !errors.Is(err, fs.ErrExist) {
 		t.Fatalf("backend Create: %v, want fs.ErrExist", err)
 	}
-	if st := mustStat(t, New(), key); st.Attached != 1 || st.Size != 512+64 {
+	if st := mustStat(t, sysv.New(), key); st.Attached != 1 || st.Size != 512+64 {
 		t.Fatalf("the failed Creates touched the segment: %+v", st)
 	}
 }
@@ -272,7 +274,7 @@ func TestCreateExclusive(t *testing.T) {
 func TestModeExactUnderUmask(t *testing.T) {
 	old := syscall.Umask(0o022)
 	defer syscall.Umask(old)
-	b := New()
+	b := sysv.New()
 	for _, perm := range []fs.FileMode{0o600, 0o666, 0o640, 0o604, 0o400, 0} {
 		key := testName(t, "mode")
 		r, err := shm.Create(key, 64, opt(), shm.WithMode(perm))
@@ -308,7 +310,7 @@ func TestChown(t *testing.T) {
 	}
 	defer r.Close()
 	defer r.Unlink()
-	b := New()
+	b := sysv.New()
 	before := mustStat(t, b, key)
 	if err := r.Chown(12345, 23456); err != nil {
 		t.Fatal(err)
@@ -330,7 +332,7 @@ func TestChown(t *testing.T) {
 // would, filled with content.
 func rawSegment(t *testing.T, key string, size int, content []byte) {
 	t.Helper()
-	id, err := unix.SysvShmGet(Key(key), size, unix.IPC_CREAT|unix.IPC_EXCL|0o600)
+	id, err := unix.SysvShmGet(sysv.Key(key), size, unix.IPC_CREAT|unix.IPC_EXCL|0o600)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -366,7 +368,7 @@ func TestForeignSegment(t *testing.T) {
 				t.Errorf("error %q does not say %q", err, c.why)
 			}
 			// The foreign segment is left alone.
-			if st := mustStat(t, New(), key); st.Size != int64(c.size) || st.Attached != 0 {
+			if st := mustStat(t, sysv.New(), key); st.Size != int64(c.size) || st.Attached != 0 {
 				t.Errorf("foreign segment changed: %+v", st)
 			}
 			if _, err := shm.Create(key, 64, opt()); !errors.Is(err, shm.ErrExist) {
@@ -378,8 +380,8 @@ func TestForeignSegment(t *testing.T) {
 
 func TestKeyCollision(t *testing.T) {
 	a, bkey := testName(t, "coll-a"), testName(t, "coll-b")
-	forced := Key(a)
-	b := &Backend{keyFn: func(string) int { return forced }}
+	forced := sysv.Key(a)
+	b := sysv.NewWithKeyFunc(func(string) int { return forced })
 	r, err := shm.Create(a, 64, shm.WithBackend(b))
 	if err != nil {
 		t.Fatal(err)
@@ -461,10 +463,17 @@ func TestUnlinkWhileAttachedAcrossProcesses(t *testing.T) {
 	done := make(chan struct{})
 	var werr error
 	go func() { werr = cmd.Wait(); close(done) }()
-	if !waitFor(r.Bytes(), "attached", done) {
-		t.Fatalf("child did not attach:\n%s", out.String())
+	// fatal stops the child before reading its output.
+	fatal := func(format string) {
+		t.Helper()
+		cmd.Process.Kill()
+		<-done
+		t.Fatalf(format, out.String())
 	}
-	if st := mustStat(t, New(), key); st.Attached != 2 {
+	if !waitFor(r.Bytes(), "attached", done) {
+		fatal("child did not attach:\n%s")
+	}
+	if st := mustStat(t, sysv.New(), key); st.Attached != 2 {
 		t.Errorf("nattch %d with the child attached, want 2", st.Attached)
 	}
 	if err := r.Unlink(); err != nil {
@@ -472,7 +481,7 @@ func TestUnlinkWhileAttachedAcrossProcesses(t *testing.T) {
 	}
 	copy(r.Bytes(), "unlinked")
 	if !waitFor(r.Bytes(), "done", done) {
-		t.Fatalf("child did not see the segment after IPC_RMID:\n%s", out.String())
+		fatal("child did not see the segment after IPC_RMID:\n%s")
 	}
 	<-done
 	if werr != nil {
@@ -525,7 +534,7 @@ func runChild(role, key string) int {
 		if !waitFor(u.Bytes(), "unlinked", nil) {
 			return fail("never saw \"unlinked\"")
 		}
-		if _, err := New().Open(key[1:]); !errors.Is(err, fs.ErrNotExist) {
+		if _, err := sysv.New().Open(key[1:]); !errors.Is(err, fs.ErrNotExist) {
 			return fail("backend Open after IPC_RMID: %v, want ErrNotExist", err)
 		}
 		copy(u.Bytes(), "done\x00\x00\x00\x00")
@@ -536,7 +545,7 @@ func runChild(role, key string) int {
 		if !errors.Is(err, fs.ErrPermission) {
 			return fail("Open: %v, want ErrPermission", err)
 		}
-		if err := New().Unlink(key[1:]); !errors.Is(err, fs.ErrPermission) {
+		if err := sysv.New().Unlink(key[1:]); !errors.Is(err, fs.ErrPermission) {
 			return fail("Unlink: %v, want ErrPermission", err)
 		}
 		return 0
@@ -619,7 +628,7 @@ func TestPermissionAndChownAcrossUsers(t *testing.T) {
 }
 
 func TestListOpenIDUnlinkID(t *testing.T) {
-	b := New()
+	b := sysv.New()
 	key := testName(t, "list")
 	r, err := shm.Create(key, 3000, opt(), shm.WithMode(0o640))
 	if err != nil {
@@ -661,7 +670,7 @@ func TestListOpenIDUnlinkID(t *testing.T) {
 	if in, _ := find(); in.Attached != 2 {
 		t.Errorf("Attached %d with two attachments", in.Attached)
 	}
-	if st, err := b.StatID(in.ID); err != nil || st.Attached != 2 || st.Key != Key(key) {
+	if st, err := b.StatID(in.ID); err != nil || st.Attached != 2 || st.Key != sysv.Key(key) {
 		t.Errorf("StatID: %+v, %v", st, err)
 	}
 	if err := b.UnlinkID(in.ID); err != nil {
@@ -709,7 +718,7 @@ func TestParseList(t *testing.T) {
   12345678         14  1666                  4096  4242  4242      1  1000  1001     0     0 1700000000          0 1700000000                  4096                     0
   87654321         15   666                     1  4242  4242      0  1000  1001     0     0 1700000000          0 1700000000                  4096                     0
 `
-	got, err := parseList(strings.NewReader(text))
+	got, err := sysv.ParseList(strings.NewReader(text))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -720,19 +729,18 @@ func TestParseList(t *testing.T) {
 	if fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Fatalf("parseList:\n got %+v\nwant %+v", got, want)
 	}
-	if _, err := parseList(strings.NewReader("key shmid\n1 2\n")); err == nil {
+	if _, err := sysv.ParseList(strings.NewReader("key shmid\n1 2\n")); err == nil {
 		t.Error("parseList accepted a header without perms/size")
 	}
-	if _, err := parseList(strings.NewReader(text[:strings.Index(text, "\n")+1] + "x 1 600 1 1 1 1 0 0 0 0 0 0 0 0 0\n")); err == nil {
+	if _, err := sysv.ParseList(strings.NewReader(text[:strings.Index(text, "\n")+1] + "x 1 600 1 1 1 1 0 0 0 0 0 0 0 0 0\n")); err == nil {
 		t.Error("parseList accepted a bad key")
 	}
 }
 
 func TestPopulate(t *testing.T) {
-	b := New()
+	b := sysv.New()
 	t.Run("fallback", func(t *testing.T) {
-		madvise = func([]byte, int) error { return unix.EINVAL }
-		defer func() { madvise = unix.Madvise }()
+		defer sysv.SetMadvise(func([]byte, int) error { return unix.EINVAL })()
 		name := strings.TrimPrefix(testName(t, "pop-fallback"), "/")
 		p, err := b.Create(name, 3*4096+1, 0o600)
 		if err != nil {
@@ -743,8 +751,7 @@ func TestPopulate(t *testing.T) {
 		}
 	})
 	t.Run("failure", func(t *testing.T) {
-		madvise = func([]byte, int) error { return unix.ENOMEM }
-		defer func() { madvise = unix.Madvise }()
+		defer sysv.SetMadvise(func([]byte, int) error { return unix.ENOMEM })()
 		key := testName(t, "pop-fail")
 		_, err := shm.Create(key, 4096, opt())
 		if !errors.Is(err, syscall.ENOMEM) {
@@ -764,7 +771,7 @@ func TestPopulate(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer p.Discard()
-		rss := segmentRSS(t, Key(name))
+		rss := segmentRSS(t, sysv.Key(name))
 		if rss < size {
 			t.Fatalf("rss %d after Create of %d bytes: pages not populated", rss, size)
 		}
@@ -773,7 +780,7 @@ func TestPopulate(t *testing.T) {
 
 // segmentRSS reads the rss column of the segment under key_t k.
 func segmentRSS(t *testing.T, k int) int64 {
-	b, err := os.ReadFile(ProcFile)
+	b, err := os.ReadFile(sysv.ProcFile)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -784,7 +791,7 @@ func segmentRSS(t *testing.T, k int) int64 {
 	}
 	ri, ok := col["rss"]
 	if !ok {
-		t.Skip(ProcFile + " has no rss column on this kernel")
+		t.Skip(sysv.ProcFile + " has no rss column on this kernel")
 	}
 	for _, l := range lines[1:] {
 		f := strings.Fields(l)
@@ -805,7 +812,7 @@ func TestIpcsShowsRegions(t *testing.T) {
 		t.Skip("ipcs (util-linux) is not installed")
 	}
 	key := testName(t, "ipcs")
-	hex := fmt.Sprintf("0x%08x", uint32(int32(Key(key))))
+	hex := fmt.Sprintf("0x%08x", uint32(int32(sysv.Key(key))))
 	n0, _ := ipcsCount(t)
 	r, err := shm.Create(key, 64, opt())
 	if err != nil {
@@ -826,4 +833,49 @@ func TestIpcsShowsRegions(t *testing.T) {
 	// Other programs may add or remove segments meanwhile; report the
 	// counts, and fail only on what is certainly ours (the key above).
 	t.Logf("ipcs -m segments: %d before, %d with the region, %d after", n0, n1, n2)
+}
+
+// Benchmarks of the operations that differ between backends: attaching
+// and creating. The POSIX backend is measured alongside for comparison.
+func benchBackends() []backend.Backend { return []backend.Backend{sysv.New(), posix.New()} }
+
+func BenchmarkOpenClose(b *testing.B) {
+	for _, be := range benchBackends() {
+		b.Run(be.Name(), func(b *testing.B) {
+			key := testName(b, "bench-open")
+			r, err := shm.Create(key, 4096, shm.WithBackend(be))
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer r.Close()
+			defer r.Unlink()
+			for b.Loop() {
+				u, err := shm.Open(key, 0, shm.WithBackend(be))
+				if err != nil {
+					b.Fatal(err)
+				}
+				u.Close()
+			}
+		})
+	}
+}
+
+func BenchmarkCreateUnlink(b *testing.B) {
+	for _, size := range []int{4 << 10, 1 << 20} {
+		for _, be := range benchBackends() {
+			b.Run(fmt.Sprintf("%s/%dKiB", be.Name(), size>>10), func(b *testing.B) {
+				key := testName(b, "bench-create")
+				for b.Loop() {
+					r, err := shm.Create(key, size, shm.WithBackend(be))
+					if err != nil {
+						b.Fatal(err)
+					}
+					if err := r.Unlink(); err != nil {
+						b.Fatal(err)
+					}
+					r.Close()
+				}
+			})
+		}
+	}
 }
