@@ -50,7 +50,6 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/shmgo/shm/backend"
-	"github.com/shmgo/shm/backend/posix"
 	"github.com/shmgo/shm/internal/sys"
 )
 
@@ -70,8 +69,8 @@ type options struct {
 	init    func([]byte) error
 }
 
-// WithBackend chooses the backend that holds the region (default: POSIX,
-// posix.New()).
+// WithBackend chooses the backend that holds the region. Without it, the
+// key's prefix, SHM_BACKEND or the automatic choice decide (see EnvBackend).
 func WithBackend(b backend.Backend) Option {
 	return func(o *options) error {
 		if b == nil {
@@ -114,9 +113,6 @@ func buildOptions(opts []Option) (options, error) {
 		if err := opt(&o); err != nil {
 			return o, err
 		}
-	}
-	if o.backend == nil {
-		o.backend = posix.New()
 	}
 	return o, nil
 }
@@ -165,22 +161,22 @@ func parseKey(key string) (string, error) {
 // "." or "..". Create fails with ErrExist when the key is taken, and with an
 // error matching syscall.ENOSPC when there is no room for the region.
 func Create(key string, size int, opts ...Option) (*Region, error) {
-	name, err := parseKey(key)
-	if err != nil {
-		return nil, &Error{Op: "create", Key: key, Err: err}
-	}
 	o, err := buildOptions(opts)
 	if err != nil {
 		return nil, &Error{Op: "create", Key: key, Err: err}
 	}
-	bname := o.backend.Name()
-	fail := func(err error) (*Region, error) {
-		return nil, &Error{Op: "create", Key: key, Backend: bname, Err: err}
-	}
 	if size < 1 || size > MaxSize {
-		return fail(because("size must be 1 byte to 1 TiB", nil, ErrInvalidSize))
+		return nil, &Error{Op: "create", Key: key, Err: because("size must be 1 byte to 1 TiB", nil, ErrInvalidSize)}
 	}
-	p, err := o.backend.Create(name, headerSize+int64(size), o.mode)
+	name, bes, err := backendsFor(key, &o, headerSize+int64(size))
+	if err != nil {
+		return nil, &Error{Op: "create", Key: key, Err: err}
+	}
+	be := bes[0]
+	fail := func(err error) (*Region, error) {
+		return nil, &Error{Op: "create", Key: key, Backend: be.Name(), Err: err}
+	}
+	p, err := be.Create(name, headerSize+int64(size), o.mode)
 	if err != nil {
 		return fail(classify(err))
 	}
@@ -191,7 +187,7 @@ func Create(key string, size int, opts ...Option) (*Region, error) {
 	}
 	h := headerOf(mem)
 	writeHeader(h, name, int64(size), time.Now())
-	r := newRegion(key, name, o.backend, p, mem)
+	r := newRegion(key, name, be, p, mem)
 	if o.init != nil {
 		if err := o.init(r.data); err != nil {
 			p.Discard()
@@ -246,48 +242,38 @@ const (
 )
 
 func open(ctx context.Context, key string, deadline time.Time, once bool, opts []Option) (*Region, error) {
-	name, err := parseKey(key)
-	if err != nil {
-		return nil, &Error{Op: "open", Key: key, Err: err}
-	}
 	o, err := buildOptions(opts)
 	if err != nil {
 		return nil, &Error{Op: "open", Key: key, Err: err}
 	}
-	bname := o.backend.Name()
+	name, bes, err := backendsFor(key, &o, 0)
+	if err != nil {
+		return nil, &Error{Op: "open", Key: key, Err: err}
+	}
+	bname := bes[0].Name()
+	if len(bes) > 1 {
+		bname = ""
+	}
 	fail := func(err error) (*Region, error) {
 		return nil, &Error{Op: "open", Key: key, Backend: bname, Err: err}
-	}
-	visibleEarly := false
-	if v, ok := o.backend.(backend.VisibleBeforePublish); ok {
-		visibleEarly = v.VisibleBeforePublish()
 	}
 	var timer *time.Timer
 	backoff := minBackoff
 	var last error // why the last try did not succeed
 	for {
-		seg, err := o.backend.Open(name)
-		if err == nil {
-			mem := seg.Bytes()
-			st, why := checkHeader(mem, name)
-			switch {
-			case st == headerOK:
-				return newRegion(key, name, o.backend, seg, mem), nil
-			case st == headerBad, st == headerBlank && !visibleEarly:
-				seg.Close()
-				return fail(because(why.Error(), nil, ErrCorrupt))
-			case st == headerNotReady:
-				if sys.Check(headerOf(mem).creator()) == sys.Dead {
-					seg.Close()
-					return fail(because("creator died before the region was ready", nil, ErrOwnerDead))
-				}
+		last = nil
+		for _, be := range bes {
+			r, err, retry := tryOpen(be, key, name)
+			if r != nil {
+				return r, nil
 			}
-			seg.Close()
-			last = because(why.Error(), nil, ErrCorrupt)
-		} else if errors.Is(err, fs.ErrNotExist) {
-			last = nil
-		} else {
-			return fail(classify(err))
+			if !retry {
+				bname = be.Name()
+				return fail(err)
+			}
+			if err != nil {
+				bname, last = be.Name(), err
+			}
 		}
 
 		// Wait before the next try.
@@ -315,6 +301,38 @@ func open(ctx context.Context, key string, deadline time.Time, once bool, opts [
 		case <-timer.C:
 		}
 	}
+}
+
+// tryOpen makes one attempt to attach to name on be. It returns the region,
+// or an error and whether waiting may help: retry with a nil error means
+// the key is not there; retry with an error means an object is there but
+// not (yet) a ready region.
+func tryOpen(be backend.Backend, key, name string) (r *Region, err error, retry bool) {
+	seg, err := be.Open(name)
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil, nil, true
+		}
+		return nil, classify(err), false
+	}
+	mem := seg.Bytes()
+	st, why := checkHeader(mem, name)
+	visibleEarly := false
+	if v, ok := be.(backend.VisibleBeforePublish); ok {
+		visibleEarly = v.VisibleBeforePublish()
+	}
+	switch {
+	case st == headerOK:
+		return newRegion(key, name, be, seg, mem), nil, false
+	case st == headerBad, st == headerBlank && !visibleEarly:
+		seg.Close()
+		return nil, because(why.Error(), nil, ErrCorrupt), false
+	case st == headerNotReady && sys.Check(headerOf(mem).creator()) == sys.Dead:
+		seg.Close()
+		return nil, because("creator died before the region was ready", nil, ErrOwnerDead), false
+	}
+	seg.Close()
+	return nil, because(why.Error(), nil, ErrCorrupt), true
 }
 
 // notThere is the error of an Open that gave up: the key never appeared

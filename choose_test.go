@@ -1,0 +1,127 @@
+package shm
+
+import (
+	"errors"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/shmgo/shm/backend/posix"
+	"github.com/shmgo/shm/backend/sysv"
+)
+
+func TestKeyPrefixChoosesBackend(t *testing.T) {
+	dir := t.TempDir()
+	cases := []struct{ key, backend, open string }{
+		{"posix:/t-choose-p", "posix", "/t-choose-p"},
+		{"sysv:/t-choose-s", "sysv", "sysv:t-choose-s"},
+		{"memfd:/t-choose-m", "memfd", "memfd:/t-choose-m"},
+		{"file:" + dir + "/t-choose-f", "file", "file:" + dir + "/t-choose-f"},
+	}
+	for _, c := range cases {
+		r, err := Create(c.key, 64)
+		if err != nil {
+			t.Fatalf("Create %s: %v", c.key, err)
+		}
+		if r.Backend() != c.backend || r.Key() != c.key {
+			t.Errorf("Create %s: backend %q key %q", c.key, r.Backend(), r.Key())
+		}
+		u, err := Open(c.open, time.Second)
+		if err != nil {
+			t.Fatalf("Open %s: %v", c.open, err)
+		}
+		if u.Backend() != c.backend {
+			t.Errorf("Open %s: backend %q, want %q", c.open, u.Backend(), c.backend)
+		}
+		u.Close()
+		if err := r.Unlink(); err != nil {
+			t.Error(err)
+		}
+		r.Close()
+	}
+	if _, err := os.Stat(dir + "/t-choose-f"); !os.IsNotExist(err) {
+		t.Errorf("file region left after Unlink: %v", err)
+	}
+}
+
+func TestKeyPrefixConflicts(t *testing.T) {
+	_, err := Create("sysv:/t-choose-x", 64, WithBackend(posix.New()))
+	if !errors.Is(err, ErrInvalidOption) {
+		t.Fatalf("key naming sysv with WithBackend(posix): %v, want ErrInvalidOption", err)
+	}
+	_, err = Create("file:relative/x", 64)
+	if !errors.Is(err, ErrInvalidKey) {
+		t.Fatalf("relative file key: %v, want ErrInvalidKey", err)
+	}
+	// A prefix that names no backend is part of an ordinary key.
+	r, err := Create("/t-choose-a:b", 64, WithBackend(posix.New()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.Unlink()
+	r.Close()
+	// The same backend in both places is fine.
+	r, err = Create("sysv:/t-choose-y", 64, WithBackend(sysv.New()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.Unlink()
+	r.Close()
+}
+
+func TestEnvBackend(t *testing.T) {
+	t.Setenv(EnvBackend, "memfd")
+	r, err := Create("/t-choose-env", 64)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	if r.Backend() != "memfd" {
+		t.Fatalf("SHM_BACKEND=memfd gave %q", r.Backend())
+	}
+	u, err := Open("/t-choose-env", time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	u.Close()
+
+	dir := t.TempDir()
+	t.Setenv(EnvBackend, "file:"+dir)
+	f, err := Create("/t-choose-envf", 64)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(dir + "/t-choose-envf"); err != nil || f.Backend() != "file" {
+		t.Fatalf("SHM_BACKEND=file:%s: backend %q, stat %v", dir, f.Backend(), err)
+	}
+	f.Unlink()
+	f.Close()
+
+	t.Setenv(EnvBackend, "nonsense")
+	if _, err := Create("/t-choose-bad", 64); !errors.Is(err, ErrInvalidOption) {
+		t.Fatalf("SHM_BACKEND=nonsense: %v, want ErrInvalidOption", err)
+	}
+}
+
+// Open without a backend finds a key wherever the automatic order finds it.
+func TestAutoOpenFindsAnyBackend(t *testing.T) {
+	dir := t.TempDir()
+	t.Setenv("XDG_RUNTIME_DIR", dir)
+	for _, key := range []string{"memfd:/t-choose-am", "file:" + dir + "/t-choose-af", "posix:/t-choose-ap"} {
+		r, err := Create(key, 64)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, rest, _ := splitKey(key)
+		u, err := Open(rest, time.Second)
+		if err != nil {
+			t.Fatalf("Open %s (created as %s): %v", rest, key, err)
+		}
+		if u.Backend() != r.Backend() {
+			t.Errorf("Open %s found backend %s, created on %s", rest, u.Backend(), r.Backend())
+		}
+		u.Close()
+		r.Unlink()
+		r.Close()
+	}
+}
