@@ -549,6 +549,28 @@ func runChild(role, key string) int {
 			return fail("Unlink: %v, want ErrPermission", err)
 		}
 		return 0
+	case "create-readonly":
+		// Runs as another user, without CAP_IPC_OWNER: the creator must
+		// still be able to attach read-write to a mode without owner
+		// write, and the mode must stay exact.
+		r, err := shm.Create(key, 64, opt(), shm.WithMode(0o400))
+		if err != nil {
+			return fail("Create 0400: %v", err)
+		}
+		defer r.Close()
+		defer r.Unlink()
+		copy(r.Bytes(), "written")
+		st, err := sysv.New().Stat(key)
+		if err != nil {
+			return fail("Stat: %v", err)
+		}
+		if st.Mode != 0o400 || st.UID != os.Getuid() {
+			return fail("mode %v uid %d, want 0400 and %d", st.Mode, st.UID, os.Getuid())
+		}
+		if _, err := shm.Open(key, 0, opt()); !errors.Is(err, fs.ErrPermission) {
+			return fail("Open of our own 0400 region: %v, want ErrPermission", err)
+		}
+		return 0
 	case "allowed":
 		u, err := shm.Open(key, 0, opt())
 		if err != nil {
@@ -607,7 +629,7 @@ func TestPermissionAndChownAcrossUsers(t *testing.T) {
 	defer r.Unlink()
 	copy(r.Bytes(), "owned")
 	exe := exeForOthers(t)
-	run := func(role string) {
+	run := func(role, key string) {
 		t.Helper()
 		cmd := exec.Command(exe, "-test.run=^$")
 		cmd.Dir = filepath.Dir(exe)
@@ -617,11 +639,16 @@ func TestPermissionAndChownAcrossUsers(t *testing.T) {
 			t.Fatalf("child %s as uid %d: %v\n%s", role, nobody, err, out)
 		}
 	}
-	run("denied")
+	run("denied", key)
+	key2 := testName(t, "perm-creator")
+	run("create-readonly", key2)
+	if _, err := sysv.New().Stat(key2); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("the other user's region is left: %v", err)
+	}
 	if err := r.Chown(nobody, nobody); err != nil {
 		t.Fatal(err)
 	}
-	run("allowed")
+	run("allowed", key)
 	if string(r.Bytes()[:5]) != "wrote" {
 		t.Fatalf("the other user's write is not visible: %q", r.Bytes()[:5])
 	}
