@@ -13,16 +13,13 @@
 package posix
 
 import (
-	"crypto/rand"
-	"encoding/hex"
 	"io/fs"
 	"path/filepath"
-	"strings"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/shmgo/shm/backend"
-	"github.com/shmgo/shm/internal/sys"
+	"github.com/shmgo/shm/internal/dirobj"
 )
 
 // DefaultDir is where Linux's shm_open keeps its objects.
@@ -53,54 +50,36 @@ func (b *Backend) Dir() string { return b.dir }
 
 func (b *Backend) path(name string) string { return filepath.Join(b.dir, name) }
 
+func (b *Backend) objs() dirobj.Dir { return dirobj.Dir{Path: b.dir, TempPrefix: TempPrefix} }
+
 // Create implements backend.Backend.
 func (b *Backend) Create(name string, size int64, perm fs.FileMode) (backend.Pending, error) {
-	final := b.path(name)
-	var st unix.Stat_t
-	if err := unix.Lstat(final, &st); err == nil {
-		return nil, &fs.PathError{Op: "create", Path: final, Err: unix.EEXIST}
-	}
-	var rnd [8]byte
-	_, _ = rand.Read(rnd[:])
-	tmp := b.path(TempPrefix + name + "." + hex.EncodeToString(rnd[:]))
-	fd, err := unix.Open(tmp, unix.O_RDWR|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	t, err := b.objs().CreateTemp(name, 0)
 	if err != nil {
-		return nil, &fs.PathError{Op: "open", Path: tmp, Err: err}
+		return nil, err
 	}
-	fail := func(op string, err error) (backend.Pending, error) {
-		unix.Close(fd)
-		unix.Unlink(tmp)
-		return nil, &fs.PathError{Op: op, Path: final, Err: err}
+	if err := t.Chmod(perm); err != nil {
+		t.Abort()
+		return nil, err
 	}
-	if err := unix.Fchmod(fd, uint32(perm.Perm())); err != nil {
-		return fail("fchmod", err)
+	if err := t.Reserve(size, false); err != nil {
+		t.Abort()
+		return nil, err
 	}
-	if err := sys.Reserve(fd, size); err != nil {
-		return fail("fallocate", err)
-	}
-	mem, err := unix.Mmap(fd, 0, int(size), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	mem, err := unix.Mmap(t.Fd, 0, int(size), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
 	if err != nil {
-		return fail("mmap", err)
+		return nil, t.Fail("mmap", err)
 	}
-	return &segment{fd: fd, mem: mem, tmp: tmp, final: final}, nil
+	return &segment{fd: t.Fd, mem: mem, tmp: t.Tmp, final: t.Final}, nil
 }
 
 // Open implements backend.Backend.
 func (b *Backend) Open(name string) (backend.Segment, error) {
-	p := b.path(name)
-	fd, err := unix.Open(p, unix.O_RDWR|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	fd, st, err := b.objs().Open(name)
 	if err != nil {
-		return nil, &fs.PathError{Op: "open", Path: p, Err: err}
+		return nil, err
 	}
-	var st unix.Stat_t
-	if err := unix.Fstat(fd, &st); err != nil {
-		unix.Close(fd)
-		return nil, &fs.PathError{Op: "fstat", Path: p, Err: err}
-	}
-	if st.Mode&unix.S_IFMT != unix.S_IFREG {
-		unix.Close(fd)
-		return nil, &fs.PathError{Op: "open", Path: p, Err: unix.EINVAL}
-	}
+	p := b.path(name)
 	s := &segment{fd: fd, final: p}
 	if st.Size > 0 {
 		s.mem, err = unix.Mmap(fd, 0, int(st.Size), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
@@ -113,57 +92,11 @@ func (b *Backend) Open(name string) (backend.Segment, error) {
 }
 
 // Unlink implements backend.Backend.
-func (b *Backend) Unlink(name string) error {
-	p := b.path(name)
-	if err := unix.Unlink(p); err != nil {
-		return &fs.PathError{Op: "unlink", Path: p, Err: err}
-	}
-	return nil
-}
+func (b *Backend) Unlink(name string) error { return b.objs().Unlink(name) }
 
 // List implements backend.Lister: every object in the directory but
 // those still being created.
-func (b *Backend) List() ([]backend.Info, error) {
-	ents, err := readDir(b.dir)
-	if err != nil {
-		return nil, err
-	}
-	var out []backend.Info
-	for _, name := range ents {
-		if strings.HasPrefix(name, TempPrefix) {
-			continue
-		}
-		var st unix.Stat_t
-		if err := unix.Lstat(b.path(name), &st); err != nil || st.Mode&unix.S_IFMT != unix.S_IFREG {
-			continue
-		}
-		out = append(out, backend.Info{
-			Name: name, Size: st.Size, Mode: fs.FileMode(st.Mode & 0o777),
-			UID: int(st.Uid), GID: int(st.Gid), Attached: -1,
-		})
-	}
-	return out, nil
-}
-
-func readDir(dir string) ([]string, error) {
-	fd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return nil, &fs.PathError{Op: "open", Path: dir, Err: err}
-	}
-	defer unix.Close(fd)
-	var names []string
-	buf := make([]byte, 64<<10)
-	for {
-		n, err := unix.ReadDirent(fd, buf)
-		if err != nil {
-			return nil, &fs.PathError{Op: "readdirent", Path: dir, Err: err}
-		}
-		if n <= 0 {
-			return names, nil
-		}
-		_, _, names = unix.ParseDirent(buf[:n], -1, names)
-	}
-}
+func (b *Backend) List() ([]backend.Info, error) { return b.objs().List() }
 
 type segment struct {
 	fd    int
@@ -176,13 +109,9 @@ func (s *segment) Bytes() []byte { return s.mem }
 func (s *segment) Fd() uintptr   { return uintptr(s.fd) }
 
 func (s *segment) Publish() error {
-	if err := sys.PublishNoReplace(s.tmp, s.final); err != nil {
-		unix.Unlink(s.tmp)
-		s.tmp = ""
-		return &fs.PathError{Op: "publish", Path: s.final, Err: err}
-	}
+	err := dirobj.Publish(s.tmp, s.final)
 	s.tmp = ""
-	return nil
+	return err
 }
 
 func (s *segment) Discard() error {

@@ -1,0 +1,18 @@
+package file
+
+import (
+	"time"
+
+	"github.com/shmgo/shm/backend"
+)
+
+// TempPath returns the temporary path of a created, unpublished object.
+func TempPath(p backend.Pending) string { return p.(*segment).tmp }
+
+// SetLockWait sets how long Create and Open wait for a lock and returns a
+// function that restores it.
+func SetLockWait(d time.Duration) (restore func()) {
+	old := lockWait
+	lockWait = d
+	return func() { lockWait = old }
+}

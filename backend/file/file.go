@@ -1,0 +1,383 @@
+// Package file is the file-backed backend: a key "/name" is the regular file
+// dir/name, mapped read-write and shared (github.com/edsrzf/mmap-go), and
+// guarded by flock(2) locks (github.com/gofrs/flock) that tell who uses it.
+//
+// # When to pick it
+//
+// Pick it to share a region through a directory that several containers, or
+// processes in different mount, IPC or PID namespaces, can all see: a volume
+// mounted into each of them (an emptyDir, a host path). /dev/shm and SysV
+// segments are private to a container by default; a directory is not. On a
+// tmpfs volume it behaves like backend/posix; on a disk-backed filesystem
+// the kernel also writes the pages back to disk, which costs I/O but does
+// not make the region durable (see below). Within one host and namespace,
+// backend/posix is faster to create and open (no locks).
+//
+// # Creation
+//
+// As backend/posix does: the owner creates the file under a temporary name
+// (TempPrefix, then the name and a random suffix) in the same directory with
+// O_CREAT|O_EXCL|O_NOFOLLOW|O_CLOEXEC, takes an exclusive flock on it,
+// applies the mode with fchmod (exact, whatever the umask) and reserves its
+// pages with fallocate, so that a full filesystem fails at Create with
+// ENOSPC rather than with SIGBUS on the first touch. A filesystem without
+// fallocate (EOPNOTSUPP: NFS before 4.2, some FUSE filesystems) gets
+// ftruncate and the whole file written with zeros instead: slower, and it
+// commits the space only where blocks are overwritten in place (not on
+// copy-on-write or compressing filesystems such as btrfs or ZFS). Package shm
+// then writes its header, and Publish gives the file its name with
+// renameat2(RENAME_NOREPLACE) (link(2) where the filesystem lacks it): a
+// half-made region is never visible under its name, and of two owners
+// racing for one name exactly one wins; the other gets fs.ErrExist.
+//
+// # Locks
+//
+// Every segment holds a shared flock on its file for as long as it is open;
+// the owner holds an exclusive one from Create until Publish, and downgrades
+// it to shared just before the file gets its name. So, seen from outside:
+//
+//   - a file that can be locked exclusively (LOCK_EX|LOCK_NB) is mapped by
+//     no one: InUse reports false;
+//   - a file locked exclusively is being initialised (it still has its
+//     temporary name);
+//   - a file locked shared is mapped by someone.
+//
+// The kernel drops a process's flocks when it dies, so a crashed user never
+// leaves a file "in use". flock is per open file description: it follows the
+// file through the rename and stays on the inode after an Unlink. gofrs/flock
+// opens the file itself, by path, next to the descriptor that is mapped; the
+// backend opens it without O_CREAT (so a lock never recreates a removed
+// file) and checks that both descriptors name the same inode. Programs that
+// map these files without taking the shared lock (C programs, say) are
+// invisible to InUse.
+//
+// On network filesystems flock may not mean the same thing. NFS clients
+// (Linux 2.6.12 and later) emulate it with POSIX byte-range locks, which
+// belong to the process rather than the descriptor: two segments of one file
+// in one process share one lock, closing either drops it, and InUse called
+// by a process that maps the file succeeds and drops that process's lock.
+// Such locks also depend on the NFS lock service and on the client keeping
+// its lease. Some network and FUSE filesystems keep flocks local to each
+// client. Only use InUse-based cleanup where the filesystem's flock is the
+// kernel's own (tmpfs, ext4, xfs, overlayfs volumes).
+//
+// # Persistence is not a goal
+//
+// A region lives as long as its file: it outlives its processes, and on a
+// disk-backed filesystem it outlives a reboot too. But what is on disk then
+// is whatever the kernel had written back, in no particular order and
+// without msync: not a consistent snapshot, and the header's creator and
+// lock holder records (PIDs, start times, PID namespaces) describe processes
+// of the previous boot that may even look alive now. Package shm will open
+// such a region as if nothing happened. Remove the directory's regions at
+// boot (every InUse is false then), or keep them on a tmpfs.
+//
+// # Cleanup
+//
+// A region's file is stale when InUse reports false (no process has it open)
+// and package shm's header says that its creator is dead; a region whose
+// creator lives may merely be waiting for users, because Close does not
+// remove a region. A temporary file (TempPrefix) that is not locked was left
+// by a creator that died before Publish, and can be removed (a creator that
+// has just made it and not yet locked it then fails to publish, and returns
+// an error). List does not probe locks: it reports Attached as -1.
+package file
+
+import (
+	"errors"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/edsrzf/mmap-go"
+	"github.com/gofrs/flock"
+	"golang.org/x/sys/unix"
+
+	"github.com/shmgo/shm/backend"
+	"github.com/shmgo/shm/internal/dirobj"
+)
+
+// TempPrefix starts the names of files still being created; List skips
+// them.
+const TempPrefix = ".shmgo-file-tmp."
+
+// lockWait bounds how long Create and Open keep trying to take their flock
+// while another process holds the file exclusively (an InUse probe holds it
+// for a few microseconds; anything longer is a foreign process). Tests
+// shorten it.
+var lockWait = 2 * time.Second
+
+// Backend is the file-backed backend. The zero value is not usable; call
+// New.
+type Backend struct {
+	dir string
+}
+
+// New returns a backend that keeps its regions in the directory dir, which
+// must exist.
+func New(dir string) *Backend { return &Backend{dir: dir} }
+
+// Name returns "file".
+func (b *Backend) Name() string { return "file" }
+
+// Dir returns the directory that holds the regions.
+func (b *Backend) Dir() string { return b.dir }
+
+func (b *Backend) objs() dirobj.Dir { return dirobj.Dir{Path: b.dir, TempPrefix: TempPrefix} }
+
+func (b *Backend) path(name string) string { return filepath.Join(b.dir, name) }
+
+// The flags gofrs/flock opens its own descriptor with: never O_CREAT (its
+// default), which would recreate a file removed in the meantime.
+const lockFlags = os.O_RDWR | syscall.O_NOFOLLOW
+
+// Create implements backend.Backend. The file is locked exclusively until
+// Publish.
+func (b *Backend) Create(name string, size int64, perm fs.FileMode) (backend.Pending, error) {
+	// Owner-only until Chmod: the lock below opens the file by path, which
+	// mode 0 would forbid to a process without CAP_DAC_OVERRIDE.
+	t, err := b.objs().CreateTemp(name, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	lk, err := lockFile(t.Tmp, t.Fd, true)
+	if err != nil {
+		return nil, t.Fail("flock", err)
+	}
+	if err := t.Chmod(perm); err != nil {
+		t.Abort()
+		lk.Unlock()
+		return nil, err
+	}
+	if err := t.Reserve(size, true); err != nil {
+		t.Abort()
+		lk.Unlock()
+		return nil, err
+	}
+	f := os.NewFile(uintptr(t.Fd), t.Final)
+	mem, err := mmap.MapRegion(f, int(size), mmap.RDWR, 0, 0)
+	if err != nil {
+		f.Close()
+		unix.Unlink(t.Tmp)
+		lk.Unlock()
+		return nil, &fs.PathError{Op: "mmap", Path: t.Final, Err: err}
+	}
+	return &segment{f: f, mem: mem, lk: lk, tmp: t.Tmp, final: t.Final}, nil
+}
+
+// Open implements backend.Backend. The segment holds a shared lock on the
+// file until Close. Open fails with an error matching syscall.EWOULDBLOCK
+// when another process keeps the file locked exclusively for seconds.
+func (b *Backend) Open(name string) (backend.Segment, error) {
+	fd, st, err := b.objs().Open(name)
+	if err != nil {
+		return nil, err
+	}
+	p := b.path(name)
+	lk, err := lockFile(p, fd, false)
+	if err != nil {
+		unix.Close(fd)
+		return nil, &fs.PathError{Op: "flock", Path: p, Err: err}
+	}
+	// The size after the lock: no owner changes it once published.
+	if err := unix.Fstat(fd, st); err != nil {
+		unix.Close(fd)
+		lk.Unlock()
+		return nil, &fs.PathError{Op: "fstat", Path: p, Err: err}
+	}
+	s := &segment{f: os.NewFile(uintptr(fd), p), lk: lk, final: p}
+	if st.Size > 0 {
+		s.mem, err = mmap.MapRegion(s.f, int(st.Size), mmap.RDWR, 0, 0)
+		if err != nil {
+			s.f.Close()
+			lk.Unlock()
+			return nil, &fs.PathError{Op: "mmap", Path: p, Err: err}
+		}
+	}
+	return s, nil
+}
+
+// lockFile takes a flock (exclusive or shared) on the file at path, which fd
+// has open, through gofrs/flock's own descriptor, retrying with backoff for
+// up to lockWait while another descriptor holds a conflicting lock. It fails
+// with ENOENT when path is gone and ESTALE when path now names another file
+// than fd.
+func lockFile(path string, fd int, exclusive bool) (*flock.Flock, error) {
+	lk := flock.New(path, flock.SetFlag(lockFlags))
+	try := lk.TryRLock
+	if exclusive {
+		try = lk.TryLock
+	}
+	deadline := time.Now().Add(lockWait)
+	for wait := 50 * time.Microsecond; ; wait = min(2*wait, 10*time.Millisecond) {
+		ok, err := try()
+		if err != nil {
+			return nil, unwrapErrno(err)
+		}
+		if ok {
+			break
+		}
+		if time.Now().After(deadline) {
+			return nil, unix.EWOULDBLOCK
+		}
+		time.Sleep(wait)
+	}
+	// gofrs/flock opened path itself: make sure it is the file we have.
+	fi, err := lk.Stat()
+	if err != nil {
+		lk.Unlock()
+		return nil, unwrapErrno(err)
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		lk.Unlock()
+		return nil, err
+	}
+	if lst, ok := fi.Sys().(*syscall.Stat_t); !ok || lst.Dev != st.Dev || lst.Ino != st.Ino {
+		lk.Unlock()
+		return nil, unix.ESTALE
+	}
+	return lk, nil
+}
+
+// unwrapErrno returns the syscall.Errno inside err (gofrs/flock returns
+// *fs.PathError from its open), or err.
+func unwrapErrno(err error) error {
+	var errno syscall.Errno
+	if errors.As(err, &errno) {
+		return errno
+	}
+	return err
+}
+
+// InUse tells whether some process has the region name open (mapped, or
+// being initialised): it tries to lock the file exclusively without
+// waiting, and releases the lock at once when it gets it. Holders are not
+// disturbed, but a Create or Open of the same file that runs during those
+// microseconds waits for them.
+//
+// It fails with an error matching fs.ErrNotExist when there is no such file.
+// The name may be a temporary one (TempPrefix). See the package doc for
+// network filesystems, where a process must not probe a file it maps.
+func (b *Backend) InUse(name string) (bool, error) {
+	p := b.path(name)
+	// O_NONBLOCK: a FIFO under the name must not block the open.
+	lk := flock.New(p, flock.SetFlag(lockFlags|syscall.O_NONBLOCK))
+	ok, err := lk.TryLock()
+	if err != nil && (errors.Is(err, fs.ErrPermission) || errors.Is(err, syscall.EROFS)) {
+		// Read access is enough for flock on a local filesystem.
+		lk = flock.New(p, flock.SetFlag(os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_NONBLOCK))
+		ok, err = lk.TryLock()
+	}
+	if err != nil {
+		return false, &fs.PathError{Op: "flock", Path: p, Err: unwrapErrno(err)}
+	}
+	if !ok {
+		return true, nil
+	}
+	if err := lk.Unlock(); err != nil {
+		return false, &fs.PathError{Op: "flock", Path: p, Err: unwrapErrno(err)}
+	}
+	return false, nil
+}
+
+// Unlink implements backend.Backend (unlink(2)). Segments keep their
+// mappings and their locks, on the removed file.
+func (b *Backend) Unlink(name string) error { return b.objs().Unlink(name) }
+
+// List implements backend.Lister: every regular file in the directory but
+// those still being created. Attached is -1: flock tells whether a file is
+// mapped (InUse), not by how many processes, and probing every file would
+// stall concurrent Opens and, on NFS, drop the caller's own locks.
+func (b *Backend) List() ([]backend.Info, error) { return b.objs().List() }
+
+// segment is one mapping of a file and the flock that announces it.
+type segment struct {
+	f     *os.File // the mapped descriptor, nil after Close
+	mem   mmap.MMap
+	lk    *flock.Flock // gofrs/flock's own descriptor, locked
+	tmp   string       // non-empty until published
+	final string
+}
+
+func (s *segment) Bytes() []byte { return s.mem }
+
+// Fd implements backend.Fder: the mapped descriptor (not the lock's).
+func (s *segment) Fd() uintptr {
+	if s.f == nil {
+		return ^uintptr(0)
+	}
+	return s.f.Fd()
+}
+
+// Publish downgrades the owner's exclusive lock to a shared one, then gives
+// the file its name exclusively. flock(2) does not promise that converting a
+// lock is atomic; Linux converts it under one spinlock, and a cleaner also
+// checks that the creator is dead.
+func (s *segment) Publish() error {
+	// Converting EX to SH cannot conflict: nobody else holds a lock.
+	if ok, err := s.lk.TryRLock(); err != nil || !ok {
+		if err == nil {
+			err = unix.EWOULDBLOCK
+		}
+		return &fs.PathError{Op: "flock", Path: s.final, Err: unwrapErrno(err)}
+	}
+	err := dirobj.Publish(s.tmp, s.final)
+	s.tmp = ""
+	return err
+}
+
+func (s *segment) Discard() error {
+	if s.tmp != "" {
+		unix.Unlink(s.tmp)
+		s.tmp = ""
+	}
+	return s.Close()
+}
+
+// Chown implements backend.Chowner (fchown).
+func (s *segment) Chown(uid, gid int) error {
+	if s.f == nil {
+		return &fs.PathError{Op: "fchown", Path: s.final, Err: fs.ErrClosed}
+	}
+	if err := unix.Fchown(int(s.f.Fd()), uid, gid); err != nil {
+		return &fs.PathError{Op: "fchown", Path: s.final, Err: err}
+	}
+	return nil
+}
+
+// Close unmaps, closes the mapped descriptor, and only then releases the
+// lock, so that InUse never reports false while the mapping exists.
+func (s *segment) Close() error {
+	var err error
+	if s.mem != nil {
+		err = s.mem.Unmap()
+		s.mem = nil
+	}
+	if s.f != nil {
+		if e := s.f.Close(); err == nil {
+			err = e
+		}
+		s.f = nil
+	}
+	if s.lk != nil {
+		if e := s.lk.Unlock(); err == nil {
+			err = e
+		}
+		s.lk = nil
+	}
+	if err != nil {
+		return &fs.PathError{Op: "close", Path: s.final, Err: unwrapErrno(err)}
+	}
+	return nil
+}
+
+var (
+	_ backend.Backend = (*Backend)(nil)
+	_ backend.Lister  = (*Backend)(nil)
+	_ backend.Pending = (*segment)(nil)
+	_ backend.Chowner = (*segment)(nil)
+	_ backend.Fder    = (*segment)(nil)
+)
