@@ -50,7 +50,7 @@
 //     segments, kernel.shmmni their number (see /proc/sys/kernel); exceeding
 //     them fails Create with EINVAL or ENOSPC.
 //   - There is no file descriptor: segments cannot be passed over a socket,
-//     sealed, or polled, and Region has no Fd.
+//     sealed, or polled (the segments implement no backend.Fder).
 //   - Keys are 32-bit hashes: a collision makes the second key unusable
 //     while the first region exists (see above).
 //   - systemd-logind's RemoveIPC=yes (the default on many distributions)
