@@ -3,6 +3,7 @@ package shm
 import (
 	"context"
 	"errors"
+	"runtime/debug"
 	"sync/atomic"
 	"time"
 	"unsafe"
@@ -85,6 +86,9 @@ func (r *Region) LockContext(ctx context.Context) (Lock, error) {
 	if r.closed.Load() {
 		return Lock{}, r.err("lock", ErrClosed)
 	}
+	if r.guard {
+		return r.lockGuarded(ctx, false)
+	}
 	if atomic.CompareAndSwapUint32(&r.hdr.Lock.Word, 0, r.lk.me) {
 		return r.acquired(false), nil
 	}
@@ -97,10 +101,29 @@ func (r *Region) TryLock() (Lock, error) {
 	if r.closed.Load() {
 		return Lock{}, r.err("lock", ErrClosed)
 	}
+	if r.guard {
+		return r.lockGuarded(context.Background(), true)
+	}
 	if atomic.CompareAndSwapUint32(&r.hdr.Lock.Word, 0, r.lk.me) {
 		return r.acquired(false), nil
 	}
 	return r.lockSlow(context.Background(), true)
+}
+
+// lockGuarded is the lock for objects that another process may shrink under
+// us (POSIX, file): a fault on the lock word becomes an error, not a crash.
+func (r *Region) lockGuarded(ctx context.Context, try bool) (l Lock, err error) {
+	old := debug.SetPanicOnFault(true)
+	defer func() {
+		debug.SetPanicOnFault(old)
+		if p := recover(); p != nil {
+			l, err = Lock{}, r.err("lock", faultError(p))
+		}
+	}()
+	if atomic.CompareAndSwapUint32(&r.hdr.Lock.Word, 0, r.lk.me) {
+		return r.acquired(false), nil
+	}
+	return r.lockSlow(ctx, try)
 }
 
 // acquired records this process as the holder; the caller holds the word.
@@ -258,6 +281,21 @@ func (l Lock) Unlock() error {
 	died := r.lk.died
 	r.lk.held = false
 	raceRelease(unsafe.Pointer(&raceLock))
+	if r.guard {
+		return r.unlockGuarded(died)
+	}
+	r.unlockWord(died)
+	return nil
+}
+
+func (r *Region) unlockGuarded(died bool) (err error) {
+	old := debug.SetPanicOnFault(true)
+	defer func() {
+		debug.SetPanicOnFault(old)
+		if p := recover(); p != nil {
+			err = r.err("unlock", faultError(p))
+		}
+	}()
 	r.unlockWord(died)
 	return nil
 }
@@ -291,8 +329,35 @@ func (l Lock) MarkConsistent() error {
 		return r.err("markconsistent", ErrNotLocked)
 	}
 	if r.lk.died {
-		atomic.AndUint32(&r.hdr.Lock.Word, ^uint32(lockDied))
+		if err := guard(func() { atomic.AndUint32(&r.hdr.Lock.Word, ^uint32(lockDied)) }); err != nil {
+			return r.err("markconsistent", err)
+		}
 		r.lk.died = false
 	}
+	return nil
+}
+
+// faultError turns the panic of a memory fault (debug.SetPanicOnFault) into
+// an error; any other panic goes on.
+func faultError(p any) error {
+	if e, ok := p.(interface {
+		error
+		Addr() uintptr
+	}); ok {
+		return because("memory fault in the region's header (was the object truncated?)", e, ErrCorrupt)
+	}
+	panic(p)
+}
+
+// guard runs f, turning a memory fault into an error.
+func guard(f func()) (err error) {
+	old := debug.SetPanicOnFault(true)
+	defer func() {
+		debug.SetPanicOnFault(old)
+		if p := recover(); p != nil {
+			err = faultError(p)
+		}
+	}()
+	f()
 	return nil
 }

@@ -131,6 +131,7 @@ type Region struct {
 	data []byte
 
 	closed   atomic.Bool
+	guard    bool       // the object can shrink under us: fault-protect header accesses
 	mu       sync.Mutex // Unlink, Chown, Close
 	unlinked bool
 	created  int64 // header's creation stamp, to recognise our object
@@ -210,6 +211,9 @@ func newRegion(key, name string, be backend.Backend, seg backend.Segment, mem []
 		be: be, seg: seg, hdr: h,
 		data:    mem[headerSize : headerSize+int(h.DataSize) : headerSize+int(h.DataSize)],
 		created: h.Created,
+	}
+	if s, ok := seg.(backend.Sealed); !ok || !s.Sealed() {
+		r.guard = true
 	}
 	r.lk.init()
 	return r
@@ -316,7 +320,16 @@ func tryOpen(be backend.Backend, key, name string) (r *Region, err error, retry 
 		return nil, classify(err), false
 	}
 	mem := seg.Bytes()
-	st, why := checkHeader(mem, name)
+	var st headerState
+	var why error
+	var creatorDead bool
+	if ferr := guard(func() {
+		st, why = checkHeader(mem, name)
+		creatorDead = st == headerNotReady && sys.Check(headerOf(mem).creator()) == sys.Dead
+	}); ferr != nil {
+		seg.Close()
+		return nil, ferr, false
+	}
 	visibleEarly := false
 	if v, ok := be.(backend.VisibleBeforePublish); ok {
 		visibleEarly = v.VisibleBeforePublish()
@@ -327,9 +340,12 @@ func tryOpen(be backend.Backend, key, name string) (r *Region, err error, retry 
 	case st == headerBad, st == headerBlank && !visibleEarly:
 		seg.Close()
 		return nil, because(why.Error(), nil, ErrCorrupt), false
-	case st == headerNotReady && sys.Check(headerOf(mem).creator()) == sys.Dead:
+	case creatorDead:
 		seg.Close()
 		return nil, because("creator died before the region was ready", nil, ErrOwnerDead), false
+	case st == headerBlank && creatorGone(seg):
+		seg.Close()
+		return nil, because("creator died before writing the header", nil, ErrOwnerDead), false
 	}
 	seg.Close()
 	return nil, because(why.Error(), nil, ErrCorrupt), true
@@ -346,10 +362,11 @@ func notThere(last, ctxErr error, timedOut bool) error {
 		return because("gave up waiting for a valid region", last, errs...)
 	}
 	errs = append(errs, ErrNotExist)
-	if ctxErr != nil {
-		return because("no such region", ctxErr, errs...)
+	msg := "no such region"
+	if timedOut {
+		msg = "no such region (timed out waiting for it)"
 	}
-	return because("no such region", nil, errs...)
+	return because(msg, ctxErr, errs...)
 }
 
 // Bytes returns the region's data: Size() bytes, 64-byte aligned, shared
@@ -422,8 +439,23 @@ func (r *Region) stillNamed() bool {
 	if len(mem) < headerSize {
 		return false
 	}
-	h := headerOf(mem)
-	return h.Magic == magic && h.Created == r.created && h.creator() == r.hdr.creator()
+	same := false
+	guard(func() {
+		h := headerOf(mem)
+		same = h.Magic == magic && h.Created == r.created && h.creator() == r.hdr.creator()
+	})
+	return same
+}
+
+// creatorGone tells whether the process that created a blank object (one
+// visible before its header is written, as SysV) is known to be dead.
+func creatorGone(seg backend.Segment) bool {
+	c, ok := seg.(backend.Creator)
+	if !ok {
+		return false
+	}
+	pid := c.CreatorPID()
+	return pid > 0 && sys.Check(sys.Identity{PID: pid, NS: sys.Self().NS}) == sys.Dead
 }
 
 // Chown changes the owner and group of the region's object, as GEOPM's
@@ -458,7 +490,7 @@ func (r *Region) Close() error {
 		return r.err("close", ErrClosed)
 	}
 	if r.lk.held {
-		r.unlockWord(r.lk.died)
+		guard(func() { r.unlockWord(r.lk.died) })
 		r.lk.held = false
 	}
 	r.closed.Store(true)

@@ -105,6 +105,14 @@ type VisibleBeforePublish interface {
 	VisibleBeforePublish() bool
 }
 
+// Creator is implemented by segments that know the PID of the process that
+// created their object, in the caller's PID namespace (0 when unknown), so
+// that an opener can tell a blank object whose creator died from one still
+// being written. Backends with VisibleBeforePublish should implement it.
+type Creator interface {
+	CreatorPID() int
+}
+
 // Info describes a named object as a Lister sees it, before package shm
 // reads its header.
 type Info struct {

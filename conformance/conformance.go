@@ -123,6 +123,8 @@ func Tests() []Test {
 		{"ManyRegions", testManyRegions},
 		{"BigRegion", testBigRegion},
 		{"Chown", testChown},
+		{"Truncated", testTruncated},
+		{"CreatorDiesBeforeReady", testCreatorDiesBeforeReady},
 	}
 }
 

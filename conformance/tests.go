@@ -30,6 +30,7 @@ var roles = map[string]role{
 	"attach":  roleAttach,
 	"umask":   roleUmaskCreate,
 	"holdall": roleHoldAll,
+	"initdie": roleInitDie,
 }
 
 func (c *childCtx) opt() shm.Option { return shm.WithBackend(c.b) }
@@ -520,15 +521,6 @@ func (h *harness) plant(key string, content []byte) {
 }
 
 func testForeignObject(h *H) {
-	valid := func(key string) []byte {
-		// A valid region's bytes, copied from a real one.
-		src := h.create(key+"-src", 4096)
-		_ = src
-		u := h.open(key + "-src")
-		_ = u
-		return nil
-	}
-	_ = valid
 	random := make([]byte, 8192)
 	rand.Read(random)
 	wrongMagic := make([]byte, 8192)
@@ -593,7 +585,7 @@ func testModes(h *H) {
 			infos, err := l.List()
 			h.ok(err, "List")
 			for _, in := range infos {
-				if in.Name == key[1:] && in.Mode != 0 && in.Mode != mode {
+				if h.listedName(in) == key[1:] && in.Mode != 0 && in.Mode != mode {
 					h.t.Fatalf("mode %v, want %v exactly under umask 022", in.Mode, mode)
 				}
 			}
@@ -698,8 +690,8 @@ func testManyRegions(h *H) {
 		prefix := strings.TrimSuffix(keys[0][1:], "-many")
 		prefix = prefix[:strings.LastIndexByte(prefix, '-')]
 		for _, in := range infos {
-			if strings.HasPrefix(in.Name, prefix) && strings.HasSuffix(in.Name, "-many") {
-				h.t.Fatalf("%s still listed after Unlink", in.Name)
+			if n := h.listedName(in); strings.HasPrefix(n, prefix) && strings.HasSuffix(n, "-many") {
+				h.t.Fatalf("%s still listed after Unlink", n)
 			}
 		}
 	}
@@ -768,7 +760,7 @@ func testChown(h *H) {
 			infos, err := l.List()
 			h.ok(err, "List")
 			for _, in := range infos {
-				if in.Name == key[1:] && in.Mode != 0 && (in.UID != 65534 || in.GID != 65534) {
+				if h.listedName(in) == key[1:] && in.Mode != 0 && (in.UID != 65534 || in.GID != 65534) {
 					h.t.Fatalf("owner %d:%d after Chown(65534, 65534)", in.UID, in.GID)
 				}
 			}
@@ -776,4 +768,108 @@ func testChown(h *H) {
 	}
 	h.ok(r.Unlink(), "Unlink")
 	h.is(r.Chown(os.Getuid(), os.Getgid()), shm.ErrNotExist)
+}
+
+// listedName is the name of a listed object: Info.Name, or for backends
+// that list objects by ID (SysV), the key in the object's header.
+func (h *harness) listedName(in backend.Info) string {
+	if in.Name != "" || in.ID == "" {
+		return in.Name
+	}
+	o, ok := h.b.(backend.IDOpener)
+	if !ok {
+		return ""
+	}
+	s, err := o.OpenID(in.ID)
+	if err != nil {
+		return ""
+	}
+	defer s.Close()
+	m := s.Bytes()
+	if len(m) < 512 {
+		return ""
+	}
+	n := *(*uint32)(unsafe.Pointer(&m[36])) // the header's key length; the key is at 64
+	if n > 200 {
+		return ""
+	}
+	return string(m[64 : 64+n])
+}
+
+// testTruncated shrinks the object under attached mappings where the
+// backend allows it: the library's own accesses must fail with ErrCorrupt,
+// not crash the process. Backends whose segments say Sealed must refuse.
+func testTruncated(h *H) {
+	key := h.Key("shrink")
+	r := h.create(key, 8192)
+	u := h.open(key)
+	raw, err := h.b.Open(strings.TrimPrefix(key, "/"))
+	h.ok(err, "backend Open")
+	defer raw.Close()
+	sealed := false
+	if s, ok := raw.(backend.Sealed); ok {
+		sealed = s.Sealed()
+	}
+	f, ok := raw.(backend.Fder)
+	if !ok {
+		if !sealed {
+			h.t.Fatalf("backend %s has neither a descriptor to truncate nor says Sealed", h.b.Name())
+		}
+		h.t.Logf("%s segments have no descriptor and cannot shrink", h.b.Name())
+		return
+	}
+	err = syscall.Ftruncate(int(f.Fd()), 0)
+	if sealed {
+		if err == nil {
+			h.t.Fatalf("%s says Sealed, but ftruncate succeeded", h.b.Name())
+		}
+		l, err := u.Lock()
+		h.ok(err, "Lock after a refused truncation")
+		l.Unlock()
+		return
+	}
+	h.ok(err, "ftruncate")
+	_, err = u.Lock()
+	h.is(err, shm.ErrCorrupt)
+	_, err = r.TryLock()
+	h.is(err, shm.ErrCorrupt)
+	_, err = shm.Open(key, 0, h.Opt())
+	h.is(err, shm.ErrCorrupt)
+	h.ok(u.Close(), "Close after truncation")
+}
+
+// roleInitDie creates the region with an init that never returns, after
+// saying so; the parent kills it there.
+func roleInitDie(c *childCtx) error {
+	_, err := shm.Create(c.spec.Key, 4096, c.opt(), shm.WithInit(func([]byte) error {
+		c.say("initialising")
+		select {}
+	}))
+	return err
+}
+
+// testCreatorDiesBeforeReady kills an owner between create and ready. A
+// user must not get the half-made region: where the backend makes objects
+// visible only when ready, the key is simply not there; where it is visible
+// early, Open reports ErrOwnerDead. Either way a new owner can take the key.
+func testCreatorDiesBeforeReady(h *H) {
+	key := h.Key("initdie")
+	ch := h.start("initdie", key, nil)
+	ch.expect("initialising")
+	ch.kill()
+	_, err := shm.Open(key, 200*time.Millisecond, h.Opt())
+	if !errors.Is(err, shm.ErrOwnerDead) && !errors.Is(err, shm.ErrNotExist) {
+		h.t.Fatalf("Open of a region whose creator died before ready: %v, want ErrOwnerDead or ErrNotExist", err)
+	}
+	h.t.Logf("Open: %v", err)
+	if errors.Is(err, shm.ErrOwnerDead) {
+		// The half-made object is still there: a new owner must remove it.
+		h.ok(h.b.Unlink(strings.TrimPrefix(key, "/")), "removing the half-made object")
+	}
+	r := h.create(key, 4096)
+	u := h.open(key)
+	r.Bytes()[0] = 9
+	if u.Bytes()[0] != 9 {
+		h.t.Fatal("the new region does not share data")
+	}
 }
