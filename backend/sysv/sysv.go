@@ -455,6 +455,17 @@ func (s *segment) Bytes() []byte { return s.mem }
 // Sealed implements backend.Sealed: a SysV segment never shrinks.
 func (s *segment) Sealed() bool { return true }
 
+// CreatorPID implements backend.Creator: the segment's shm_cpid, in the
+// caller's PID namespace (0 when unknown), so that an opener can tell a blank
+// segment whose creator died from one still being written.
+func (s *segment) CreatorPID() int {
+	st, err := statID(s.id, s.path)
+	if err != nil {
+		return 0
+	}
+	return st.CPID
+}
+
 // Publish does nothing: the segment has been visible, and exclusively ours,
 // since shmget(IPC_CREAT|IPC_EXCL) in Create.
 func (s *segment) Publish() error { return nil }

@@ -906,3 +906,31 @@ func BenchmarkCreateUnlink(b *testing.B) {
 		}
 	}
 }
+
+// A blank segment (no header) whose creator has died is reported as such at
+// once, not after the whole timeout.
+func TestBlankSegmentDeadCreator(t *testing.T) {
+	if os.Getenv("SHMGO_SYSV_BLANK_CHILD") != "" {
+		// Create a segment without a header and exit.
+		name := os.Getenv("SHMGO_SYSV_BLANK_CHILD")
+		id, err := unix.SysvShmGet(sysv.Key(name), 4096, unix.IPC_CREAT|unix.IPC_EXCL|0o600)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		_ = id
+		os.Exit(0)
+	}
+	name := fmt.Sprintf("t-sysv-blank-%d", os.Getpid())
+	cmd := exec.Command(os.Args[0], "-test.run=^TestBlankSegmentDeadCreator$")
+	cmd.Env = append(os.Environ(), "SHMGO_SYSV_BLANK_CHILD="+name)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("child: %v\n%s", err, out)
+	}
+	b := sysv.New()
+	defer b.Unlink(name)
+	_, err := shm.Open("/"+name, time.Minute, shm.WithBackend(b))
+	if !errors.Is(err, shm.ErrOwnerDead) {
+		t.Fatalf("Open of a blank segment whose creator exited: %v, want ErrOwnerDead", err)
+	}
+}
