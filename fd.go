@@ -1,0 +1,314 @@
+package shm
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"io/fs"
+	"net"
+	"os"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/shmgo/shm/backend"
+	"github.com/shmgo/shm/internal/sys"
+)
+
+// Handing a region to another process by descriptor, without its key: to a
+// child through exec.Cmd.ExtraFiles, or over a unix socket the processes
+// already share.
+//
+//	f, _ := r.File()                       // the parent
+//	cmd.ExtraFiles = []*os.File{f}         // the child's descriptor 3
+//
+//	u, err := shm.OpenFile(os.NewFile(3, "region")) // the child
+//
+// A region opened from a descriptor is the same memory, header and lock as
+// its key's: the lock excludes every holder whichever way it attached.
+// Only the key is missing: such a region has no backend ("fd") and cannot
+// be unlinked through it (Unlink fails with ErrInvalidOption); its Key is
+// the one recorded in the header.
+
+// fdBackendName is what Region.Backend returns for a region opened from a
+// descriptor.
+const fdBackendName = "fd"
+
+// File returns a new descriptor for the region's object, as an *os.File
+// that the caller must close; the region stays open. Pass it to a child in
+// exec.Cmd.ExtraFiles, or send it with SendRegion, and open it there with
+// OpenFile. The descriptor is close-on-exec, like every *os.File, until
+// ExtraFiles passes it on.
+//
+// Backends that implement backend.Fder have descriptors (posix, memfd,
+// file); File fails with ErrInvalidOption for the others (sysv).
+func (r *Region) File() (*os.File, error) {
+	fd, err := r.dupFd()
+	if err != nil {
+		return nil, err
+	}
+	return os.NewFile(uintptr(fd), "shm:"+r.key), nil
+}
+
+// dupFd returns a close-on-exec duplicate of the region's descriptor.
+func (r *Region) dupFd() (int, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.closed.Load() {
+		return -1, r.err("file", ErrClosed)
+	}
+	f, ok := r.seg.(backend.Fder)
+	if !ok {
+		return -1, r.err("file", because("backend "+r.be.Name()+" has no file descriptor", nil, ErrInvalidOption))
+	}
+	fd, err := unix.FcntlInt(f.Fd(), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		return -1, r.err("file", &fs.PathError{Op: "dup", Path: r.key, Err: err})
+	}
+	return fd, nil
+}
+
+// OpenFile maps the region whose object f refers to, as Region.File
+// returned it in this or another process, and checks its header as Open
+// does: anything that is not a ready region gives ErrCorrupt (or
+// ErrOwnerDead when its creator died before making it ready). It does not
+// wait. OpenFile keeps its own descriptor: the caller may close f.
+//
+// The region's Key is "/" and the name its header records; check it when
+// the descriptor comes from a process you do not trust. Backend returns
+// "fd", and Unlink fails with ErrInvalidOption: the key, if it still
+// exists, can be removed by Open(key) and Unlink, or by its owner.
+func OpenFile(f *os.File) (*Region, error) {
+	if f == nil {
+		return nil, &Error{Op: "open", Backend: fdBackendName, Err: because("nil file", nil, ErrInvalidOption)}
+	}
+	raw, err := f.SyscallConn()
+	if err != nil {
+		return nil, &Error{Op: "open", Backend: fdBackendName, Err: err}
+	}
+	fd := -1
+	var derr error
+	if err := raw.Control(func(u uintptr) { fd, derr = unix.FcntlInt(u, unix.F_DUPFD_CLOEXEC, 0) }); err != nil {
+		derr = err
+	}
+	if derr != nil {
+		return nil, &Error{Op: "open", Backend: fdBackendName, Err: &fs.PathError{Op: "dup", Path: f.Name(), Err: derr}}
+	}
+	return openFd(fd, f.Name())
+}
+
+// openFd maps the region of descriptor fd, which it owns from then on.
+func openFd(fd int, what string) (*Region, error) {
+	fail := func(key string, err error) (*Region, error) {
+		return nil, &Error{Op: "open", Key: key, Backend: fdBackendName, Err: err}
+	}
+	seg, err := mapFd(fd, what)
+	if err != nil {
+		return fail("", err)
+	}
+	mem := seg.Bytes()
+	name := ""
+	if len(mem) >= headerSize {
+		if h := headerOf(mem); h.KeyLen <= maxKeyLen {
+			name = string(h.Key[:h.KeyLen])
+		}
+	}
+	st, why := checkHeader(mem, name)
+	if st == headerOK {
+		if _, err := parseKey(name); err != nil {
+			st, why = headerBad, errors.New("header records an invalid key")
+		}
+	}
+	switch st {
+	case headerOK:
+		return newRegion("/"+name, name, fdBackend{}, seg, mem), nil
+	case headerNotReady:
+		seg.Close()
+		if sys.Check(headerOf(mem).creator()) == sys.Dead {
+			return fail("/"+name, because("creator died before the region was ready", nil, ErrOwnerDead))
+		}
+		return fail("/"+name, because(why.Error(), nil, ErrCorrupt))
+	default:
+		seg.Close()
+		return fail("", because(why.Error(), nil, ErrCorrupt))
+	}
+}
+
+// mapFd maps the whole of regular file fd read-write and shared. It closes
+// fd on failure.
+func mapFd(fd int, what string) (*fdSegment, error) {
+	fail := func(op string, err error) (*fdSegment, error) {
+		unix.Close(fd)
+		return nil, &fs.PathError{Op: op, Path: what, Err: err}
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return fail("fstat", err)
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFREG {
+		return fail("open", because("not a regular file", unix.EINVAL, ErrCorrupt))
+	}
+	if st.Size < headerSize || st.Size > headerSize+MaxSize {
+		return fail("open", because("object is too small or too large to be a region", nil, ErrCorrupt))
+	}
+	mem, err := unix.Mmap(fd, 0, int(st.Size), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	if err != nil {
+		return fail("mmap", err)
+	}
+	seals, err := unix.FcntlInt(uintptr(fd), unix.F_GET_SEALS, 0)
+	sealed := err == nil && seals&(unix.F_SEAL_SHRINK|unix.F_SEAL_GROW) == unix.F_SEAL_SHRINK|unix.F_SEAL_GROW
+	return &fdSegment{fd: fd, mem: mem, sealed: sealed, what: what}, nil
+}
+
+// fdSegment is a region mapped from a descriptor.
+type fdSegment struct {
+	fd     int
+	mem    []byte
+	sealed bool
+	what   string
+}
+
+func (s *fdSegment) Bytes() []byte { return s.mem }
+func (s *fdSegment) Fd() uintptr   { return uintptr(s.fd) }
+func (s *fdSegment) Sealed() bool  { return s.sealed }
+
+func (s *fdSegment) Chown(uid, gid int) error {
+	if err := unix.Fchown(s.fd, uid, gid); err != nil {
+		return &fs.PathError{Op: "fchown", Path: s.what, Err: err}
+	}
+	return nil
+}
+
+func (s *fdSegment) Close() error {
+	err := unix.Munmap(s.mem)
+	s.mem = nil
+	if e := unix.Close(s.fd); err == nil {
+		err = e
+	}
+	s.fd = -1
+	if err != nil {
+		return &fs.PathError{Op: "close", Path: s.what, Err: err}
+	}
+	return nil
+}
+
+// fdBackend is the backend of regions opened from descriptors: they have
+// no key to open, create or remove.
+type fdBackend struct{}
+
+func (fdBackend) Name() string { return fdBackendName }
+
+func noKey() error {
+	return because("a region opened from a file descriptor has no key to create, open or remove", nil, ErrInvalidOption)
+}
+
+func (fdBackend) Create(string, int64, fs.FileMode) (backend.Pending, error) { return nil, noKey() }
+func (fdBackend) Open(string) (backend.Segment, error)                       { return nil, noKey() }
+func (fdBackend) Unlink(string) error                                        { return noKey() }
+
+// regionMsg is the payload that carries a region's descriptor.
+var regionMsg = []byte("SHMGO-R1")
+
+// SendRegion sends a descriptor of r over c, for the peer's ReceiveRegion.
+// c may be a stream, datagram or seqpacket unix socket. When ctx can end,
+// SendRegion uses c's write deadline to give up with it, and clears that
+// deadline before returning; otherwise c's own deadline applies.
+func SendRegion(ctx context.Context, c *net.UnixConn, r *Region) error {
+	fd, err := r.dupFd()
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	stop := bindDeadline(ctx, c.SetWriteDeadline)
+	_, _, err = c.WriteMsgUnix(regionMsg, unix.UnixRights(fd), nil)
+	if err = stop(err); err != nil {
+		return r.err("send", err)
+	}
+	return nil
+}
+
+// ReceiveRegion receives a region that the peer sent with SendRegion and
+// opens it as OpenFile does. It waits until a message comes or ctx ends
+// (c's read deadline serves ctx as in SendRegion). A message that does not
+// carry exactly one descriptor with SendRegion's payload gives ErrCorrupt;
+// descriptors that came with it are closed.
+func ReceiveRegion(ctx context.Context, c *net.UnixConn) (*Region, error) {
+	fail := func(err error) (*Region, error) {
+		return nil, &Error{Op: "receive", Backend: fdBackendName, Err: err}
+	}
+	buf := make([]byte, len(regionMsg))
+	oob := make([]byte, unix.CmsgSpace(4*4))
+	stop := bindDeadline(ctx, c.SetReadDeadline)
+	n, oobn, flags, _, err := c.ReadMsgUnix(buf, oob)
+	var fds []int
+	if oobn > 0 {
+		if msgs, perr := unix.ParseSocketControlMessage(oob[:oobn]); perr == nil {
+			for i := range msgs {
+				if f, perr := unix.ParseUnixRights(&msgs[i]); perr == nil {
+					fds = append(fds, f...)
+				}
+			}
+		}
+	}
+	if err == nil && n > 0 && n < len(buf) {
+		// A stream socket may split the payload; the descriptor came
+		// with its first byte.
+		_, err = io.ReadFull(c, buf[n:])
+		n = len(buf)
+	}
+	err = stop(err)
+	closeAll := func() {
+		for _, fd := range fds {
+			unix.Close(fd)
+		}
+	}
+	switch {
+	case err != nil:
+		closeAll()
+		return fail(err)
+	case flags&unix.MSG_CTRUNC != 0 || len(fds) != 1 || !bytes.Equal(buf[:n], regionMsg):
+		closeAll()
+		return fail(because("the message does not carry a region", nil, ErrCorrupt))
+	}
+	r, err := openFd(fds[0], "received region")
+	if err != nil {
+		err.(*Error).Op = "receive"
+		return nil, err
+	}
+	return r, nil
+}
+
+// longAgo is a deadline in the past, which makes pending I/O fail at once.
+var longAgo = time.Unix(1, 0)
+
+// bindDeadline makes set (a connection's read or write deadline) follow
+// ctx, when ctx can end. The returned stop clears the deadline and turns an
+// I/O error caused by ctx into one that wraps ctx.Err().
+func bindDeadline(ctx context.Context, set func(time.Time) error) (stop func(error) error) {
+	if ctx.Done() == nil {
+		return func(err error) error { return err }
+	}
+	if d, ok := ctx.Deadline(); ok {
+		set(d)
+	}
+	fired := make(chan struct{})
+	stopAfter := context.AfterFunc(ctx, func() {
+		set(longAgo)
+		close(fired)
+	})
+	return func(err error) error {
+		if !stopAfter() {
+			<-fired
+		}
+		set(time.Time{})
+		// Only ctx sets c's deadline while it is bound.
+		if !errors.Is(err, os.ErrDeadlineExceeded) {
+			return err
+		}
+		if errors.Is(ctx.Err(), context.Canceled) {
+			return because("", context.Canceled)
+		}
+		return because("", context.DeadlineExceeded, ErrTimeout)
+	}
+}
