@@ -108,13 +108,23 @@ func openFd(fd int, what string) (*Region, error) {
 		return fail("", err)
 	}
 	mem := seg.Bytes()
-	name := ""
-	if len(mem) >= headerSize {
+	var (
+		name        string
+		st          headerState
+		why         error
+		creatorDead bool
+	)
+	// The object may be a file that someone truncates under us.
+	if ferr := guard(func() {
 		if h := headerOf(mem); h.KeyLen <= maxKeyLen {
 			name = string(h.Key[:h.KeyLen])
 		}
+		st, why = checkHeader(mem, name)
+		creatorDead = st == headerNotReady && sys.Check(headerOf(mem).creator()) == sys.Dead
+	}); ferr != nil {
+		seg.Close()
+		return fail("", ferr)
 	}
-	st, why := checkHeader(mem, name)
 	if st == headerOK {
 		if _, err := parseKey(name); err != nil {
 			st, why = headerBad, errors.New("header records an invalid key")
@@ -125,7 +135,7 @@ func openFd(fd int, what string) (*Region, error) {
 		return newRegion("/"+name, name, fdBackend{}, seg, mem), nil
 	case headerNotReady:
 		seg.Close()
-		if sys.Check(headerOf(mem).creator()) == sys.Dead {
+		if creatorDead {
 			return fail("/"+name, because("creator died before the region was ready", nil, ErrOwnerDead))
 		}
 		return fail("/"+name, because(why.Error(), nil, ErrCorrupt))
