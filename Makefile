@@ -15,7 +15,7 @@ lint: vet
 	@out=$$(gofmt -l . | grep -v '^vendor/'); if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
 
 test: vet build
-	$(GO) test -race -timeout 60m ./...
+	GORACE=atexit_sleep_ms=0 $(GO) test -race -timeout 60m ./...
 
 demo:
 	$(GO) run ./cmd/shmdemo

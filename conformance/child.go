@@ -171,6 +171,10 @@ func (h *harness) start(role, key string, args []string, opts ...childOpt) *chil
 	spec, _ := json.Marshal(childSpec{Test: h.runName, Role: role, Key: key, Args: args})
 	cmd := exec.Command(os.Args[0], "-test.run="+runPattern(h.runName), "-test.count=1", "-test.timeout=5m")
 	cmd.Env = append(os.Environ(), envChild+"="+string(spec))
+	if !strings.Contains(os.Getenv("GORACE"), "atexit_sleep_ms") {
+		// The race detector sleeps a second at exit by default.
+		cmd.Env = append(cmd.Env, "GORACE=atexit_sleep_ms=0 "+os.Getenv("GORACE"))
+	}
 	for _, o := range opts {
 		o(cmd)
 	}
