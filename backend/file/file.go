@@ -142,7 +142,7 @@ func (b *Backend) Create(name string, size int64, perm fs.FileMode) (backend.Pen
 	if err != nil {
 		return nil, err
 	}
-	lk, err := lockFile(t.Tmp, t.Fd, true)
+	lk, _, err := lockFile(t.Tmp, t.Fd, true)
 	if err != nil {
 		return nil, t.Fail("flock", err)
 	}
@@ -171,25 +171,34 @@ func (b *Backend) Create(name string, size int64, perm fs.FileMode) (backend.Pen
 // file until Close. Open fails with an error matching syscall.EWOULDBLOCK
 // when another process keeps the file locked exclusively for seconds.
 func (b *Backend) Open(name string) (backend.Segment, error) {
-	fd, st, err := b.objs().Open(name)
-	if err != nil {
-		return nil, err
-	}
 	p := b.path(name)
-	lk, err := lockFile(p, fd, false)
-	if err != nil {
-		unix.Close(fd)
-		return nil, &fs.PathError{Op: "flock", Path: p, Err: err}
+	for try := 0; ; try++ {
+		fd, _, err := b.objs().Open(name)
+		if err != nil {
+			return nil, err
+		}
+		// The size is read once the lock is held: no owner changes it
+		// after Publish.
+		lk, st, err := lockFile(p, fd, false)
+		if err == unix.ESTALE && try < 3 {
+			unix.Close(fd) // the name was replaced between two opens
+			continue
+		}
+		if err != nil {
+			unix.Close(fd)
+			return nil, &fs.PathError{Op: "flock", Path: p, Err: err}
+		}
+		return mapOpened(p, fd, st.Size, lk)
 	}
-	// The size after the lock: no owner changes it once published.
-	if err := unix.Fstat(fd, st); err != nil {
-		unix.Close(fd)
-		lk.Unlock()
-		return nil, &fs.PathError{Op: "fstat", Path: p, Err: err}
-	}
+}
+
+// mapOpened maps size bytes of fd, opened at p and locked with lk, into a
+// segment that owns both; on failure it releases them.
+func mapOpened(p string, fd int, size int64, lk *flock.Flock) (backend.Segment, error) {
+	var err error
 	s := &segment{f: os.NewFile(uintptr(fd), p), lk: lk, final: p}
-	if st.Size > 0 {
-		s.mem, err = mmap.MapRegion(s.f, int(st.Size), mmap.RDWR, 0, 0)
+	if size > 0 {
+		s.mem, err = mmap.MapRegion(s.f, int(size), mmap.RDWR, 0, 0)
 		if err != nil {
 			s.f.Close()
 			lk.Unlock()
@@ -201,10 +210,10 @@ func (b *Backend) Open(name string) (backend.Segment, error) {
 
 // lockFile takes a flock (exclusive or shared) on the file at path, which fd
 // has open, through gofrs/flock's own descriptor, retrying with backoff for
-// up to lockWait while another descriptor holds a conflicting lock. It fails
-// with ENOENT when path is gone and ESTALE when path now names another file
-// than fd.
-func lockFile(path string, fd int, exclusive bool) (*flock.Flock, error) {
+// up to lockWait while another descriptor holds a conflicting lock, and
+// returns fd's status once locked. It fails with ENOENT when path is gone
+// and ESTALE when path now names another file than fd.
+func lockFile(path string, fd int, exclusive bool) (*flock.Flock, *unix.Stat_t, error) {
 	lk := flock.New(path, flock.SetFlag(lockFlags))
 	try := lk.TryRLock
 	if exclusive {
@@ -214,13 +223,13 @@ func lockFile(path string, fd int, exclusive bool) (*flock.Flock, error) {
 	for wait := 50 * time.Microsecond; ; wait = min(2*wait, 10*time.Millisecond) {
 		ok, err := try()
 		if err != nil {
-			return nil, unwrapErrno(err)
+			return nil, nil, unwrapErrno(err)
 		}
 		if ok {
 			break
 		}
 		if time.Now().After(deadline) {
-			return nil, unix.EWOULDBLOCK
+			return nil, nil, unix.EWOULDBLOCK
 		}
 		time.Sleep(wait)
 	}
@@ -228,18 +237,18 @@ func lockFile(path string, fd int, exclusive bool) (*flock.Flock, error) {
 	fi, err := lk.Stat()
 	if err != nil {
 		lk.Unlock()
-		return nil, unwrapErrno(err)
+		return nil, nil, unwrapErrno(err)
 	}
 	var st unix.Stat_t
 	if err := unix.Fstat(fd, &st); err != nil {
 		lk.Unlock()
-		return nil, err
+		return nil, nil, err
 	}
 	if lst, ok := fi.Sys().(*syscall.Stat_t); !ok || lst.Dev != st.Dev || lst.Ino != st.Ino {
 		lk.Unlock()
-		return nil, unix.ESTALE
+		return nil, nil, unix.ESTALE
 	}
-	return lk, nil
+	return lk, &st, nil
 }
 
 // unwrapErrno returns the syscall.Errno inside err (gofrs/flock returns

@@ -97,6 +97,31 @@ func runRole(role, dir, name string) error {
 		fmt.Printf("read %s\n", got)
 		hear()
 		return nil
+	case "modes":
+		// As an unprivileged user: create with modes that leave the owner
+		// no read access, which the lock's own open must not trip on.
+		for i, perm := range []fs.FileMode{0o000, 0o200, 0o400} {
+			n := fmt.Sprintf("%s-%d", name, i)
+			p, err := b.Create(n, 4096, perm)
+			if err != nil {
+				return fmt.Errorf("Create with mode %v: %w", perm, err)
+			}
+			if err := p.Publish(); err != nil {
+				return fmt.Errorf("Publish with mode %v: %w", perm, err)
+			}
+			if err := p.Close(); err != nil {
+				return err
+			}
+		}
+		fmt.Println("ok")
+		return nil
+	case "inuse":
+		inUse, err := b.InUse(name)
+		if err != nil {
+			return err
+		}
+		fmt.Printf("inuse=%v\n", inUse)
+		return nil
 	}
 	return fmt.Errorf("unknown role %q", role)
 }
@@ -138,10 +163,13 @@ type child struct {
 	errb  strings.Builder
 }
 
-func startChild(t *testing.T, role, dir, name string) *child {
+func startChild(t *testing.T, role, dir, name string, opts ...func(*exec.Cmd)) *child {
 	t.Helper()
 	cmd := exec.Command(os.Args[0], "-test.run=^"+t.Name()+"$", "-test.count=1")
 	cmd.Env = append(os.Environ(), envRole+"="+role, envDir+"="+dir, envName+"="+name)
+	for _, o := range opts {
+		o(cmd)
+	}
 	c := &child{t: t, cmd: cmd, lines: make(chan string, 16), done: make(chan struct{})}
 	cmd.Stderr = &c.errb
 	out, err := cmd.StdoutPipe()
@@ -587,4 +615,68 @@ func TestCreateReserves(t *testing.T) {
 	if st.Size != size || st.Blocks*512 < size {
 		t.Fatalf("size %d, %d bytes allocated; want %d of each", st.Size, st.Blocks*512, size)
 	}
+}
+
+// asNobody runs a child as uid and gid 65534, from a copy of the test binary
+// that it can execute.
+func asNobody(t *testing.T) func(*exec.Cmd) {
+	t.Helper()
+	data, err := os.ReadFile(os.Args[0])
+	ok(t, err, "read test binary")
+	exeDir := t.TempDir()
+	ok(t, os.Chmod(filepath.Dir(exeDir), 0o755), "chmod")
+	ok(t, os.Chmod(exeDir, 0o755), "chmod")
+	exe := filepath.Join(exeDir, "file.test")
+	ok(t, os.WriteFile(exe, data, 0o755), "copy test binary")
+	return func(cmd *exec.Cmd) {
+		cmd.Path = exe
+		cmd.Args[0] = exe
+		cmd.Dir = "/"
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534, Groups: []uint32{}}}
+	}
+}
+
+// An unprivileged owner can create regions it cannot read itself (the lock
+// is taken before fchmod), and another user with read access only can tell
+// whether a region is in use.
+func TestOtherUser(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to run a child as uid 65534")
+	}
+	nobody := asNobody(t)
+	dir := t.TempDir()
+	ok(t, os.Chmod(filepath.Dir(dir), 0o755), "chmod")
+	ok(t, os.Chmod(dir, 0o777), "chmod")
+	c := startChild(t, "modes", dir, "t-file-nobody", nobody)
+	if l := c.next(); l != "ok" {
+		t.Fatalf("unprivileged creator said %q", l)
+	}
+	c.finish()
+	for i, perm := range []fs.FileMode{0o000, 0o200, 0o400} {
+		fi, err := os.Lstat(filepath.Join(dir, fmt.Sprintf("t-file-nobody-%d", i)))
+		ok(t, err, "Lstat")
+		if fi.Mode() != perm || fi.Sys().(*syscall.Stat_t).Uid != 65534 {
+			t.Fatalf("mode %v uid %d, want %v uid 65534", fi.Mode(), fi.Sys().(*syscall.Stat_t).Uid, perm)
+		}
+	}
+
+	// Root's region, readable but not writable by others.
+	b := file.New(dir)
+	const name = "t-file-readonly"
+	s := create(t, b, name, 4096, 0o644)
+	if l := probeAs(t, dir, name, nobody); l != "inuse=true" {
+		t.Fatalf("other user while mapped: %s", l)
+	}
+	ok(t, s.Close(), "Close")
+	if l := probeAs(t, dir, name, nobody); l != "inuse=false" {
+		t.Fatalf("other user after Close: %s", l)
+	}
+}
+
+func probeAs(t *testing.T, dir, name string, as func(*exec.Cmd)) string {
+	t.Helper()
+	c := startChild(t, "inuse", dir, name, as)
+	l := c.next()
+	c.finish()
+	return l
 }
