@@ -39,7 +39,7 @@
 //   - a file that can be locked exclusively (LOCK_EX|LOCK_NB) is mapped by
 //     no one: InUse reports false;
 //   - a file locked exclusively is being initialised (it still has its
-//     temporary name);
+//     temporary name), or an InUse probe holds it for a moment;
 //   - a file locked shared is mapped by someone.
 //
 // The kernel drops a process's flocks when it dies, so a crashed user never
@@ -78,9 +78,17 @@
 // and package shm's header says that its creator is dead; a region whose
 // creator lives may merely be waiting for users, because Close does not
 // remove a region. A temporary file (TempPrefix) that is not locked was left
-// by a creator that died before Publish, and can be removed (a creator that
-// has just made it and not yet locked it then fails to publish, and returns
-// an error). List does not probe locks: it reports Attached as -1.
+// by a creator that died before Publish, and can be removed (in the
+// microseconds between creating its file and locking it, a creator whose
+// file is removed fails to lock it, and Create returns an error). List does
+// not probe locks: it reports Attached as -1.
+//
+// # Other limits
+//
+// Nothing stops another process with write access from truncating a file
+// under its mappings (segments are not backend.Sealed): touching the lost
+// pages then raises SIGBUS, and the next Open reports the region as
+// corrupt because its header claims more bytes than the file holds.
 package file
 
 import (
@@ -326,7 +334,9 @@ func (s *segment) Fd() uintptr {
 // lock is atomic; Linux converts it under one spinlock, and a cleaner also
 // checks that the creator is dead.
 func (s *segment) Publish() error {
-	// Converting EX to SH cannot conflict: nobody else holds a lock.
+	// Converting EX to SH cannot conflict: nobody else holds a lock. It
+	// is flock(LOCK_SH) on gofrs/flock's descriptor, which then reports
+	// both Locked and RLocked; Unlock releases either.
 	if ok, err := s.lk.TryRLock(); err != nil || !ok {
 		if err == nil {
 			err = unix.EWOULDBLOCK
