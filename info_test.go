@@ -1,0 +1,577 @@
+package shm_test
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/shmgo/shm"
+	"github.com/shmgo/shm/backend"
+	"github.com/shmgo/shm/backend/file"
+	"github.com/shmgo/shm/backend/memfd"
+	"github.com/shmgo/shm/backend/posix"
+	"github.com/shmgo/shm/backend/sysv"
+)
+
+// The re-executed test binary plays these roles (SHM_OPS_ROLE), on the
+// region SHM_OPS_KEY of the backend SHM_OPS_BACKEND ("posix:DIR", "sysv",
+// "memfd", "file:DIR").
+const (
+	envRole    = "SHM_OPS_ROLE"
+	envKey     = "SHM_OPS_KEY"
+	envBackend = "SHM_OPS_BACKEND"
+	envInNS    = "SHM_OPS_IN_NEW_IPC_NS"
+)
+
+func backendOf(spec string) backend.Backend {
+	name, dir, _ := strings.Cut(spec, ":")
+	switch name {
+	case "posix":
+		return posix.NewDir(dir)
+	case "sysv":
+		return sysv.New()
+	case "memfd":
+		return memfd.New()
+	case "file":
+		return file.New(dir)
+	}
+	panic("unknown backend spec " + spec)
+}
+
+// TestOpsChild is not a test: it is the child process of the tests below.
+func TestOpsChild(t *testing.T) {
+	role := os.Getenv(envRole)
+	if role == "" {
+		t.Skip("helper process of the operations tests; runs only when re-executed by them")
+	}
+	key := os.Getenv(envKey)
+	be := backendOf(os.Getenv(envBackend))
+	ready := func() { fmt.Println("ready"); os.Stdout.Sync() }
+	die := func(err error) { fmt.Println("error:", err); os.Exit(1) }
+	switch role {
+	case "create", "create-lock":
+		r, err := shm.Create(key, 4096, shm.WithBackend(be), shm.WithMode(0o640))
+		if err != nil {
+			die(err)
+		}
+		copy(r.Bytes(), "written by the creator")
+		if role == "create-lock" {
+			if _, err := r.Lock(); err != nil {
+				die(err)
+			}
+		}
+		ready()
+	case "attach":
+		r, err := shm.Open(key, 5*time.Second, shm.WithBackend(be))
+		if err != nil {
+			die(err)
+		}
+		_ = r
+		ready()
+	case "initdie":
+		_, err := shm.Create(key, 4096, shm.WithBackend(be), shm.WithInit(func([]byte) error {
+			ready()
+			time.Sleep(time.Hour)
+			return nil
+		}))
+		die(err)
+	case "attach-loop":
+		attachLoop(key, be)
+		os.Exit(0)
+	default:
+		die(errors.New("unknown role " + role))
+	}
+	time.Sleep(time.Hour)
+}
+
+// attachLoop attaches to key again and again until it is gone, and checks
+// while attached that the key still names the very object it maps: a
+// removal must never take a region from under a process that attached.
+func attachLoop(key string, be backend.Backend) {
+	dir := be.(interface{ Dir() string }).Dir()
+	path := filepath.Join(dir, strings.TrimPrefix(key, "/"))
+	for i := 0; ; i++ {
+		r, err := shm.Open(key, 0, shm.WithBackend(be))
+		if errors.Is(err, shm.ErrNotExist) {
+			fmt.Printf("gone after %d attaches\n", i)
+			return
+		}
+		if err != nil {
+			fmt.Println("error:", err)
+			os.Exit(1)
+		}
+		if i == 0 {
+			fmt.Println("ready")
+		}
+		f, err := r.File()
+		if err != nil {
+			fmt.Println("error:", err)
+			os.Exit(1)
+		}
+		var mine, named unix.Stat_t
+		unix.Fstat(int(f.Fd()), &mine)
+		f.Close()
+		time.Sleep(time.Duration(i%7) * 50 * time.Microsecond)
+		if err := unix.Stat(path, &named); err != nil || named.Ino != mine.Ino || mine.Nlink == 0 {
+			fmt.Printf("VIOLATION: attached to inode %d (links %d), but %s: ino %d, %v\n", mine.Ino, mine.Nlink, path, named.Ino, err)
+			os.Exit(3)
+		}
+		r.Close()
+		time.Sleep(time.Duration(i%5) * 100 * time.Microsecond)
+	}
+}
+
+// child is a re-executed test binary in some role.
+type child struct {
+	cmd *exec.Cmd
+	out *bufio.Reader
+	pid int
+}
+
+func startChild(t *testing.T, role, key, spec string) *child {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], "-test.run=^TestOpsChild$", "-test.count=1")
+	cmd.Env = append(os.Environ(), envRole+"="+role, envKey+"="+key, envBackend+"="+spec)
+	cmd.Stderr = os.Stderr
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	c := &child{cmd: cmd, out: bufio.NewReader(stdout), pid: cmd.Process.Pid}
+	t.Cleanup(func() { c.kill() })
+	line, err := c.out.ReadString('\n')
+	if strings.TrimSpace(line) != "ready" {
+		rest, _ := io.ReadAll(c.out)
+		t.Fatalf("child %s: %q%s (%v)", role, line, rest, err)
+	}
+	return c
+}
+
+// kill SIGKILLs the child and reaps it.
+func (c *child) kill() {
+	if c.cmd.ProcessState == nil {
+		c.cmd.Process.Kill()
+		c.cmd.Wait()
+	}
+}
+
+// privateDir makes a directory on /dev/shm's tmpfs for one test, so that
+// RemoveStale sees only the test's objects.
+func privateDir(t *testing.T) string {
+	t.Helper()
+	dir, err := os.MkdirTemp(posix.DefaultDir, "t-ops-dir-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.Chmod(dir, 0o755)
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	return dir
+}
+
+type backendCase struct {
+	name string
+	spec string
+	be   backend.Backend
+}
+
+// backendCases are the backends the tests run on: posix and file in private
+// directories, sysv and memfd with keys of their own.
+func backendCases(t *testing.T) []backendCase {
+	pdir, fdir := privateDir(t), privateDir(t)
+	return []backendCase{
+		{"posix", "posix:" + pdir, posix.NewDir(pdir)},
+		{"sysv", "sysv", sysv.New()},
+		{"memfd", "memfd", memfd.New()},
+		{"file", "file:" + fdir, file.New(fdir)},
+	}
+}
+
+func opsKey(t *testing.T, what string) string {
+	return fmt.Sprintf("/t-ops-%d-%s", os.Getpid(), what)
+}
+
+// cleanupKey removes key on be at the end of the test, whatever its state.
+func cleanupKey(t *testing.T, be backend.Backend, key string) {
+	t.Cleanup(func() { be.Unlink(strings.TrimPrefix(key, "/")) })
+}
+
+func findInfo(infos []shm.Info, backendName, key string) (shm.Info, bool) {
+	for _, in := range infos {
+		if in.Backend == backendName && in.Key == key && !in.Temp {
+			return in, true
+		}
+	}
+	return shm.Info{}, false
+}
+
+func TestStatLiveRegion(t *testing.T) {
+	for _, bc := range backendCases(t) {
+		t.Run(bc.name, func(t *testing.T) {
+			key := opsKey(t, "live-"+bc.name)
+			cleanupKey(t, bc.be, key)
+			r, err := shm.Create(key, 1000, shm.WithBackend(bc.be), shm.WithMode(0o640))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer r.Close()
+			if err := r.Chown(-1, 65534); err != nil {
+				t.Fatal(err)
+			}
+			l, err := r.Lock()
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer l.Unlock()
+
+			in, err := shm.Stat(key, shm.WithBackend(bc.be))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if in.Key != key || in.Backend != bc.name || in.Size != 1000 || in.ObjectSize < 1512 {
+				t.Errorf("key %q backend %q size %d object %d", in.Key, in.Backend, in.Size, in.ObjectSize)
+			}
+			if in.Mode != 0o640 || in.UID != os.Geteuid() || in.GID != 65534 {
+				t.Errorf("mode %v uid %d gid %d, want 0640 %d 65534", in.Mode, in.UID, in.GID, os.Geteuid())
+			}
+			if in.CreatorPID != os.Getpid() || in.Creator != shm.Alive || !in.Ready {
+				t.Errorf("creator %d %v ready %v", in.CreatorPID, in.Creator, in.Ready)
+			}
+			if time.Since(in.Created) > time.Minute || in.Created.After(time.Now()) {
+				t.Errorf("created %v", in.Created)
+			}
+			if in.Lock.State != shm.LockHeld || in.Lock.PID != os.Getpid() || in.Lock.Inconsistent {
+				t.Errorf("lock %+v, want held by us", in.Lock)
+			}
+			if in.Attached < 1 {
+				t.Errorf("attached %d, want at least this process", in.Attached)
+			}
+			if in.Stale || in.Foreign || in.Temp || in.Err != nil {
+				t.Errorf("stale %v foreign %v temp %v err %v", in.Stale, in.Foreign, in.Temp, in.Err)
+			}
+
+			infos, err := shm.List(context.Background(), shm.ListBackends(bc.be))
+			if err != nil {
+				t.Fatal(err)
+			}
+			li, ok := findInfo(infos, bc.name, key)
+			if !ok {
+				t.Fatalf("List does not show %s", key)
+			}
+			if li.CreatorPID != in.CreatorPID || li.Size != in.Size || li.Stale {
+				t.Errorf("List: %+v", li)
+			}
+
+			err = shm.Remove(key, shm.WithBackend(bc.be))
+			if !errors.Is(err, shm.ErrInUse) {
+				t.Fatalf("Remove of a live region: %v, want ErrInUse", err)
+			}
+			if _, err := shm.Stat(key, shm.WithBackend(bc.be)); err != nil {
+				t.Fatalf("the region is gone after a refused Remove: %v", err)
+			}
+		})
+	}
+}
+
+func TestStaleAfterKill(t *testing.T) {
+	for _, bc := range backendCases(t) {
+		t.Run(bc.name, func(t *testing.T) {
+			key := opsKey(t, "killed-"+bc.name)
+			cleanupKey(t, bc.be, key)
+			c := startChild(t, "create-lock", key, bc.spec)
+			c.kill()
+
+			in, err := shm.Stat(key, shm.WithBackend(bc.be))
+			if bc.name == "memfd" {
+				// Nothing outlives a memfd region's processes.
+				if !errors.Is(err, shm.ErrNotExist) {
+					t.Fatalf("Stat after the owner died: %+v, %v; want ErrNotExist", in, err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if in.CreatorPID != c.pid || in.Creator != shm.Dead {
+				t.Errorf("creator %d %v, want %d dead", in.CreatorPID, in.Creator, c.pid)
+			}
+			if in.Lock.State != shm.LockHolderDead || in.Lock.PID != c.pid {
+				t.Errorf("lock %+v, want holder %d dead", in.Lock, c.pid)
+			}
+			if in.Attached != 0 || !in.AttachedExact || !in.Stale {
+				t.Errorf("attached %d exact %v stale %v (%s), want 0 true true", in.Attached, in.AttachedExact, in.Stale, in.Reason)
+			}
+			infos, err := shm.List(context.Background(), shm.ListBackends(bc.be))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if li, ok := findInfo(infos, bc.name, key); !ok || !li.Stale {
+				t.Errorf("List: %+v (found %v), want stale", li, ok)
+			}
+			if err := shm.Remove(key, shm.WithBackend(bc.be)); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := shm.Stat(key, shm.WithBackend(bc.be)); !errors.Is(err, shm.ErrNotExist) {
+				t.Fatalf("Stat after Remove: %v", err)
+			}
+			if err := shm.Remove(key, shm.WithBackend(bc.be)); !errors.Is(err, shm.ErrNotExist) {
+				t.Fatalf("second Remove: %v", err)
+			}
+		})
+	}
+}
+
+// A region whose creator died is still in use while another process maps
+// it: neither Remove nor RemoveStale may take it.
+func TestInUseNeverRemoved(t *testing.T) {
+	for _, bc := range backendCases(t) {
+		if bc.name == "memfd" {
+			continue // a memfd region cannot be attached once its owner died
+		}
+		t.Run(bc.name, func(t *testing.T) {
+			key := opsKey(t, "inuse-"+bc.name)
+			cleanupKey(t, bc.be, key)
+			creator := startChild(t, "create", key, bc.spec)
+			user := startChild(t, "attach", key, bc.spec)
+			creator.kill()
+
+			in, err := shm.Stat(key, shm.WithBackend(bc.be))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if in.Creator != shm.Dead || in.Stale || in.Attached < 1 {
+				t.Errorf("creator %v stale %v attached %d, want dead, not stale, attached", in.Creator, in.Stale, in.Attached)
+			}
+			if err := shm.Remove(key, shm.WithBackend(bc.be)); !errors.Is(err, shm.ErrInUse) {
+				t.Fatalf("Remove of a mapped region: %v, want ErrInUse", err)
+			}
+			if bc.name != "sysv" { // RemoveStale on SysV: see TestSysvRemoveStale
+				removed, err := shm.RemoveStale(context.Background(), shm.ListBackends(bc.be))
+				if err != nil || len(removed) != 0 {
+					t.Fatalf("RemoveStale removed %v, %v", removed, err)
+				}
+			}
+			if _, err := shm.Stat(key, shm.WithBackend(bc.be)); err != nil {
+				t.Fatalf("the region in use was removed: %v", err)
+			}
+
+			user.kill()
+			if bc.name == "sysv" {
+				if err := shm.Remove(key, shm.WithBackend(bc.be)); err != nil {
+					t.Fatal(err)
+				}
+				return
+			}
+			removed, err := shm.RemoveStale(context.Background(), shm.ListBackends(bc.be))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(removed) != 1 || removed[0].Key != key || removed[0].CreatorPID != creator.pid {
+				t.Fatalf("RemoveStale removed %+v, want %s", removed, key)
+			}
+			if _, err := shm.Stat(key, shm.WithBackend(bc.be)); !errors.Is(err, shm.ErrNotExist) {
+				t.Fatalf("Stat after RemoveStale: %v", err)
+			}
+		})
+	}
+}
+
+// RemoveStale on SysV sees every segment of the IPC namespace: run it in a
+// namespace of its own.
+func TestSysvRemoveStale(t *testing.T) {
+	if !inNewIPCNamespace(t) {
+		return
+	}
+	be := sysv.New()
+	stale, live := opsKey(t, "sysv-stale"), opsKey(t, "sysv-live")
+	startChild(t, "create", stale, "sysv").kill()
+	startChild(t, "create", live, "sysv")
+	defer be.Unlink(strings.TrimPrefix(live, "/"))
+
+	removed, err := shm.RemoveStale(context.Background(), shm.ListBackends(be))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(removed) != 1 || removed[0].Key != stale || removed[0].ID == "" {
+		t.Fatalf("RemoveStale removed %+v, want only %s", removed, stale)
+	}
+	infos, err := shm.List(context.Background(), shm.ListBackends(be))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := findInfo(infos, "sysv", stale); ok {
+		t.Error("the stale segment is still listed")
+	}
+	if in, ok := findInfo(infos, "sysv", live); !ok || in.Stale || in.Creator != shm.Alive {
+		t.Errorf("the live segment: %+v (found %v)", in, ok)
+	}
+}
+
+// inNewIPCNamespace re-runs the calling test in a new IPC namespace and
+// reports whether the caller is that re-run (and should do the work).
+func inNewIPCNamespace(t *testing.T) bool {
+	t.Helper()
+	if os.Getenv(envInNS) == t.Name() {
+		return true
+	}
+	cmd := exec.Command(os.Args[0], "-test.run=^"+t.Name()+"$", "-test.count=1", "-test.v")
+	cmd.Env = append(os.Environ(), envInNS+"="+t.Name())
+	cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: syscall.CLONE_NEWIPC}
+	out, err := cmd.CombinedOutput()
+	if err != nil && errors.Is(err, syscall.EPERM) {
+		t.Skipf("cannot make an IPC namespace (needs CAP_SYS_ADMIN): %v", err)
+	}
+	if err != nil {
+		t.Fatalf("in a new IPC namespace: %v\n%s", err, out)
+	}
+	if !strings.Contains(string(out), "--- PASS: "+t.Name()) {
+		t.Fatalf("in a new IPC namespace, the test did not pass:\n%s", out)
+	}
+	return false
+}
+
+func TestForeignObjects(t *testing.T) {
+	dir := privateDir(t)
+	be := posix.NewDir(dir)
+	name := "t-ops-foreign"
+	if err := os.WriteFile(filepath.Join(dir, name), []byte(strings.Repeat("not a region ", 100)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	infos, err := shm.List(context.Background(), shm.ListBackends(be))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(infos) != 0 {
+		t.Fatalf("List without ListForeign: %+v", infos)
+	}
+	infos, err = shm.List(context.Background(), shm.ListBackends(be), shm.ListForeign())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(infos) != 1 || !infos[0].Foreign || infos[0].Key != "/"+name || infos[0].Stale {
+		t.Fatalf("List with ListForeign: %+v", infos)
+	}
+	if _, err := shm.Stat("/"+name, shm.WithBackend(be)); !errors.Is(err, shm.ErrCorrupt) {
+		t.Errorf("Stat of a foreign object: %v, want ErrCorrupt", err)
+	}
+	if err := shm.Remove("/"+name, shm.WithBackend(be)); !errors.Is(err, shm.ErrCorrupt) {
+		t.Errorf("Remove of a foreign object: %v, want ErrCorrupt", err)
+	}
+	removed, err := shm.RemoveStale(context.Background(), shm.ListBackends(be))
+	if err != nil || len(removed) != 0 {
+		t.Errorf("RemoveStale: %+v, %v", removed, err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, name)); err != nil {
+		t.Fatalf("the foreign object was removed: %v", err)
+	}
+}
+
+// A creator that dies inside WithInit leaves its object under a temporary
+// name: it is listed as a stale temporary region and removed.
+func TestOrphanTempRemoved(t *testing.T) {
+	for _, bc := range backendCases(t) {
+		if bc.name != "posix" && bc.name != "file" {
+			continue
+		}
+		t.Run(bc.name, func(t *testing.T) {
+			key := opsKey(t, "initdie")
+			c := startChild(t, "initdie", key, bc.spec)
+			infos, err := shm.List(context.Background(), shm.ListBackends(bc.be))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(infos) != 1 || !infos[0].Temp || infos[0].Stale || infos[0].Ready || infos[0].Creator != shm.Alive {
+				t.Fatalf("while the creator lives: %+v", infos)
+			}
+			c.kill()
+			infos, err = shm.List(context.Background(), shm.ListBackends(bc.be))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(infos) != 1 || !infos[0].Temp || !infos[0].Stale || infos[0].Key != key {
+				t.Fatalf("after the creator died: %+v", infos)
+			}
+			removed, err := shm.RemoveStale(context.Background(), shm.ListBackends(bc.be))
+			if err != nil || len(removed) != 1 || removed[0].Path != infos[0].Path {
+				t.Fatalf("RemoveStale: %+v, %v", removed, err)
+			}
+			left, _ := os.ReadDir(filepath.Dir(infos[0].Path))
+			if len(left) != 0 {
+				t.Fatalf("left behind: %v", left)
+			}
+		})
+	}
+}
+
+// RemoveStale racing a process that attaches again and again: the region
+// goes only when nobody has it, and the attacher never holds a region
+// whose key is gone. Several rounds, since each round races differently.
+func TestRemoveStaleRacesAttach(t *testing.T) {
+	dir := privateDir(t)
+	spec := "posix:" + dir
+	be := posix.NewDir(dir)
+	for round := 0; round < 10; round++ {
+		key := opsKey(t, fmt.Sprintf("race-%d", round))
+		cleanupKey(t, be, key)
+		startChild(t, "create", key, spec).kill()
+		att := startChild(t, "attach-loop", key, spec)
+
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		tries := 0
+		for ctx.Err() == nil {
+			tries++
+			removed, err := shm.RemoveStale(ctx, shm.ListBackends(be))
+			if err != nil {
+				cancel()
+				t.Fatal(err)
+			}
+			if len(removed) > 0 {
+				break
+			}
+			time.Sleep(time.Duration(tries%3) * 100 * time.Microsecond)
+		}
+		cancel()
+		out, _ := io.ReadAll(att.out)
+		err := att.cmd.Wait()
+		t.Logf("round %d: removed after %d tries; attacher: %s", round, tries, strings.TrimSpace(string(out)))
+		if err != nil || !strings.HasPrefix(string(out), "gone after ") {
+			t.Fatalf("attacher: %v: %s", err, out)
+		}
+	}
+}
+
+func TestListNamesItsBackendErrors(t *testing.T) {
+	missing := filepath.Join(privateDir(t), "nonexistent")
+	_, err := shm.List(context.Background(), shm.ListBackends(posix.NewDir(missing)))
+	var se *shm.Error
+	if !errors.As(err, &se) || se.Backend != "posix" || !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("List of a missing directory: %v", err)
+	}
+}
+
+func TestLockStates(t *testing.T) {
+	li := shm.LockInfo{State: shm.LockHolderDead, PID: 42, Inconsistent: true}
+	if got := li.String(); got != "holder 42 dead, inconsistent" {
+		t.Errorf("%q", got)
+	}
+	if got := (shm.LockInfo{}).String(); got != "free" {
+		t.Errorf("%q", got)
+	}
+	if got := (shm.LockInfo{State: shm.LockHeld, PID: 7}).String(); got != "held by 7" {
+		t.Errorf("%q", got)
+	}
+}
