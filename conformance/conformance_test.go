@@ -7,6 +7,7 @@ import (
 
 	"github.com/shmgo/shm/backend"
 	"github.com/shmgo/shm/backend/file"
+	"github.com/shmgo/shm/backend/memfd"
 	"github.com/shmgo/shm/backend/posix"
 	"github.com/shmgo/shm/backend/sysv"
 	"github.com/shmgo/shm/conformance"
@@ -18,6 +19,9 @@ func TestConformance(t *testing.T) {
 	})
 	t.Run("sysv", func(t *testing.T) {
 		conformance.Run(t, func(testing.TB) backend.Backend { return sysv.New() })
+	})
+	t.Run("memfd", func(t *testing.T) {
+		conformance.Run(t, func(testing.TB) backend.Backend { return memfd.New() })
 	})
 	t.Run("file", func(t *testing.T) {
 		// One directory for the parent and its children (which inherit the
