@@ -19,6 +19,7 @@ import (
 
 	"github.com/shmgo/shm"
 	"github.com/shmgo/shm/backend/memfd"
+	"github.com/shmgo/shm/backend/posix"
 )
 
 // Child processes: the test binary re-executed with roleEnv naming a role
@@ -48,7 +49,7 @@ func testKey(tag string) string {
 
 // child is a running child process.
 type child struct {
-	t     *testing.T
+	t     testing.TB
 	cmd   *exec.Cmd
 	in    io.WriteCloser
 	lines chan string
@@ -60,7 +61,7 @@ type childOpt func(*exec.Cmd)
 
 // asUser runs the child as uid:gid with the given supplementary groups,
 // from a copy of the test binary that every user may execute.
-func asUser(t *testing.T, uid, gid uint32, groups ...uint32) childOpt {
+func asUser(t testing.TB, uid, gid uint32, groups ...uint32) childOpt {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("running a child as another uid needs root")
@@ -84,7 +85,7 @@ var (
 	exeErr  error
 )
 
-func exeForOthers(t *testing.T) string {
+func exeForOthers(t testing.TB) string {
 	exeOnce.Do(func() {
 		dir, err := os.MkdirTemp("", "t-memfd-exe-")
 		if err != nil {
@@ -113,7 +114,7 @@ func cleanupExe() {
 	}
 }
 
-func startChild(t *testing.T, role string, args []string, opts ...childOpt) *child {
+func startChild(t testing.TB, role string, args []string, opts ...childOpt) *child {
 	t.Helper()
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
 	cmd.Env = append(os.Environ(), roleEnv+"="+role, argsEnv+"="+strings.Join(args, "\t"))
@@ -208,8 +209,11 @@ func runRole(role string, args []string) int {
 	b := childBackend()
 	opt := shm.WithBackend(b)
 	switch role {
-	case "owner": // args: key mode; writes "owner data"; exits on "exit", crashes on "crash"
+	case "owner": // args: key mode [posix]; writes "owner data"; then on "exit" closes, on "unlink" unlinks and closes, on "crash" exits at once
 		mode, _ := strconv.ParseUint(args[1], 8, 32)
+		if len(args) > 2 && args[2] == "posix" {
+			opt = shm.WithBackend(posix.New())
+		}
 		r, err := shm.Create(args[0], 4096, opt, shm.WithMode(os.FileMode(mode)))
 		if err != nil {
 			say("error %v", err)
@@ -220,6 +224,8 @@ func runRole(role string, args []string) int {
 		switch hear() {
 		case "crash":
 			os.Exit(0) // no Close, no Unlink
+		case "unlink":
+			r.Unlink()
 		}
 		r.Close()
 		return 0
