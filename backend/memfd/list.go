@@ -6,6 +6,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -36,7 +37,7 @@ func (b *Backend) List() ([]backend.Info, error) {
 		} else {
 			in.Name = id
 		}
-		rep, err := b.request(addr, opStat)
+		rep, err := b.request(addr, opStat, time.Time{})
 		if errors.Is(err, fs.ErrNotExist) {
 			continue // gone since we read the table
 		}

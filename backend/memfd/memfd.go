@@ -83,6 +83,7 @@
 package memfd
 
 import (
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"io/fs"
@@ -251,7 +252,19 @@ func memfdName(name string) string {
 // process or the server is not trusted, and os.ErrDeadlineExceeded when
 // the server does not answer in time.
 func (b *Backend) Open(name string) (backend.Segment, error) {
-	return b.openAddr(Addr(name))
+	return b.openAddr(Addr(name), time.Time{})
+}
+
+// OpenContext is Open that also ends by ctx's deadline when that comes
+// before the I/O timeout's (a blocked exchange cannot be cancelled sooner
+// than its deadline). Package shm does not call it yet; it is meant for an
+// optional backend interface that passes Open's own deadline down.
+func (b *Backend) OpenContext(ctx context.Context, name string) (backend.Segment, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, &fs.PathError{Op: "open", Path: "@" + Addr(name), Err: err}
+	}
+	d, _ := ctx.Deadline()
+	return b.openAddr(Addr(name), d)
 }
 
 // OpenID implements backend.IDOpener, for the objects List returns without
@@ -261,11 +274,11 @@ func (b *Backend) OpenID(id string) (backend.Segment, error) {
 	if err != nil {
 		return nil, err
 	}
-	return b.openAddr(addr)
+	return b.openAddr(addr, time.Time{})
 }
 
-func (b *Backend) openAddr(addr string) (backend.Segment, error) {
-	rep, err := b.request(addr, opOpen)
+func (b *Backend) openAddr(addr string, deadline time.Time) (backend.Segment, error) {
+	rep, err := b.request(addr, opOpen, deadline)
 	if err != nil {
 		return nil, err
 	}
@@ -314,7 +327,7 @@ func (b *Backend) unlinkAddr(addr string) error {
 			return nil
 		}
 	}
-	_, err := b.request(addr, opUnlink)
+	_, err := b.request(addr, opUnlink, time.Time{})
 	return err
 }
 

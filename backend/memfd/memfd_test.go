@@ -2,6 +2,7 @@ package memfd_test
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"io/fs"
 	"net"
@@ -531,6 +532,16 @@ func TestHostileServers(t *testing.T) {
 	}
 	if _, err := shm.Open("/"+mute, 0, shm.WithBackend(b)); !errors.Is(err, os.ErrDeadlineExceeded) {
 		t.Fatalf("shm.Open from a mute server: %v", err)
+	}
+	// OpenContext ends by the context's deadline, before a long I/O timeout.
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Millisecond)
+	_, err = memfd.New(memfd.WithIOTimeout(time.Hour)).OpenContext(ctx, mute)
+	cancel()
+	if !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("OpenContext from a mute server: %v, want a deadline error", err)
+	}
+	if _, err := b.OpenContext(ctx, mute); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("OpenContext with an ended context: %v", err)
 	}
 	close(release)
 	if _, err := b.Open(unsealed); err == nil || !strings.Contains(err.Error(), "not sealed") {

@@ -71,14 +71,17 @@ type reply struct {
 }
 
 // request connects to addr, checks that the server is trusted, sends op and
-// returns the answer with status 'k'; any other status is an error. Every
-// step is bounded by the backend's I/O timeout.
-func (b *Backend) request(addr string, op byte) (reply, error) {
+// returns the answer with status 'k'; any other status is an error. The
+// whole exchange ends by deadline, or by the backend's I/O timeout when
+// deadline is zero or later.
+func (b *Backend) request(addr string, op byte, deadline time.Time) (reply, error) {
 	path := "@" + addr
 	fail := func(sysop string, err error) (reply, error) {
 		return reply{fd: -1}, &fs.PathError{Op: sysop, Path: path, Err: err}
 	}
-	deadline := time.Now().Add(b.timeout)
+	if limit := time.Now().Add(b.timeout); deadline.IsZero() || limit.Before(deadline) {
+		deadline = limit
+	}
 	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		return fail("socket", err)
