@@ -1,0 +1,491 @@
+package nstest_test
+
+// Lock holders and waiters in other PID namespaces.
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"os/signal"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/shmgo/shm"
+	"github.com/shmgo/shm/backend/posix"
+)
+
+func init() {
+	roles["holder"] = holder
+	roles["waiter"] = waiter
+	roles["counter"] = counterRole
+	roles["init"] = nsInit
+}
+
+// How a child enters a new PID namespace.
+var (
+	// PID 1 of a new PID namespace, with /proc mounted for it (as in a
+	// container).
+	nsPID1 = nsOpts{flags: syscall.CLONE_NEWPID | syscall.CLONE_NEWNS, setup: []string{"private", "proc"}}
+	// PID 1 of a new PID namespace that still sees the parent's /proc.
+	nsPID1HostProc = nsOpts{flags: syscall.CLONE_NEWPID}
+)
+
+// unshareOpts starts the child as PID 1 of a new PID namespace made by
+// unshare(1), as an administrator would.
+func unshareOpts(t *testing.T) nsOpts {
+	return nsOpts{prefix: []string{requireUnshare(t), "--pid", "--fork", "--mount-proc", "--kill-child"}}
+}
+
+// unusedHostPID returns a PID that no process of this namespace has now,
+// so that a holder given it in another namespace is, judged by its PID
+// alone, dead here.
+func unusedHostPID(t *testing.T) int {
+	t.Helper()
+	max := 32768
+	if b, err := os.ReadFile("/proc/sys/kernel/pid_max"); err == nil {
+		max, _ = strconv.Atoi(strings.TrimSpace(string(b)))
+	}
+	for p := max / 2; p < max; p++ {
+		if _, err := os.Stat("/proc/" + strconv.Itoa(p)); errors.Is(err, os.ErrNotExist) {
+			return p
+		}
+	}
+	t.Fatal("no unused PID")
+	return 0
+}
+
+// lastPIDWorks skips the test when PIDs cannot be chosen in a new namespace.
+func lastPIDWorks(t *testing.T) {
+	if _, err := os.Stat("/proc/sys/kernel/ns_last_pid"); err != nil {
+		t.Skipf("skipped: kernel without /proc/sys/kernel/ns_last_pid (CONFIG_CHECKPOINT_RESTORE), cannot choose a PID: %v", err)
+	}
+}
+
+// newRegion creates a POSIX region for a test and removes it afterwards.
+func newRegion(t *testing.T, what string) (*shm.Region, string) {
+	t.Helper()
+	k := key(what)
+	r, err := shm.Create(k, sharedSize, shm.WithBackend(posix.New()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		r.Unlink()
+		r.Close()
+	})
+	return r, k
+}
+
+// mustTimeOut tries to take a lock held by a live process (or one that
+// cannot be judged from here) for d: it must time out, and never take the
+// lock over.
+func mustTimeOut(t *testing.T, r *shm.Region, d time.Duration, holder string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	defer cancel()
+	l, err := r.LockContext(ctx)
+	switch {
+	case err == nil:
+		l.Unlock()
+		t.Fatalf("took the lock over from %s", holder)
+	case errors.Is(err, shm.ErrOwnerDead):
+		l.MarkConsistent()
+		l.Unlock()
+		t.Fatalf("took the lock over from %s, judged dead: %v", holder, err)
+	case !errors.Is(err, shm.ErrTimeout):
+		t.Fatalf("LockContext while %s holds: %v, want ErrTimeout", holder, err)
+	}
+	if l, err := r.TryLock(); !errors.Is(err, shm.ErrLocked) {
+		if err == nil || errors.Is(err, shm.ErrOwnerDead) {
+			l.Unlock()
+		}
+		t.Fatalf("TryLock while %s holds: %v, want ErrLocked", holder, err)
+	}
+}
+
+// mustLock takes the lock, which must be free or freed soon, and releases it.
+func mustLock(t *testing.T, r *shm.Region) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	l, err := r.LockContext(ctx)
+	if err != nil {
+		if errors.Is(err, shm.ErrOwnerDead) {
+			l.Unlock()
+		}
+		t.Fatalf("Lock after the holder released: %v", err)
+	}
+	l.Unlock()
+}
+
+// TestPIDNamespaceHolderExcludes: a live holder in a new PID namespace
+// keeps the lock against a waiter here, although its PID names another
+// process here (PID 1) or none (a PID unused here); then it releases and
+// the waiter gets the lock, with no ErrOwnerDead.
+func TestPIDNamespaceHolderExcludes(t *testing.T) {
+	requireRoot(t)
+	for _, tc := range []struct {
+		name    string
+		role    string
+		opts    func(*testing.T) nsOpts
+		lastPID bool // the holder gets a PID that no process here has
+	}{
+		{"pid1", "holder", func(*testing.T) nsOpts { return nsPID1 }, false},
+		{"pid1-host-proc", "holder", func(*testing.T) nsOpts { return nsPID1HostProc }, false},
+		{"pid-unused-here", "init", func(*testing.T) nsOpts { return nsPID1 }, true},
+		{"unshare-cmd", "holder", unshareOpts, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			o := tc.opts(t)
+			r, k := newRegion(t, "excl")
+			wantPID, arg := 1, ""
+			if tc.lastPID {
+				lastPIDWorks(t)
+				wantPID = unusedHostPID(t)
+				arg = fmt.Sprintf("inner=holder lastpid=%d", wantPID)
+			}
+			h := start(t, "holder", tc.role, k, arg, o)
+			line := h.expect("locked", time.Minute)
+			pid := atoi(t, field(t, line, "pid"))
+			if pid != wantPID {
+				t.Fatalf("holder has PID %d in its namespace, want %d", pid, wantPID)
+			}
+			if ns := field(t, line, "pidns"); ns == fmt.Sprint(nsInode("self", "pid")) {
+				t.Fatalf("holder is in this test's PID namespace (%s)", ns)
+			}
+			here := "exists"
+			if _, err := os.Stat(fmt.Sprint("/proc/", pid)); err != nil {
+				here = "does not exist"
+			}
+			t.Logf("holder: %s; PID %d %s in this namespace", line, pid, here)
+
+			mustTimeOut(t, r, time.Second, fmt.Sprintf("a live holder, PID %d in another PID namespace", pid))
+			h.send("unlock")
+			h.expect("unlocked", time.Minute)
+			mustLock(t, r)
+			h.mustSucceed(time.Minute)
+		})
+	}
+}
+
+// TestPIDNamespaceWaiterExcluded: this process holds the lock; a waiter in
+// a new PID namespace, where this process's PID means nothing, times out
+// without taking it over, and gets it once this process releases it.
+func TestPIDNamespaceWaiterExcluded(t *testing.T) {
+	requireRoot(t)
+	for _, tc := range []struct {
+		name string
+		opts nsOpts
+	}{
+		{"pid1", nsPID1},
+		{"pid1-host-proc", nsPID1HostProc},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r, k := newRegion(t, "waiter")
+			l, err := r.Lock()
+			if err != nil {
+				t.Fatal(err)
+			}
+			w := start(t, "waiter", "waiter", k, "then-lock", tc.opts)
+			t.Logf("waiter: %s", w.expect("timedout", time.Minute))
+			w.expect("waiting", time.Minute)
+			if err := l.Unlock(); err != nil {
+				t.Fatal(err)
+			}
+			w.expect("locked", time.Minute)
+			w.mustSucceed(time.Minute)
+			mustLock(t, r)
+		})
+	}
+}
+
+// TestPIDNamespaceCounter: this process and two processes that are each
+// PID 1 of their own PID namespace (so both lock words read 1) do 5,000
+// locked increments each; the total must be exact.
+func TestPIDNamespaceCounter(t *testing.T) {
+	requireRoot(t)
+	const n = 5000
+	r, k := newRegion(t, "count")
+	var ps []*proc
+	seen := map[string]bool{fmt.Sprint(nsInode("self", "pid")): true}
+	for _, name := range []string{"ns-a", "ns-b"} {
+		p := start(t, name, "counter", k, fmt.Sprint(n), nsPID1)
+		line := p.expect("attached", time.Minute)
+		if pid := field(t, line, "pid"); pid != "1" {
+			t.Fatalf("%s has PID %s, want 1", name, pid)
+		}
+		ns := field(t, line, "pidns")
+		if seen[ns] {
+			t.Fatalf("%s shares PID namespace %s", name, ns)
+		}
+		seen[ns] = true
+		ps = append(ps, p)
+	}
+	for _, p := range ps {
+		p.send("go")
+	}
+	if err := increment(r, n); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range ps {
+		p.expect("done", 2*time.Minute)
+		p.mustSucceed(time.Minute)
+	}
+	l, err := r.Lock()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := sharedOf(r).Counter
+	l.Unlock()
+	if got != 3*n {
+		t.Fatalf("counter %d after three processes did %d locked increments each, want %d", got, n, 3*n)
+	}
+}
+
+// TestPIDNamespaceHolderKilled: what becomes of a lock whose holder is
+// killed, seen from its own PID namespace and from others.
+func TestPIDNamespaceHolderKilled(t *testing.T) {
+	requireRoot(t)
+
+	// The holder is PID 1 of a namespace; killing it ends the namespace.
+	// A waiter here cannot judge a PID recorded in another namespace, so
+	// it does not recover the lock: it times out (the documented limit),
+	// rather than ever taking over a holder it cannot see.
+	t.Run("waiter-outside", func(t *testing.T) {
+		r, k := newRegion(t, "killout")
+		h := start(t, "holder", "holder", k, "", nsPID1)
+		h.expect("locked", time.Minute)
+		h.cmd.Process.Kill()
+		if err := h.wait(time.Minute); !killed(err) {
+			t.Fatalf("holder: %v, want killed", err)
+		}
+		mustTimeOut(t, r, time.Second, "a holder killed in another PID namespace")
+		t.Log("as documented: a waiter outside the dead holder's PID namespace cannot recover the lock")
+	})
+
+	// The holder is PID 2 under an init (PID 1) in the namespace; the init
+	// kills it and, in the same namespace, recovers the lock with
+	// ErrOwnerDead.
+	t.Run("waiter-same-namespace", func(t *testing.T) {
+		r, k := newRegion(t, "killin")
+		h := start(t, "init", "init", k, "inner=holder onusr1=recover", nsPID1)
+		line := h.expect("locked", time.Minute)
+		if pid := field(t, line, "pid"); pid == "1" {
+			t.Fatalf("holder is PID 1, want a child of the namespace's init")
+		}
+		mustTimeOut(t, r, time.Second, "a live holder in another PID namespace")
+		h.cmd.Process.Signal(syscall.SIGUSR1)
+		t.Logf("init: %s", h.expect("recovered", time.Minute))
+		h.mustSucceed(time.Minute)
+		mustLock(t, r) // marked consistent: no ErrOwnerDead
+	})
+
+	// The holder is a process of this namespace; a waiter in a new PID
+	// namespace cannot judge it and times out; a waiter here recovers.
+	t.Run("holder-outside", func(t *testing.T) {
+		r, k := newRegion(t, "killhost")
+		h := start(t, "holder", "holder", k, "", nsOpts{})
+		h.expect("locked", time.Minute)
+		h.cmd.Process.Kill()
+		if err := h.wait(time.Minute); !killed(err) {
+			t.Fatalf("holder: %v, want killed", err)
+		}
+		w := start(t, "waiter", "waiter", k, "once", nsPID1)
+		t.Logf("waiter in a new PID namespace: %s", w.expect("timedout", time.Minute))
+		w.mustSucceed(time.Minute)
+
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		l, err := r.LockContext(ctx)
+		if !errors.Is(err, shm.ErrOwnerDead) {
+			if err == nil {
+				l.Unlock()
+			}
+			t.Fatalf("Lock here after the holder here was killed: %v, want ErrOwnerDead", err)
+		}
+		if err := l.MarkConsistent(); err != nil {
+			t.Fatal(err)
+		}
+		l.Unlock()
+	})
+}
+
+func killed(err error) bool {
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) {
+		return false
+	}
+	ws, ok := ee.Sys().(syscall.WaitStatus)
+	return ok && ws.Signaled() && ws.Signal() == syscall.SIGKILL
+}
+
+// The children's roles.
+
+func openPosix(c *child) (*shm.Region, error) {
+	return shm.Open(c.key, time.Minute, shm.WithBackend(posix.New()))
+}
+
+// holder takes the lock, says so, and releases it when told "unlock".
+func holder(c *child) error {
+	r, err := openPosix(c)
+	if err != nil {
+		return err
+	}
+	defer r.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	l, err := r.LockContext(ctx)
+	if err != nil {
+		return err
+	}
+	c.say("locked pid=%d pidns=%d", os.Getpid(), nsInode("self", "pid"))
+	if cmd := c.hear(); cmd != "unlock" {
+		return fmt.Errorf("told %q, want unlock", cmd)
+	}
+	if err := l.Unlock(); err != nil {
+		return err
+	}
+	c.say("unlocked")
+	c.hear() // wait for the parent to close our input
+	return nil
+}
+
+// waiter tries the lock, held by a process it cannot judge, for 1 s: it
+// must time out. With "then-lock", it then waits for the lock (the parent
+// releases it) and takes it.
+func waiter(c *child) error {
+	r, err := openPosix(c)
+	if err != nil {
+		return err
+	}
+	defer r.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	l, err := r.LockContext(ctx)
+	cancel()
+	switch {
+	case err == nil:
+		l.Unlock()
+		return errors.New("took the lock over from a holder in another PID namespace")
+	case errors.Is(err, shm.ErrOwnerDead):
+		l.Unlock()
+		return fmt.Errorf("took the lock over, judging a holder in another PID namespace dead: %w", err)
+	case !errors.Is(err, shm.ErrTimeout):
+		return fmt.Errorf("LockContext: %w, want ErrTimeout", err)
+	}
+	c.say("timedout pid=%d pidns=%d err=%v", os.Getpid(), nsInode("self", "pid"), err)
+	if c.arg != "then-lock" {
+		return nil
+	}
+	c.say("waiting")
+	ctx, cancel = context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if l, err = r.LockContext(ctx); err != nil {
+		return err
+	}
+	c.say("locked")
+	return l.Unlock()
+}
+
+// counterRole does arg locked increments once told "go".
+func counterRole(c *child) error {
+	n, err := strconv.Atoi(c.arg)
+	if err != nil {
+		return err
+	}
+	r, err := openPosix(c)
+	if err != nil {
+		return err
+	}
+	defer r.Close()
+	c.say("attached pid=%d pidns=%d", os.Getpid(), nsInode("self", "pid"))
+	if cmd := c.hear(); cmd != "go" {
+		return fmt.Errorf("told %q, want go", cmd)
+	}
+	if err := increment(r, n); err != nil {
+		return err
+	}
+	c.say("done")
+	return nil
+}
+
+// nsInit is PID 1 of a new PID namespace. It runs the role "inner=ROLE" as
+// its child, with the PID "lastpid=N" when given. On SIGUSR1 it kills that
+// child and, with "onusr1=recover", takes the lock over in this namespace.
+func nsInit(c *child) error {
+	opts := map[string]string{}
+	for _, f := range strings.Fields(c.arg) {
+		k, v, _ := strings.Cut(f, "=")
+		opts[k] = v
+	}
+	lastPID, _ := strconv.Atoi(opts["lastpid"])
+	usr1 := make(chan os.Signal, 1)
+	signal.Notify(usr1, syscall.SIGUSR1)
+
+	var env []string
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, envRole+"=") && !strings.HasPrefix(kv, envSetup+"=") && !strings.HasPrefix(kv, envArg+"=") {
+			env = append(env, kv)
+		}
+	}
+	env = append(env, envRole+"="+opts["inner"])
+	var cmd *exec.Cmd
+	for try := 0; ; try++ {
+		if lastPID > 0 {
+			// The next PID this namespace hands out; a thread of the Go
+			// runtime may take it first, hence the retries.
+			if err := os.WriteFile("/proc/sys/kernel/ns_last_pid", []byte(strconv.Itoa(lastPID-1)), 0); err != nil {
+				return err
+			}
+		}
+		cmd = exec.Command(os.Args[0], "-test.run=^$")
+		cmd.Env = env
+		cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
+		if err := cmd.Start(); err != nil {
+			return err
+		}
+		if lastPID == 0 || cmd.Process.Pid == lastPID {
+			break
+		}
+		cmd.Process.Kill()
+		cmd.Wait()
+		if try == 10 {
+			return fmt.Errorf("could not give the child PID %d", lastPID)
+		}
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	select {
+	case err := <-exited:
+		return err
+	case <-usr1:
+	}
+	cmd.Process.Kill()
+	<-exited // reaped: the holder's PID is free in this namespace
+	if opts["onusr1"] != "recover" {
+		return nil
+	}
+	r, err := openPosix(c)
+	if err != nil {
+		return err
+	}
+	defer r.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	l, err := r.LockContext(ctx)
+	if !errors.Is(err, shm.ErrOwnerDead) {
+		if err == nil {
+			l.Unlock()
+		}
+		return fmt.Errorf("Lock after killing the holder in this namespace: %v, want ErrOwnerDead", err)
+	}
+	c.say("recovered pid=%d err=%v", os.Getpid(), err)
+	if err := l.MarkConsistent(); err != nil {
+		return err
+	}
+	return l.Unlock()
+}
