@@ -736,7 +736,7 @@ func (o *object) judge() {
 		}
 		proof, err := dirUnused(o.be, o.file, o.fd, o.Attached, o.AttachedExact)
 		if err != nil {
-			o.Reason = err.Error()
+			o.Reason = strings.TrimPrefix(err.Error(), inUsePrefix)
 			return
 		}
 		if proof == proofLease {
@@ -800,7 +800,7 @@ func dirUnused(be backend.Backend, name string, fd int, attached int, exact bool
 		return proofLease, nil
 	}
 	if err == unix.EAGAIN {
-		return 0, because("open or mapped by another process", nil, ErrInUse)
+		return 0, inUse("open or mapped by another process")
 	}
 	return fallbackUnused(be, name, fd, attached, exact, err)
 }
@@ -816,17 +816,23 @@ func fallbackUnused(be backend.Backend, name string, fd int, attached int, exact
 			return proofFlock, nil
 		}
 		if err == unix.EWOULDBLOCK {
-			return 0, because("locked by another process", nil, ErrInUse)
+			return 0, inUse("locked by another process")
 		}
 	}
 	if attached == 0 && exact {
 		return proofMaps, nil
 	}
 	if attached > 0 {
-		return 0, because(fmt.Sprintf("mapped by %d processes", attached), nil, ErrInUse)
+		return 0, inUse(fmt.Sprintf("mapped by %d processes", attached))
 	}
-	return 0, because("cannot prove that no process uses it (lease: "+leaseErr.Error()+"; some processes could not be inspected)", nil, ErrInUse)
+	return 0, inUse("cannot prove that no process uses it (lease: " + leaseErr.Error() + "; some processes could not be inspected)")
 }
+
+// inUse is the error of a removal refused because the region is, or may
+// be, in use.
+func inUse(detail string) error { return because(inUsePrefix+detail, nil, ErrInUse) }
+
+const inUsePrefix = "in use: "
 
 func takeLease(fd int) error {
 	_, err := unix.FcntlInt(uintptr(fd), unix.F_SETLEASE, unix.F_WRLCK)
@@ -1066,19 +1072,19 @@ func checkStale(o, expect *object, h *header, blank bool, st *unix.Stat_t) error
 			return because("not a region", nil, ErrCorrupt)
 		}
 		if expect != nil && !expect.blank {
-			return because("header changed since it was listed", nil, ErrInUse)
+			return inUse("header changed since it was listed")
 		}
 		if time.Since(time.Unix(st.Ctim.Unix())) < tempGrace {
-			return because("being created", nil, ErrInUse)
+			return inUse("being created")
 		}
 		return nil
 	}
 	if expect != nil && (expect.hdr == nil || h.Created != expect.hdr.Created || h.creator() != expect.hdr.creator()) {
-		return because("another region took its place since it was listed", nil, ErrInUse)
+		return inUse("another region took its place since it was listed")
 	}
 	switch sys.Check(h.creator()) {
 	case sys.Alive:
-		return because(fmt.Sprintf("creator %d is alive", h.CreatorPID), nil, ErrInUse)
+		return inUse(fmt.Sprintf("creator %d is alive", h.CreatorPID))
 	case sys.Unknown:
 		return because(fmt.Sprintf("cannot tell whether creator %d lives (another PID namespace?)", h.CreatorPID), nil, ErrInUse)
 	}
@@ -1097,7 +1103,7 @@ func removeFile(be backend.Backend, dir, name string, temp bool, check func(*hea
 	fd, err := unix.Open(p, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
 	if err != nil {
 		if err == unix.EWOULDBLOCK {
-			return because("another process is removing or opening it", nil, ErrInUse)
+			return inUse("another process is removing or opening it")
 		}
 		return classify(&fs.PathError{Op: "open", Path: p, Err: err})
 	}
@@ -1109,51 +1115,59 @@ func removeFile(be backend.Backend, dir, name string, temp bool, check func(*hea
 	if st.Mode&unix.S_IFMT != unix.S_IFREG {
 		return because("not a regular file", nil, ErrCorrupt)
 	}
+	verify := func() error {
+		h, n, err := preadHeader(fd)
+		if err != nil {
+			return &fs.PathError{Op: "read", Path: p, Err: err}
+		}
+		var hp *header
+		blank := n == 0 && st.Size == 0
+		if n == headerSize && validHeader(h, st.Size, "") == nil {
+			hp = h
+			if !temp && string(h.Key[:h.KeyLen]) != name {
+				return because(fmt.Sprintf("header names key %q", h.Key[:h.KeyLen]), nil, ErrCorrupt)
+			}
+		} else if n == headerSize && h.Magic == [8]byte{} && h.Version == 0 && h.HeaderSize == 0 {
+			blank = true
+		}
+		return check(hp, blank, &st)
+	}
+	// Once without the lease, for a precise reason when the creator lives;
+	// again under the lease, which freezes who has the file open.
+	if err := verify(); err != nil {
+		return err
+	}
 	leased := false
 	switch err := takeLease(fd); err {
 	case nil:
 		leased = true
 		defer dropLease(fd)
 	case unix.EAGAIN:
-		return because("open or mapped by another process", nil, ErrInUse)
+		return inUse("open or mapped by another process")
 	default:
 		if _, ok := be.(inUser); ok {
 			// The file backend: hold its exclusive flock instead, which
 			// makes its Opens wait.
 			if ferr := unix.Flock(fd, unix.LOCK_EX|unix.LOCK_NB); ferr != nil {
 				if ferr == unix.EWOULDBLOCK {
-					return because("locked by another process", nil, ErrInUse)
+					return inUse("locked by another process")
 				}
-				return because("cannot prove that no process uses it", &fs.PathError{Op: "fcntl F_SETLEASE", Path: p, Err: err}, ErrInUse)
+				return because("in use: cannot prove that no process uses it", &fs.PathError{Op: "fcntl F_SETLEASE", Path: p, Err: err}, ErrInUse)
 			}
 			defer unix.Flock(fd, unix.LOCK_UN)
 		} else {
 			fid := sys.FileIDOf(&st)
 			scan, serr := sys.ScanMaps(map[sys.FileID]bool{fid: true})
 			if serr != nil || !scan.Exact() || scan.Mappers[fid] != 0 {
-				return because("cannot prove that no process uses it", &fs.PathError{Op: "fcntl F_SETLEASE", Path: p, Err: err}, ErrInUse)
+				return because("in use: cannot prove that no process uses it", &fs.PathError{Op: "fcntl F_SETLEASE", Path: p, Err: err}, ErrInUse)
 			}
 		}
 	}
-	h, n, err := preadHeader(fd)
-	if err != nil {
-		return &fs.PathError{Op: "read", Path: p, Err: err}
-	}
-	var hp *header
-	blank := n == 0 && st.Size == 0
-	if n == headerSize && validHeader(h, st.Size, "") == nil {
-		hp = h
-		if !temp && string(h.Key[:h.KeyLen]) != name {
-			return because(fmt.Sprintf("header names key %q", h.Key[:h.KeyLen]), nil, ErrCorrupt)
-		}
-	} else if n == headerSize && h.Magic == [8]byte{} && h.Version == 0 && h.HeaderSize == 0 {
-		blank = true
-	}
-	if err := check(hp, blank, &st); err != nil {
+	if err := verify(); err != nil {
 		return err
 	}
 	if leased && leaseBreaking(fd) {
-		return because("another process is opening it", nil, ErrInUse)
+		return inUse("another process is opening it")
 	}
 	if temp {
 		// A temporary name is never opened by users and never reused.
@@ -1172,7 +1186,7 @@ func removeFile(be backend.Backend, dir, name string, temp bool, check func(*hea
 		// No RENAME_NOREPLACE here: check the name, then unlink it.
 		var now unix.Stat_t
 		if err := unix.Lstat(p, &now); err != nil || now.Dev != st.Dev || now.Ino != st.Ino {
-			return because("another file took its name", nil, ErrInUse)
+			return inUse("another file took its name")
 		}
 		if err := unix.Unlink(p); err != nil {
 			return classify(&fs.PathError{Op: "unlink", Path: p, Err: err})
@@ -1183,7 +1197,7 @@ func removeFile(be backend.Backend, dir, name string, temp bool, check func(*hea
 		if err := unix.Renameat2(unix.AT_FDCWD, tomb, unix.AT_FDCWD, p, unix.RENAME_NOREPLACE); err != nil {
 			return fmt.Errorf("%s, and it could not be given its name back (left at %s): %w", why, tomb, err)
 		}
-		return because(why, nil, ErrInUse)
+		return inUse(why)
 	}
 	var now unix.Stat_t
 	if err := unix.Lstat(tomb, &now); err != nil || now.Dev != st.Dev || now.Ino != st.Ino {
@@ -1242,9 +1256,9 @@ func removeID(be backend.Backend, id string, check func(*header, bool, *unix.Sta
 		}
 		switch {
 		case bi.Attached < 0:
-			return because("cannot tell whether a process attaches it", nil, ErrInUse)
+			return inUse("cannot tell whether a process attaches it")
 		case bi.Attached > 0:
-			return because(fmt.Sprintf("%d processes attached", bi.Attached), nil, ErrInUse)
+			return inUse(fmt.Sprintf("%d processes attached", bi.Attached))
 		}
 		return classify(ido.UnlinkID(id))
 	}
@@ -1268,11 +1282,11 @@ func removeNamed(be backend.Backend, name string, check func(*header, bool, *uni
 		return err
 	}
 	if !o.hasFID {
-		return because("cannot tell whether a process maps it", nil, ErrInUse)
+		return inUse("cannot tell whether a process maps it")
 	}
 	scan, err := sys.ScanMaps(map[sys.FileID]bool{o.fid: true})
 	if err != nil || !scan.Exact() || scan.Mappers[o.fid] != 0 {
-		return because("cannot prove that no process maps it", nil, ErrInUse)
+		return inUse("cannot prove that no process maps it")
 	}
 	return classify(be.Unlink(name))
 }

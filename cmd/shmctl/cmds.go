@@ -389,6 +389,9 @@ func cmdLock(c *cli, args []string) int {
 		l, err = r.LockContext(ctx)
 	}
 	ownerDead := errors.Is(err, shm.ErrOwnerDead)
+	if errors.Is(err, shm.ErrTimeout) {
+		err = fmt.Errorf("%s (%s): timed out after %v waiting for the lock", r.Key(), r.Backend(), *timeout)
+	}
 	if err != nil && !ownerDead {
 		return c.fail("lock", err)
 	}
@@ -478,7 +481,7 @@ func (c *cli) resolve(arg string, inspect bool) (found, error) {
 			continue
 		}
 		if errors.Is(err, shm.ErrInvalidKey) {
-			return found{}, usagef("%v", err)
+			return found{}, usagef("%s", errLines(err)[0])
 		}
 		f := found{be: b, key: key, info: in, err: err}
 		if err == nil {

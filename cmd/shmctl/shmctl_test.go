@@ -1,0 +1,706 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/shmgo/shm"
+	"github.com/shmgo/shm/backend"
+	"github.com/shmgo/shm/backend/file"
+	"github.com/shmgo/shm/backend/posix"
+	"github.com/shmgo/shm/backend/sysv"
+)
+
+// The tests drive the built binary, bin. The test binary, re-executed with
+// SHMCTL_TEST_ROLE, plays the processes that create and use regions.
+var bin string
+
+const (
+	envRole    = "SHMCTL_TEST_ROLE"
+	envKey     = "SHMCTL_TEST_KEY"
+	envBackend = "SHMCTL_TEST_BACKEND" // posix:DIR, sysv, file:DIR
+	envInNS    = "SHMCTL_TEST_IN_NEW_IPC_NS"
+	envBin     = "SHMCTL_TEST_BIN" // set for re-runs: the binary already built
+)
+
+func TestMain(m *testing.M) {
+	if role := os.Getenv(envRole); role != "" {
+		os.Exit(childMain(role, os.Getenv(envKey), backendOf(os.Getenv(envBackend))))
+	}
+	if b := os.Getenv(envBin); b != "" {
+		// A re-run of a test in a new namespace: the binary is built.
+		bin = b
+		os.Exit(m.Run())
+	}
+	dir, err := os.MkdirTemp("", "shmctl-test-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	os.Chmod(dir, 0o755) // other users run it too
+	bin = filepath.Join(dir, "shmctl")
+	build := exec.Command("go", "build", "-o", bin, ".")
+	build.Stdout, build.Stderr = os.Stderr, os.Stderr
+	if err := build.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "building shmctl:", err)
+		os.RemoveAll(dir)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+func backendOf(spec string) backend.Backend {
+	name, dir, _ := strings.Cut(spec, ":")
+	switch name {
+	case "posix":
+		return posix.NewDir(dir)
+	case "sysv":
+		return sysv.New()
+	case "file":
+		return file.New(dir)
+	}
+	panic("unknown backend spec " + spec)
+}
+
+// childMain is a process that creates (and maybe locks) or attaches to a
+// region, says "ready", and waits to be killed; or attaches in a loop.
+func childMain(role, key string, be backend.Backend) int {
+	ready := func() { fmt.Println("ready"); os.Stdout.Sync() }
+	switch role {
+	case "create", "create-lock":
+		r, err := shm.Create(key, 4096, shm.WithBackend(be))
+		if err != nil {
+			fmt.Println("error:", err)
+			return 1
+		}
+		if role == "create-lock" {
+			if _, err := r.Lock(); err != nil {
+				fmt.Println("error:", err)
+				return 1
+			}
+		}
+	case "attach":
+		if _, err := shm.Open(key, 5*time.Second, shm.WithBackend(be)); err != nil {
+			fmt.Println("error:", err)
+			return 1
+		}
+	case "attach-loop":
+		return attachLoop(key, be)
+	default:
+		fmt.Println("unknown role", role)
+		return 1
+	}
+	ready()
+	time.Sleep(time.Hour)
+	return 0
+}
+
+// attachLoop attaches to key until it is gone, and checks while attached
+// that the key still names the object it maps.
+func attachLoop(key string, be backend.Backend) int {
+	path := filepath.Join(be.(interface{ Dir() string }).Dir(), strings.TrimPrefix(key, "/"))
+	for i := 0; ; i++ {
+		r, err := shm.Open(key, 0, shm.WithBackend(be))
+		if errors.Is(err, shm.ErrNotExist) {
+			fmt.Printf("gone after %d attaches\n", i)
+			return 0
+		}
+		if err != nil {
+			fmt.Println("error:", err)
+			return 1
+		}
+		if i == 0 {
+			fmt.Println("ready")
+		}
+		f, err := r.File()
+		if err != nil {
+			fmt.Println("error:", err)
+			return 1
+		}
+		var mine, named unix.Stat_t
+		unix.Fstat(int(f.Fd()), &mine)
+		f.Close()
+		time.Sleep(time.Duration(i%7) * 50 * time.Microsecond)
+		if err := unix.Stat(path, &named); err != nil || named.Ino != mine.Ino || mine.Nlink == 0 {
+			fmt.Printf("VIOLATION: attached to inode %d (links %d), but %s: ino %d, %v\n", mine.Ino, mine.Nlink, path, named.Ino, err)
+			return 3
+		}
+		r.Close()
+		time.Sleep(time.Duration(i%5) * 200 * time.Microsecond)
+	}
+}
+
+type proc struct {
+	cmd *exec.Cmd
+	out *bufio.Reader
+	pid int
+}
+
+func (p *proc) kill() {
+	if p.cmd.ProcessState == nil {
+		p.cmd.Process.Kill()
+		p.cmd.Wait()
+	}
+}
+
+// startProc starts cmd and waits for its first line, which must start
+// with want.
+func startProc(t *testing.T, cmd *exec.Cmd, want string) *proc {
+	t.Helper()
+	cmd.Stderr = os.Stderr
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	p := &proc{cmd: cmd, out: bufio.NewReader(stdout), pid: cmd.Process.Pid}
+	t.Cleanup(p.kill)
+	line, err := p.out.ReadString('\n')
+	if !strings.HasPrefix(line, want) {
+		rest, _ := io.ReadAll(p.out)
+		t.Fatalf("%v: first line %q%s (%v), want %q...", cmd.Args, line, rest, err, want)
+	}
+	return p
+}
+
+func startChild(t *testing.T, role, key, spec string) *proc {
+	t.Helper()
+	cmd := exec.Command(os.Args[0])
+	cmd.Env = append(os.Environ(), envRole+"="+role, envKey+"="+key, envBackend+"="+spec)
+	return startProc(t, cmd, "ready")
+}
+
+// hold runs "shmctl create ... --hold" and waits until the region exists.
+func hold(t *testing.T, args ...string) *proc {
+	t.Helper()
+	cmd := exec.Command(bin, append([]string{"create", "--hold"}, args...)...)
+	return startProc(t, cmd, "created ")
+}
+
+type result struct {
+	stdout, stderr string
+	code           int
+}
+
+func run(t *testing.T, args ...string) result {
+	t.Helper()
+	return runCmd(t, exec.Command(bin, args...))
+}
+
+func runCmd(t *testing.T, cmd *exec.Cmd) result {
+	t.Helper()
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	code := 0
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		code = ee.ExitCode()
+	} else if err != nil {
+		t.Fatalf("%v: %v", cmd.Args, err)
+	}
+	return result{out.String(), errb.String(), code}
+}
+
+func (r result) String() string {
+	return fmt.Sprintf("exit %d\nstdout:\n%s\nstderr:\n%s", r.code, r.stdout, r.stderr)
+}
+
+func privateDir(t *testing.T) string {
+	t.Helper()
+	dir, err := os.MkdirTemp(posix.DefaultDir, "t-ops-dir-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.Chmod(dir, 0o755)
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	return dir
+}
+
+func key(what string) string { return fmt.Sprintf("/t-ops-%d-%s", os.Getpid(), what) }
+
+// row returns the ls table row of key, split in columns, or nil.
+func row(table, key string) []string {
+	for _, line := range strings.Split(table, "\n") {
+		f := strings.Fields(line)
+		if len(f) > 2 && f[1] == key {
+			return f
+		}
+	}
+	return nil
+}
+
+// Columns of the ls table.
+const (
+	colBackend = 0
+	colNattch  = 6
+	colCPID    = 7
+	colCreator = 8
+	colStatus  = 9
+	colLock    = 10
+	colStale   = 11
+)
+
+func TestUsage(t *testing.T) {
+	type usageCase struct {
+		args []string
+		code int
+		out  string // in stdout
+		err  string // in stderr
+	}
+	cases := []usageCase{
+		{nil, 2, "", "usage: shmctl COMMAND"},
+		{[]string{"bogus"}, 2, "", `unknown command "bogus"`},
+		{[]string{"help"}, 0, "usage: shmctl COMMAND", ""},
+		{[]string{"--help"}, 0, "usage: shmctl COMMAND", ""},
+		{[]string{"help", "gc"}, 0, "usage: shmctl gc", ""},
+		{[]string{"stat"}, 2, "", "want exactly one KEY"},
+		{[]string{"stat", "/a", "/b"}, 2, "", "want exactly one KEY"},
+		{[]string{"rm"}, 2, "", "want at least one KEY"},
+		{[]string{"ls", "extra"}, 2, "", "unexpected argument"},
+		{[]string{"ls", "--bogus"}, 2, "", "flag provided but not defined"},
+		{[]string{"ls", "--backend", "nope"}, 2, "", `unknown backend "nope"`},
+		{[]string{"create", "/t-ops-x"}, 2, "", "want KEY and SIZE"},
+		{[]string{"create", "/t-ops-x", "0"}, 2, "", "bad SIZE"},
+		{[]string{"create", "/t-ops-x", "10", "--mode", "999"}, 2, "", "bad --mode"},
+		{[]string{"create", "memfd:/t-ops-x", "10"}, 2, "", "use --hold"},
+		{[]string{"create", "/t-ops-x", "10", "--owner", "no-such-user-here"}, 2, "", "bad --owner"},
+		{[]string{"dump", "/t-ops-x", "--offset", "-1"}, 2, "", "--offset"},
+		{[]string{"lock", "/t-ops-x"}, 2, "", "want KEY -- CMD"},
+		{[]string{"stat", "//bad"}, 2, "", "shmctl stat: //bad: key may not contain '/'"},
+	}
+	for _, name := range []string{"ls", "stat", "rm", "gc", "create", "dump", "lock"} {
+		cases = append(cases, usageCase{[]string{name, "--help"}, 0, "usage: shmctl " + name, ""})
+	}
+	for _, c := range cases {
+		r := run(t, c.args...)
+		if r.code != c.code || !strings.Contains(r.stdout, c.out) || !strings.Contains(r.stderr, c.err) {
+			t.Errorf("shmctl %q: %v\nwant exit %d, stdout with %q, stderr with %q", c.args, r, c.code, c.out, c.err)
+		}
+	}
+}
+
+// Regions left by killed processes are listed as stale and removed by gc;
+// regions in use (by their creator, or by a user after the creator died)
+// are not.
+func TestLsAndGc(t *testing.T) {
+	pdir, fdir := privateDir(t), privateDir(t)
+	posixArgs := []string{"--backend", "posix", "--shm-dir", pdir}
+	fileArgs := []string{"--backend", "file", "--dir", fdir}
+	stale, live, used := key("stale"), key("live"), key("used")
+	fstale := key("fstale")
+
+	killed := startChild(t, "create-lock", stale, "posix:"+pdir)
+	killed.kill()
+	startChild(t, "create", fstale, "file:"+fdir).kill()
+	holder := hold(t, append([]string{live, "4096"}, posixArgs...)...)
+	creator := startChild(t, "create", used, "posix:"+pdir)
+	user := startChild(t, "attach", used, "posix:"+pdir)
+	creator.kill()
+
+	r := run(t, append([]string{"ls"}, posixArgs...)...)
+	if r.code != 0 {
+		t.Fatal(r)
+	}
+	rs, rl, ru := row(r.stdout, stale), row(r.stdout, live), row(r.stdout, used)
+	if rs == nil || rl == nil || ru == nil {
+		t.Fatalf("ls does not show the three regions:\n%v", r)
+	}
+	if rs[colStale] != "yes" || rs[colCreator] != "dead" || rs[colCPID] != strconv.Itoa(killed.pid) ||
+		rs[colLock] != "dead:"+strconv.Itoa(killed.pid) || rs[colNattch] != "0" {
+		t.Errorf("stale region's row: %q", rs)
+	}
+	if rl[colStale] != "no" || rl[colCreator] != "alive" || rl[colCPID] != strconv.Itoa(holder.pid) || rl[colStatus] != "ready" {
+		t.Errorf("live region's row: %q", rl)
+	}
+	if ru[colStale] != "no" || ru[colCreator] != "dead" || ru[colNattch] == "0" {
+		t.Errorf("used region's row: %q", ru)
+	}
+
+	// JSON, over both directories.
+	r = run(t, "ls", "--json", "--shm-dir", pdir, "--dir", fdir)
+	var infos []jsonInfo
+	if err := json.Unmarshal([]byte(r.stdout), &infos); err != nil {
+		t.Fatalf("ls --json: %v\n%v", err, r)
+	}
+	got := map[string]jsonInfo{}
+	for _, in := range infos {
+		if strings.HasPrefix(in.Key, key("")) {
+			got[in.Backend+in.Key] = in
+		}
+	}
+	if len(got) != 4 || !got["posix"+stale].Stale || !got["file"+fstale].Stale || got["posix"+live].Stale ||
+		got["posix"+used].Stale || got["posix"+live].Mode != "0600" || got["posix"+stale].Lock.State != "holder dead" {
+		t.Errorf("ls --json: %+v", got)
+	}
+
+	// gc --dry-run removes nothing.
+	r = run(t, append([]string{"gc", "--dry-run"}, posixArgs...)...)
+	if r.code != 0 || strings.TrimSpace(r.stdout) != "would remove posix "+stale+": creator "+strconv.Itoa(killed.pid)+" dead, not in use" {
+		t.Fatalf("gc --dry-run: %v", r)
+	}
+	if _, err := os.Stat(filepath.Join(pdir, stale[1:])); err != nil {
+		t.Fatalf("gc --dry-run removed %s: %v", stale, err)
+	}
+
+	r = run(t, append([]string{"gc"}, posixArgs...)...)
+	if r.code != 0 || strings.TrimSpace(r.stdout) != "removed posix "+stale+": creator "+strconv.Itoa(killed.pid)+" dead, not in use" {
+		t.Fatalf("gc: %v", r)
+	}
+	r = run(t, append([]string{"gc"}, fileArgs...)...)
+	if r.code != 0 || !strings.HasPrefix(r.stdout, "removed file "+fstale+":") {
+		t.Fatalf("gc of the file backend: %v", r)
+	}
+	r = run(t, append([]string{"ls"}, posixArgs...)...)
+	if row(r.stdout, stale) != nil || row(r.stdout, live) == nil || row(r.stdout, used) == nil {
+		t.Fatalf("after gc:\n%v", r)
+	}
+	if r = run(t, append([]string{"gc"}, posixArgs...)...); r.code != 0 || r.stdout != "" {
+		t.Fatalf("second gc: %v", r)
+	}
+
+	// Once its last user is gone, the region is stale.
+	user.kill()
+	r = run(t, append([]string{"gc"}, posixArgs...)...)
+	if r.code != 0 || !strings.HasPrefix(r.stdout, "removed posix "+used+":") {
+		t.Fatalf("gc after the user died: %v", r)
+	}
+	// The holder removes its region when told to stop.
+	holder.cmd.Process.Signal(syscall.SIGTERM)
+	if err := holder.cmd.Wait(); err != nil {
+		t.Fatalf("create --hold after SIGTERM: %v", err)
+	}
+	if left, _ := os.ReadDir(pdir); len(left) != 0 {
+		t.Fatalf("left in %s: %v", pdir, left)
+	}
+}
+
+// gc over SysV sees every segment of the IPC namespace: the test runs in a
+// namespace of its own.
+func TestGcSysv(t *testing.T) {
+	if !inNewIPCNamespace(t) {
+		return
+	}
+	stale, live := key("sysv-stale"), key("sysv-live")
+	startChild(t, "create", stale, "sysv").kill()
+	holder := hold(t, "sysv:"+live, "100")
+	defer holder.kill()
+	defer sysv.New().Unlink(live[1:])
+
+	r := run(t, "ls", "--backend", "sysv")
+	rs, rl := row(r.stdout, stale), row(r.stdout, live)
+	if r.code != 0 || rs == nil || rl == nil || rs[colStale] != "yes" || rl[colStale] != "no" || rs[2] == "-" {
+		t.Fatalf("ls: %v", r)
+	}
+	r = run(t, "gc", "--backend", "sysv")
+	if r.code != 0 || !strings.HasPrefix(r.stdout, "removed sysv "+stale+" (id "+rs[2]+"):") || strings.Count(r.stdout, "\n") != 1 {
+		t.Fatalf("gc: %v", r)
+	}
+	r = run(t, "ls", "--backend", "sysv")
+	if row(r.stdout, stale) != nil || row(r.stdout, live) == nil {
+		t.Fatalf("ls after gc: %v", r)
+	}
+	// ipcs agrees.
+	if out, err := exec.Command("ipcs", "-m").Output(); err == nil && strings.Contains(string(out), " "+rs[2]+" ") {
+		t.Errorf("ipcs -m still shows shmid %s:\n%s", rs[2], out)
+	}
+}
+
+// inNewIPCNamespace re-runs the calling test in a new IPC namespace and
+// reports whether the caller is that re-run.
+func inNewIPCNamespace(t *testing.T) bool {
+	t.Helper()
+	if os.Getenv(envInNS) == t.Name() {
+		return true
+	}
+	cmd := exec.Command(os.Args[0], "-test.run=^"+t.Name()+"$", "-test.count=1", "-test.v")
+	cmd.Env = append(os.Environ(), envInNS+"="+t.Name(), envBin+"="+bin)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: syscall.CLONE_NEWIPC}
+	out, err := cmd.CombinedOutput()
+	if err != nil && errors.Is(err, syscall.EPERM) {
+		t.Skipf("cannot make an IPC namespace (needs CAP_SYS_ADMIN): %v", err)
+	}
+	if err != nil || !strings.Contains(string(out), "--- PASS: "+t.Name()) {
+		t.Fatalf("in a new IPC namespace: %v\n%s", err, out)
+	}
+	return false
+}
+
+func TestStatAndRm(t *testing.T) {
+	dir := privateDir(t)
+	args := []string{"--backend", "posix", "--shm-dir", dir}
+	live, stale := key("stat-live"), key("stat-stale")
+	holder := hold(t, append([]string{live, "1K", "--mode", "0640", "--owner", "65534:65534"}, args...)...)
+	startChild(t, "create", stale, "posix:"+dir).kill()
+
+	r := run(t, append([]string{"stat", live, "--json"}, args...)...)
+	var in jsonInfo
+	if err := json.Unmarshal([]byte(r.stdout), &in); err != nil || r.code != 0 {
+		t.Fatalf("stat --json: %v\n%v", err, r)
+	}
+	if in.Key != live || in.Backend != "posix" || in.Size != 1024 || in.Mode != "0640" || in.UID != 65534 || in.GID != 65534 ||
+		in.CreatorPID != holder.pid || in.Creator != "alive" || !in.Ready || in.Stale || in.Lock == nil || in.Lock.State != "free" {
+		t.Errorf("stat --json: %+v", in)
+	}
+	r = run(t, append([]string{"stat", live}, args...)...)
+	for _, want := range []string{"key:", live, "mode:", "0640", "creator:", fmt.Sprintf("pid %d, alive", holder.pid), "stale:", "no"} {
+		if !strings.Contains(r.stdout, want) {
+			t.Errorf("stat: no %q in\n%v", want, r)
+		}
+	}
+
+	// rm refuses a live region, with the key and the backend in the error.
+	r = run(t, append([]string{"rm", live}, args...)...)
+	if r.code != 1 || !strings.Contains(r.stderr, live+" (posix)") || !strings.Contains(r.stderr, "in use") ||
+		!strings.Contains(r.stderr, fmt.Sprintf("creator %d is alive", holder.pid)) {
+		t.Errorf("rm of a live region: %v", r)
+	}
+	// rm takes several keys: it removes the stale one and reports the rest.
+	r = run(t, append([]string{"rm", "-v", stale, live, key("nosuch")}, args...)...)
+	if r.code != 1 || r.stdout != "removed posix "+stale+"\n" || !strings.Contains(r.stderr, key("nosuch")) ||
+		!strings.Contains(r.stderr, "no such region") {
+		t.Errorf("rm stale live missing: %v", r)
+	}
+	if _, err := os.Stat(filepath.Join(dir, live[1:])); err != nil {
+		t.Fatalf("rm removed the live region: %v", err)
+	}
+	r = run(t, append([]string{"stat", stale}, args...)...)
+	if r.code != 1 || !strings.Contains(r.stderr, "no such region") {
+		t.Errorf("stat of a removed region: %v", r)
+	}
+	// A key with a backend prefix and no --backend.
+	r = run(t, "stat", "--shm-dir", dir, "posix:"+live)
+	if r.code != 0 || !strings.Contains(r.stdout, live) {
+		t.Errorf("stat posix:KEY: %v", r)
+	}
+}
+
+func TestDump(t *testing.T) {
+	dir := privateDir(t)
+	k := key("dump")
+	r := run(t, "create", k, "64", "--backend", "posix", "--shm-dir", dir)
+	if r.code != 0 || !strings.HasPrefix(r.stdout, "created posix "+k+" (64 bytes, mode 0600)") {
+		t.Fatalf("create: %v", r)
+	}
+	reg, err := shm.Open(k, 0, shm.WithBackend(posix.NewDir(dir)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	copy(reg.Bytes()[16:], "Hello, shared\x00\x01memory!\n")
+	reg.Close()
+
+	r = run(t, "dump", k, "--offset", "16", "--len", "24", "--shm-dir", dir, "--backend", "posix")
+	want := "00000010: 4865 6c6c 6f2c 2073 6861 7265 6400 016d  Hello, shared..m\n" +
+		"00000020: 656d 6f72 7921 0a00                      emory!..\n"
+	if r.code != 0 || r.stdout != want {
+		t.Errorf("dump:\n%v\nwant:\n%s", r, want)
+	}
+	r = run(t, "dump", k, "--offset", "100", "--shm-dir", dir, "--backend", "posix")
+	if r.code != 1 || !strings.Contains(r.stderr, "beyond") {
+		t.Errorf("dump past the end: %v", r)
+	}
+}
+
+func TestLock(t *testing.T) {
+	dir := privateDir(t)
+	be := posix.NewDir(dir)
+	args := []string{"--backend", "posix", "--shm-dir", dir}
+	k := key("lock")
+	reg, err := shm.Create(k, 64, shm.WithBackend(be))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer reg.Close()
+
+	// The command's status passes through.
+	r := run(t, append(append([]string{"lock", k}, args...), "--", "sh", "-c", "echo in $SHMCTL_KEY; exit 3")...)
+	if r.code != 3 || r.stdout != "in "+k+"\n" {
+		t.Errorf("lock -- exit 3: %v", r)
+	}
+
+	// While the command runs, the lock is held.
+	cmd := exec.Command(bin, append(append([]string{"lock", k}, args...), "--", "sh", "-c", "echo locked; read x || true")...)
+	stdin, _ := cmd.StdinPipe()
+	p := startProc(t, cmd, "locked")
+	if _, err := reg.TryLock(); !errors.Is(err, shm.ErrLocked) {
+		t.Fatalf("TryLock while shmctl lock runs: %v", err)
+	}
+	in, _ := shm.Stat(k, shm.WithBackend(be))
+	if in.Lock.State != shm.LockHeld || in.Lock.PID != p.pid {
+		t.Errorf("Stat while shmctl lock runs: %+v, want held by %d", in.Lock, p.pid)
+	}
+	r2 := run(t, append(append([]string{"lock", "--nonblock", k}, args...), "--", "true")...)
+	if r2.code != 1 || !strings.Contains(r2.stderr, "lock is held") {
+		t.Errorf("lock --nonblock while held: %v", r2)
+	}
+	r2 = run(t, append(append([]string{"lock", "--timeout", "20ms", k}, args...), "--", "true")...)
+	if r2.code != 1 || !strings.Contains(r2.stderr, "timed out") {
+		t.Errorf("lock --timeout while held: %v", r2)
+	}
+	stdin.Close()
+	if err := cmd.Wait(); err != nil {
+		t.Fatal(err)
+	}
+	l, err := reg.TryLock()
+	if err != nil {
+		t.Fatalf("TryLock after shmctl lock: %v", err)
+	}
+	l.Unlock()
+}
+
+func TestLockAfterHolderDied(t *testing.T) {
+	dir := privateDir(t)
+	be := posix.NewDir(dir)
+	args := []string{"--backend", "posix", "--shm-dir", dir}
+	k := key("lockdead")
+	defer be.Unlink(k[1:])
+	holder := startChild(t, "create-lock", k, "posix:"+dir)
+	holder.kill()
+
+	r := run(t, append(append([]string{"lock", k}, args...), "--", "sh", "-c", "echo dead=$SHMCTL_OWNER_DEAD")...)
+	if r.code != 0 || r.stdout != "dead=1\n" || !strings.Contains(r.stderr, "died holding the lock") {
+		t.Fatalf("lock after the holder died: %v", r)
+	}
+	in, err := shm.Stat(k, shm.WithBackend(be))
+	if err != nil || in.Lock.State != shm.LockFree || !in.Lock.Inconsistent {
+		t.Fatalf("without --consistent: %+v, %v; want free and inconsistent", in.Lock, err)
+	}
+	// A failing repair leaves it inconsistent; a successful one marks it.
+	r = run(t, append(append([]string{"lock", "--consistent", k}, args...), "--", "false")...)
+	if in, _ = shm.Stat(k, shm.WithBackend(be)); r.code != 1 || !in.Lock.Inconsistent {
+		t.Fatalf("--consistent with a failing command: %v\n%+v", r, in.Lock)
+	}
+	r = run(t, append(append([]string{"lock", "--consistent", k}, args...), "--", "true")...)
+	if in, _ = shm.Stat(k, shm.WithBackend(be)); r.code != 0 || in.Lock.Inconsistent || in.Lock.State != shm.LockFree {
+		t.Fatalf("--consistent with a succeeding command: %v\n%+v", r, in.Lock)
+	}
+	r = run(t, append(append([]string{"lock", k}, args...), "--", "sh", "-c", "echo dead=$SHMCTL_OWNER_DEAD")...)
+	if r.code != 0 || r.stdout != "dead=\n" || r.stderr != "" {
+		t.Fatalf("lock once consistent: %v", r)
+	}
+}
+
+// ls run by another user shows the regions it may read, and says how many
+// it could not.
+func TestLsAsOtherUser(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to run shmctl as another user")
+	}
+	dir := privateDir(t)
+	args := []string{"--backend", "posix", "--shm-dir", dir}
+	private, shared := key("private"), key("shared")
+	for _, c := range []struct{ k, mode string }{{private, "0600"}, {shared, "0644"}} {
+		if r := run(t, append([]string{"create", c.k, "100", "--mode", c.mode}, args...)...); r.code != 0 {
+			t.Fatal(r)
+		}
+	}
+	asNobody := func(a ...string) result {
+		cmd := exec.Command(bin, a...)
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+		return runCmd(t, cmd)
+	}
+	r := asNobody(append([]string{"ls"}, args...)...)
+	if r.code != 0 || row(r.stdout, shared) == nil || row(r.stdout, private) != nil ||
+		!strings.Contains(r.stderr, "1 object could not be read") {
+		t.Errorf("ls as nobody: %v", r)
+	}
+	r = asNobody(append([]string{"ls", "--all"}, args...)...)
+	if rp := row(r.stdout, private); r.code != 0 || rp == nil || rp[colStatus] != "unreadable" {
+		t.Errorf("ls --all as nobody: %v", r)
+	}
+	r = asNobody(append([]string{"stat", private}, args...)...)
+	if r.code != 1 || !strings.Contains(r.stderr, "permission denied") || !strings.Contains(r.stderr, private+" (posix)") {
+		t.Errorf("stat as nobody: %v", r)
+	}
+	r = asNobody(append([]string{"rm", shared}, args...)...)
+	if r.code != 1 {
+		t.Errorf("rm of root's region as nobody: %v", r)
+	}
+	// As root, both are stale (their creator, shmctl create, exited).
+	r = run(t, append([]string{"gc"}, args...)...)
+	if r.code != 0 || strings.Count(r.stdout, "removed posix") != 2 {
+		t.Errorf("gc: %v", r)
+	}
+}
+
+// gc racing a process that attaches again and again never takes the region
+// from under it.
+func TestGcRacesAttach(t *testing.T) {
+	dir := privateDir(t)
+	args := []string{"gc", "--backend", "posix", "--shm-dir", dir}
+	for round := 0; round < 5; round++ {
+		k := key(fmt.Sprintf("race-%d", round))
+		startChild(t, "create", k, "posix:"+dir).kill()
+		att := startChild(t, "attach-loop", k, "posix:"+dir)
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		runs := 0
+		for ctx.Err() == nil {
+			runs++
+			r := run(t, args...)
+			if r.code != 0 {
+				cancel()
+				t.Fatal(r)
+			}
+			if r.stdout != "" {
+				break
+			}
+		}
+		cancel()
+		out, _ := io.ReadAll(att.out)
+		err := att.cmd.Wait()
+		t.Logf("round %d: removed after %d runs of gc; attacher: %s", round, runs, strings.TrimSpace(string(out)))
+		if err != nil || !strings.HasPrefix(string(out), "gone after ") {
+			t.Fatalf("attacher: %v: %s", err, out)
+		}
+	}
+}
+
+func TestParseSize(t *testing.T) {
+	for in, want := range map[string]int{"1": 1, "4096": 4096, "4K": 4096, "4k": 4096, "2M": 2 << 20, "1G": 1 << 30, "3KiB": 3072, "5MB": 5 << 20} {
+		if got, err := parseSize(in); err != nil || got != want {
+			t.Errorf("parseSize(%q) = %d, %v; want %d", in, got, err, want)
+		}
+	}
+	for _, in := range []string{"", "0", "-1", "K", "1T", "1.5K", "2000G"} {
+		if got, err := parseSize(in); err == nil {
+			t.Errorf("parseSize(%q) = %d, want an error", in, got)
+		}
+	}
+}
+
+func TestSplitKey(t *testing.T) {
+	cases := []struct{ in, prefix, dir, key string }{
+		{"/k", "", "", "/k"},
+		{"k", "", "", "k"},
+		{"sysv:/k", "sysv", "", "/k"},
+		{"posix:k", "posix", "", "k"},
+		{"file:/var/run/x/k", "file", "/var/run/x", "/k"},
+		{"/a:b", "", "", "/a:b"},
+		{"other:/k", "", "", "other:/k"},
+	}
+	for _, c := range cases {
+		p, d, k := splitKey(c.in)
+		if p != c.prefix || d != c.dir || k != c.key {
+			t.Errorf("splitKey(%q) = %q %q %q", c.in, p, d, k)
+		}
+	}
+}
