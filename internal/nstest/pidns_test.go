@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
+	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -20,6 +21,13 @@ import (
 )
 
 func init() {
+	if os.Getenv(envRole) != "" {
+		// A child's roles run on the main goroutine: keep it on the main
+		// thread, whose thread ID is the PID (1 for PID 1 of a namespace),
+		// so that robust-mode lock words of two namespaces' PID 1s hold
+		// the same thread ID.
+		runtime.LockOSThread()
+	}
 	roles["holder"] = holder
 	roles["waiter"] = waiter
 	roles["counter"] = counterRole
@@ -343,7 +351,7 @@ func holder(c *child) error {
 	if err != nil {
 		return err
 	}
-	c.say("locked pid=%d pidns=%d", os.Getpid(), nsInode("self", "pid"))
+	c.say("locked pid=%d tid=%d pidns=%d", os.Getpid(), syscall.Gettid(), nsInode("self", "pid"))
 	if cmd := c.hear(); cmd != "unlock" {
 		return fmt.Errorf("told %q, want unlock", cmd)
 	}
@@ -357,13 +365,42 @@ func holder(c *child) error {
 
 // waiter tries the lock, held by a process it cannot judge, for 1 s: it
 // must time out. With "then-lock", it then waits for the lock (the parent
-// releases it) and takes it.
+// releases it) and takes it. With "expect-ownerdead" it waits instead for
+// the lock of a dead holder and must get ErrOwnerDead; with "wait" it says
+// so and waits (to be killed while waiting).
 func waiter(c *child) error {
 	r, err := openPosix(c)
 	if err != nil {
 		return err
 	}
 	defer r.Close()
+	switch c.arg {
+	case "expect-ownerdead":
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		l, err := r.LockContext(ctx)
+		if !errors.Is(err, shm.ErrOwnerDead) {
+			if err == nil {
+				l.Unlock()
+			}
+			return fmt.Errorf("Lock after the holder died: %v, want ErrOwnerDead", err)
+		}
+		c.say("recovered pid=%d pidns=%d err=%v", os.Getpid(), nsInode("self", "pid"), err)
+		if err := l.MarkConsistent(); err != nil {
+			return err
+		}
+		return l.Unlock()
+	case "wait":
+		c.say("waiting pid=%d tid=%d", os.Getpid(), syscall.Gettid())
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		l, err := r.LockContext(ctx)
+		if err != nil {
+			return err
+		}
+		c.say("locked")
+		return l.Unlock()
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	l, err := r.LockContext(ctx)
 	cancel()
