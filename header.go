@@ -18,7 +18,7 @@ import (
 //	    12    4  header size (512): the data starts here, 64-byte aligned
 //	    16    8  data size in bytes
 //	    24    4  state: 0 while the owner initialises, 1 when ready (futex word)
-//	    28    4  flags (reserved, 0)
+//	    28    4  flags: 1 = robust lock (the word holds a thread ID)
 //	    32    4  creator PID
 //	    36    4  key length
 //	    40    8  creator start time (clock ticks since boot)
@@ -29,6 +29,7 @@ import (
 //	              384  4  lock word: holder PID | waiters 1<<31 | owner died 1<<30
 //	              392  8  holder: PID<<40 | start time (low 40 bits)
 //	              400  8  holder PID namespace
+//	              408 16  robust mode: links in the holder thread's robust list
 //	   512        data
 //
 // Integers are in the machine's byte order: a region never leaves its host.
@@ -39,6 +40,8 @@ const (
 
 	stateInit  = 0
 	stateReady = 1
+
+	flagRobust = 1 // the lock uses the kernel's robust futex list
 )
 
 var magic = [8]byte{0x89, 'S', 'H', 'M', 'G', 'O', '\r', '\n'}
@@ -66,7 +69,12 @@ type lockLine struct {
 	_        uint32
 	Holder   uint64 // PID<<40 | start time & (1<<40-1)
 	HolderNS uint64
-	_        [40]byte
+	// Robust mode: the holder thread's robust-list links, in its address
+	// space, laid out as glibc's pthread_mutex_t (__list.__prev and __next
+	// 24 and 32 bytes after the word), so that they can share a list.
+	RobustPrev uintptr
+	RobustNext uintptr
+	_          [24]byte
 }
 
 // Compile-time layout checks.

@@ -47,8 +47,9 @@ type lockState struct {
 
 	// Written only by the goroutine holding the lock.
 	held bool
-	died bool   // acquired with ErrOwnerDead and not yet marked consistent
-	gen  uint64 // counts acquisitions, so that a stale Lock cannot unlock
+	head *sys.RobustHead // robust mode: the holder thread's list
+	died bool            // acquired with ErrOwnerDead and not yet marked consistent
+	gen  uint64          // counts acquisitions, so that a stale Lock cannot unlock
 }
 
 func (s *lockState) init() {
@@ -86,13 +87,16 @@ func (r *Region) LockContext(ctx context.Context) (Lock, error) {
 	if r.closed.Load() {
 		return Lock{}, r.err("lock", ErrClosed)
 	}
+	if r.robust {
+		return r.lockRobust(ctx, false)
+	}
 	if r.guard {
 		return r.lockGuarded(ctx, false)
 	}
 	if atomic.CompareAndSwapUint32(&r.hdr.Lock.Word, 0, r.lk.me) {
 		return r.acquired(false), nil
 	}
-	return r.lockSlow(ctx, false)
+	return r.lockSlow(ctx, false, r.lk.me)
 }
 
 // TryLock takes the lock if it is free and returns ErrLocked otherwise. Like
@@ -101,13 +105,16 @@ func (r *Region) TryLock() (Lock, error) {
 	if r.closed.Load() {
 		return Lock{}, r.err("lock", ErrClosed)
 	}
+	if r.robust {
+		return r.lockRobust(context.Background(), true)
+	}
 	if r.guard {
 		return r.lockGuarded(context.Background(), true)
 	}
 	if atomic.CompareAndSwapUint32(&r.hdr.Lock.Word, 0, r.lk.me) {
 		return r.acquired(false), nil
 	}
-	return r.lockSlow(context.Background(), true)
+	return r.lockSlow(context.Background(), true, r.lk.me)
 }
 
 // lockGuarded is the lock for objects that another process may shrink under
@@ -123,16 +130,18 @@ func (r *Region) lockGuarded(ctx context.Context, try bool) (l Lock, err error) 
 	if atomic.CompareAndSwapUint32(&r.hdr.Lock.Word, 0, r.lk.me) {
 		return r.acquired(false), nil
 	}
-	return r.lockSlow(ctx, try)
+	return r.lockSlow(ctx, try, r.lk.me)
 }
 
 // acquired records this process as the holder; the caller holds the word.
 func (r *Region) acquired(died bool) Lock {
 	// Plain stores: only waiters in other processes read the record (a
 	// waiter never judges its own process), after the word says who holds.
-	ll := &r.hdr.Lock
-	*(*uint64)(unsafe.Pointer(&ll.HolderNS)) = r.lk.ns
-	*(*uint64)(unsafe.Pointer(&ll.Holder)) = r.lk.record
+	if !r.robust {
+		ll := &r.hdr.Lock
+		*(*uint64)(unsafe.Pointer(&ll.HolderNS)) = r.lk.ns
+		*(*uint64)(unsafe.Pointer(&ll.Holder)) = r.lk.record
+	}
 	raceAcquire(unsafe.Pointer(&raceLock))
 	r.lk.held = true
 	r.lk.died = died
@@ -140,7 +149,9 @@ func (r *Region) acquired(died bool) Lock {
 	return Lock{r: r, gen: r.lk.gen}
 }
 
-func (r *Region) lockSlow(ctx context.Context, try bool) (Lock, error) {
+// lockSlow waits for the lock and takes it with the word me (our PID, or in
+// robust mode our thread ID).
+func (r *Region) lockSlow(ctx context.Context, try bool, me uint32) (Lock, error) {
 	w := &r.hdr.Lock.Word
 	if try {
 		for {
@@ -148,7 +159,7 @@ func (r *Region) lockSlow(ctx context.Context, try bool) (Lock, error) {
 			if v&lockPIDMask != 0 {
 				return Lock{}, r.err("lock", ErrLocked)
 			}
-			if atomic.CompareAndSwapUint32(w, v, v|r.lk.me) {
+			if atomic.CompareAndSwapUint32(w, v, v|me) {
 				return r.afterSlow(v&lockDied != 0)
 			}
 		}
@@ -172,7 +183,7 @@ func (r *Region) lockSlow(ctx context.Context, try bool) (Lock, error) {
 		if v&lockPIDMask == 0 {
 			// Free. Take it with the waiters flag set: another process
 			// may have slept on it while we did.
-			if atomic.CompareAndSwapUint32(w, v, v|r.lk.me|lockWaiters) {
+			if atomic.CompareAndSwapUint32(w, v, v|me|lockWaiters) {
 				return r.afterSlow(v&lockDied != 0)
 			}
 			continue
@@ -203,9 +214,10 @@ func (r *Region) lockSlow(ctx context.Context, try bool) (Lock, error) {
 		}
 		probe = min(probe*2, probeMax)
 
-		// The holder has had the lock for a while: is it alive?
+		// The holder has had the lock for a while: is it alive? (In
+		// robust mode the kernel marks a dead holder's word itself.)
 		pid := v & lockPIDMask
-		if pid == r.lk.me {
+		if r.robust || pid == r.lk.me {
 			continue // a goroutine of ours, through another Region
 		}
 		ll := &r.hdr.Lock
@@ -226,7 +238,7 @@ func (r *Region) lockSlow(ctx context.Context, try bool) (Lock, error) {
 			probe = probeMin
 			continue
 		}
-		if atomic.CompareAndSwapUint32(w, v, r.lk.me|lockWaiters|lockDied) {
+		if atomic.CompareAndSwapUint32(w, v, me|lockWaiters|lockDied) {
 			return r.afterSlow(true)
 		}
 		suspect = [3]uint64{}
@@ -278,9 +290,12 @@ func (l Lock) Unlock() error {
 	if !r.lk.held || r.lk.gen != l.gen {
 		return r.err("unlock", ErrNotLocked)
 	}
-	died := r.lk.died
+	died, head := r.lk.died, r.lk.head
 	r.lk.held = false
 	raceRelease(unsafe.Pointer(&raceLock))
+	if r.robust {
+		return r.unlockRobust(died, head)
+	}
 	if r.guard {
 		return r.unlockGuarded(died)
 	}

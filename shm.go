@@ -67,6 +67,7 @@ type options struct {
 	backend backend.Backend
 	mode    fs.FileMode
 	init    func([]byte) error
+	robust  bool
 }
 
 // WithBackend chooses the backend that holds the region. Without it, the
@@ -132,6 +133,7 @@ type Region struct {
 
 	closed   atomic.Bool
 	guard    bool       // the object can shrink under us: fault-protect header accesses
+	robust   bool       // the lock uses the kernel's robust futex list (flagRobust)
 	mu       sync.Mutex // Unlink, Chown, Close
 	unlinked bool
 	created  int64 // header's creation stamp, to recognise our object
@@ -188,6 +190,9 @@ func Create(key string, size int, opts ...Option) (*Region, error) {
 	}
 	h := headerOf(mem)
 	writeHeader(h, name, int64(size), time.Now())
+	if o.robust {
+		h.Flags |= flagRobust
+	}
 	r := newRegion(key, name, be, p, mem)
 	if o.init != nil {
 		if err := o.init(r.data); err != nil {
@@ -215,6 +220,7 @@ func newRegion(key, name string, be backend.Backend, seg backend.Segment, mem []
 	if s, ok := seg.(backend.Sealed); !ok || !s.Sealed() {
 		r.guard = true
 	}
+	r.robust = h.Flags&flagRobust != 0
 	r.lk.init()
 	return r
 }
