@@ -1,0 +1,160 @@
+#!/usr/bin/env bash
+# bench/run.sh (make bench): package shm against a C program that does the
+# same the way GEOPM does (bench/cbaseline/cbench.c: shm_open, ftruncate,
+# mmap, a PTHREAD_PROCESS_SHARED mutex in the first 64 bytes), in one run.
+#
+# Each case runs BENCH_RUNS times (default 5), the Go and the C program
+# interleaved (alternating which goes first), and the table shows the
+# medians and their ratio ours/C. The machine is shared and noisy: compare
+# ratios, not absolute times.
+#
+# Environment:
+#   BENCH_RUNS=N     runs per case (default 5)
+#   BENCH_SCALE=1    also the scale report (create/attach 4 KiB..1 GiB,
+#                    contend 1..8 processes x 1..64 goroutines); ~10 min
+#   BENCH_BACKENDS=0 skip the one-run-per-backend section
+#   BENCH_OUT=FILE   also append the raw lines to FILE
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+runs=${BENCH_RUNS:-5}
+scale=${BENCH_SCALE:-0}
+tmp=$(mktemp -d /tmp/t-bench-run.XXXXXX)
+trap 'rm -rf "$tmp"' EXIT
+
+gcc -O2 -Wall -pthread -o "$tmp/cbench" bench/cbaseline/cbench.c
+go build -o "$tmp/shmbench" ./cmd/shmbench
+GO="$tmp/shmbench"
+C="$tmp/cbench"
+raw="$tmp/raw"
+: >"$raw"
+
+# field NAME LINE: the value of NAME=... in a result line.
+field() { sed -n "s/.* $1=\([^ ]*\).*/\1/p" <<<"$2" | head -1; }
+
+# one LABEL PROG ARGS...: run once, keep the line, print ns_per_op and GBps.
+one() {
+	local label=$1 prog=$2 line
+	shift 2
+	line=$("$prog" "$@" | tail -1) || { echo "bench: $label failed: $prog $*" >&2; exit 1; }
+	echo "$label $line" >>"$raw"
+	[ -n "${BENCH_OUT:-}" ] && echo "$label $line" >>"$BENCH_OUT"
+	echo "$line"
+}
+
+# median: the median of the numbers on stdin.
+median() {
+	sort -g | awk '{a[NR]=$1} END {if (NR==0) {print "nan"; exit} if (NR%2) print a[(NR+1)/2]; else printf "%.4g\n", (a[NR/2]+a[NR/2+1])/2}'
+}
+
+declare -a names ours_med c_med ratios targets mets
+
+# pair NAME TARGET GO_ARGS -- C_ARGS: run both RUNS times, interleaved.
+# TARGET is "<=X" (ratio of ns/op, ours/C) or ">=X" (ratio of GBps).
+# With C_ARGS starting with "go:", the baseline is shmbench itself.
+pair() {
+	local name=$1 target=$2
+	shift 2
+	local -a gargs=() cargs=()
+	while [ "$1" != "--" ]; do gargs+=("$1"); shift; done
+	shift
+	cargs=("$@")
+	local cprog=$C
+	if [ "${cargs[0]}" = "go:" ]; then cprog=$GO; cargs=("${cargs[@]:1}"); fi
+	local key=ns_per_op
+	[[ $target == ">="* ]] && key=GBps
+	: >"$tmp/o" ; : >"$tmp/c"
+	local i l
+	for ((i = 0; i < runs; i++)); do
+		if ((i % 2 == 0)); then
+			l=$(one "$name/ours" "$GO" "${gargs[@]}"); field "$key" "$l" >>"$tmp/o"
+			l=$(one "$name/base" "$cprog" "${cargs[@]}"); field "$key" "$l" >>"$tmp/c"
+		else
+			l=$(one "$name/base" "$cprog" "${cargs[@]}"); field "$key" "$l" >>"$tmp/c"
+			l=$(one "$name/ours" "$GO" "${gargs[@]}"); field "$key" "$l" >>"$tmp/o"
+		fi
+	done
+	local om cm r met
+	om=$(median <"$tmp/o")
+	cm=$(median <"$tmp/c")
+	r=$(awk -v a="$om" -v b="$cm" 'BEGIN {printf "%.2f", a/b}')
+	met=$(awk -v r="$r" -v t="$target" 'BEGIN {op=substr(t,1,2); v=substr(t,3)+0; if ((op=="<=" && r<=v) || (op==">=" && r>=v)) print "yes"; else print "NO"}')
+	names+=("$name"); ours_med+=("$om"); c_med+=("$cm"); ratios+=("$r"); targets+=("$target"); mets+=("$met")
+	printf '  %-26s ours %12s  base %12s  ratio %6s  (%s)\n' "$name" "$om" "$cm" "$r" "$met" >&2
+}
+
+echo "# shm vs C (GEOPM-style) baseline: $(nproc) CPUs, $(uname -r), $(go version | cut -d' ' -f3), $runs runs each" >&2
+MiB=$((1 << 20))
+pair "lock"                "<=1.0" -workload lock -- -workload lock
+pair "contend 2 procs"     "<=1.0" -workload contend -procs 2 -- -workload contend -procs 2
+pair "create 4KiB"         "<=1.0" -workload create -size 4096 -- -workload create -size 4096
+pair "attach 4KiB"         "<=1.0" -workload attach -size 4096 -- -workload attach -size 4096
+pair "fill 256MiB (GBps)"  ">=0.95" -workload fill -size $((256 * MiB)) -n 6 -- -workload fill -size $((256 * MiB)) -n 6
+pair "create+write 1GiB"   "<=1.1" -workload createwrite -size $((1024 * MiB)) -n 1 -- -workload createwrite -size $((1024 * MiB)) -n 1
+pair "pingpong"            "-"     -workload pingpong -- -workload pingpong
+pair "memfd/posix attach"  "<=3.0" -backend memfd -workload attach -size 4096 -- go: -backend posix -workload attach -size 4096
+
+echo
+echo "| workload | ours ns/op | C ns/op | ratio ours/C | target | met? |"
+echo "|---|---:|---:|---:|---|---|"
+for i in "${!names[@]}"; do
+	o=${ours_med[$i]} c=${c_med[$i]} t=${targets[$i]} m=${mets[$i]}
+	unit=""
+	if [[ ${names[$i]} == *GBps* ]]; then unit=" GB/s"; fi
+	[ "$t" = "-" ] && m="(no target)"
+	echo "| ${names[$i]} | $o$unit | $c$unit | ${ratios[$i]} | $t | $m |"
+done
+echo
+echo "memfd/posix attach compares shmbench with itself: memfd attach by key over posix attach."
+echo "fill compares bandwidth (GB/s, higher is better); every other row ns/op (lower is better)."
+
+if [ "${BENCH_BACKENDS:-1}" != 0 ]; then
+	echo
+	echo "## Every backend, one run each (4 KiB; fill 64 MiB)"
+	echo
+	echo '```'
+	for b in posix sysv file memfd; do
+		for w in create attach lock contend pingpong; do
+			"$GO" -backend "$b" -workload "$w" || echo "backend=$b workload=$w FAILED"
+		done
+		"$GO" -backend "$b" -workload fill -size $((64 * MiB)) -n 4 || echo "backend=$b workload=fill FAILED"
+	done
+	echo '```'
+fi
+
+if [ "$scale" = 1 ]; then
+	echo
+	echo "## Scale: create and attach, POSIX (median of 3)"
+	echo
+	echo "| size | create ours ns | create C ns | ratio | attach ours ns | attach C ns | ratio |"
+	echo "|---:|---:|---:|---:|---:|---:|---:|"
+	for s in 4096 65536 $MiB $((16 * MiB)) $((256 * MiB)) $((1024 * MiB)); do
+		n=$((2000 * 4096 / s)); ((n < 3)) && n=3
+		for w in create attach; do
+			: >"$tmp/o"; : >"$tmp/c"
+			for ((i = 0; i < 3; i++)); do
+				field ns_per_op "$(one "scale-$w-$s/ours" "$GO" -workload $w -size $s -n $n)" >>"$tmp/o"
+				field ns_per_op "$(one "scale-$w-$s/base" "$C" -workload $w -size $s -n $n)" >>"$tmp/c"
+			done
+			eval "${w}_o=\$(median <\"\$tmp/o\")"
+			eval "${w}_c=\$(median <\"\$tmp/c\")"
+		done
+		printf '| %s | %s | %s | %s | %s | %s | %s |\n' "$s" "$create_o" "$create_c" \
+			"$(awk -v a="$create_o" -v b="$create_c" 'BEGIN {printf "%.2f", a/b}')" "$attach_o" "$attach_c" \
+			"$(awk -v a="$attach_o" -v b="$attach_c" 'BEGIN {printf "%.2f", a/b}')"
+	done
+
+	echo
+	echo "## Scale: contend, POSIX (one run each; n = 200000 increments per process)"
+	echo
+	echo "| procs | goroutines/proc | ours ns/incr | ours Mops/s | threads/proc | C ns/incr | C Mops/s |"
+	echo "|---:|---:|---:|---:|---:|---:|---:|"
+	for p in 1 2 4 8; do
+		cl=$(one "scale-contend-$p/base" "$C" -workload contend -procs $p -n 200000)
+		for g in 1 4 16 64; do
+			l=$(one "scale-contend-$p-$g/ours" "$GO" -workload contend -procs $p -goroutines $g -n 200000)
+			printf '| %s | %s | %s | %s | %s | %s | %s |\n' $p $g "$(field ns_per_op "$l")" "$(field Mops "$l")" \
+				"$(field threads "$l")" "$(field ns_per_op "$cl")" "$(field Mops "$cl")"
+		done
+	done
+fi

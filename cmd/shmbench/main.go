@@ -1,0 +1,154 @@
+// Command shmbench measures package shm: creating, attaching, locking,
+// filling and handing turns through a region, on each backend.
+//
+//	go run ./cmd/shmbench [-backend posix|sysv|file|memfd|all] [-workload NAME|all]
+//	                      [-n N] [-size BYTES] [-procs P] [-goroutines G]
+//
+// It prints one line per workload and backend:
+//
+//	workload=<name> backend=<backend> size=<bytes> ns_per_op=<number> [key=value ...]
+//
+// Workloads:
+//
+//   - create: Create, Unlink and Close of a region of size bytes, per cycle.
+//   - attach: Open (timeout 0) and Close of an existing region, per cycle.
+//   - lock: an uncontended Lock and Unlock in one goroutine.
+//   - contend: procs processes (default 2), each doing n locked increments
+//     of one counter in the region with goroutines goroutines (default 1);
+//     ns per increment over the whole run. It prints total= and expected=
+//     and fails when they differ, and threads= (the most OS threads any
+//     worker process had).
+//   - fill: copies size bytes into the region in 1 MiB chunks, repeatedly
+//     (after one untimed pass that faults the pages in); prints GBps=.
+//   - pingpong: two processes hand a turn back and forth through a word in
+//     the region (a futex wait on the word, woken by the other side); ns
+//     per round trip.
+//   - createwrite (not in "all"): Create of a region of size bytes plus one
+//     full write of it in 1 MiB chunks, the cost of a fresh big region.
+//
+// -n 0 picks a count per workload. contend and pingpong re-execute shmbench
+// as their worker processes (selected by an environment variable). Keys
+// start with /t-bench-; every region is removed before shmbench exits.
+//
+// bench/run.sh runs shmbench next to a C program that does the same the
+// way GEOPM does (shm_open, ftruncate, mmap, a process-shared pthread
+// mutex) and prints the ratios.
+package main
+
+import (
+	"flag"
+	"fmt"
+	"os"
+	"strings"
+	"time"
+)
+
+type config struct {
+	backend    string
+	workload   string
+	n          int
+	size       int
+	procs      int
+	goroutines int
+	dir        string // file backend directory
+}
+
+var workloads = []struct {
+	name  string
+	inAll bool
+	run   func(c *config, env *benv) (result, error)
+}{
+	{"create", true, runCreate},
+	{"attach", true, runAttach},
+	{"lock", true, runLock},
+	{"contend", true, runContend},
+	{"fill", true, runFill},
+	{"pingpong", true, runPingPong},
+	{"createwrite", false, runCreateWrite},
+}
+
+// result is one measurement.
+type result struct {
+	nsPerOp float64
+	extra   []string // "key=value"
+}
+
+func main() {
+	if os.Getenv(envWorker) != "" {
+		os.Exit(workerMain())
+	}
+	var c config
+	flag.StringVar(&c.backend, "backend", "posix", "backend: "+strings.Join(backendNames(), "|")+"|all")
+	flag.StringVar(&c.workload, "workload", "all", "workload: create|attach|lock|contend|fill|pingpong|createwrite|all")
+	flag.IntVar(&c.n, "n", 0, "iterations (0: a default per workload); contend: increments per process")
+	flag.IntVar(&c.size, "size", 4096, "region data size in bytes")
+	flag.IntVar(&c.procs, "procs", 2, "contend: worker processes")
+	flag.IntVar(&c.goroutines, "goroutines", 1, "contend: goroutines per worker process")
+	flag.StringVar(&c.dir, "dir", "", "file backend: directory for the regions (default: a new temporary directory)")
+	flag.Parse()
+	if flag.NArg() != 0 || c.size < 1 || c.procs < 1 || c.goroutines < 1 || c.n < 0 {
+		flag.Usage()
+		os.Exit(2)
+	}
+
+	var bes []string
+	if c.backend == "all" {
+		bes = backendNames()
+	} else {
+		if _, ok := backends[c.backend]; !ok {
+			fmt.Fprintf(os.Stderr, "shmbench: unknown backend %q\n", c.backend)
+			os.Exit(2)
+		}
+		bes = []string{c.backend}
+	}
+	var wls []int
+	for i, w := range workloads {
+		if c.workload == w.name || c.workload == "all" && w.inAll {
+			wls = append(wls, i)
+		}
+	}
+	if len(wls) == 0 {
+		fmt.Fprintf(os.Stderr, "shmbench: unknown workload %q\n", c.workload)
+		os.Exit(2)
+	}
+
+	failed := false
+	for _, bn := range bes {
+		env, err := newBenv(bn, &c)
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "shmbench: backend %s: %v\n", bn, err)
+			failed = true
+			continue
+		}
+		for _, i := range wls {
+			w := workloads[i]
+			res, err := w.run(&c, env)
+			if err != nil {
+				fmt.Fprintf(os.Stderr, "shmbench: workload=%s backend=%s: %v\n", w.name, bn, err)
+				failed = true
+				continue
+			}
+			line := fmt.Sprintf("workload=%s backend=%s size=%d ns_per_op=%.2f", w.name, bn, c.size, res.nsPerOp)
+			if len(res.extra) > 0 {
+				line += " " + strings.Join(res.extra, " ")
+			}
+			fmt.Println(line)
+		}
+		env.close()
+	}
+	if failed {
+		os.Exit(1)
+	}
+}
+
+// perOp is the time per operation of ops operations that took d.
+func perOp(d time.Duration, ops int) float64 {
+	return float64(d.Nanoseconds()) / float64(ops)
+}
+
+func pick(n, def int) int {
+	if n > 0 {
+		return n
+	}
+	return def
+}
