@@ -1,8 +1,11 @@
 package shm
 
 import (
+	"errors"
+	"io/fs"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 
 	"golang.org/x/sys/unix"
@@ -32,13 +35,34 @@ const EnvBackend = "SHM_BACKEND"
 // A key that names a backend and a WithBackend that gives another one is
 // ErrInvalidOption.
 
-// FileDir returns the directory the automatic choice uses for the file
-// backend: $XDG_RUNTIME_DIR when set, else os.TempDir().
+// FileDir returns the directory the automatic choice and SHM_BACKEND=file
+// use for the file backend: $XDG_RUNTIME_DIR when set, else a directory of
+// this user's own in the temporary directory (shmgo-UID, mode 0700), so that
+// other users cannot plant objects under our keys.
 func FileDir() string {
 	if d := os.Getenv("XDG_RUNTIME_DIR"); d != "" {
 		return d
 	}
-	return os.TempDir()
+	return filepath.Join(os.TempDir(), "shmgo-"+strconv.Itoa(os.Getuid()))
+}
+
+// makeFileDir creates FileDir's per-user directory if needed and checks
+// that it is ours and private.
+func makeFileDir(dir string) error {
+	if dir == os.Getenv("XDG_RUNTIME_DIR") {
+		return nil
+	}
+	if err := os.Mkdir(dir, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
+		return err
+	}
+	var st unix.Stat_t
+	if err := unix.Lstat(dir, &st); err != nil {
+		return &fs.PathError{Op: "lstat", Path: dir, Err: err}
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFDIR || int(st.Uid) != os.Geteuid() || st.Mode&0o077 != 0 {
+		return &fs.PathError{Op: "check", Path: dir, Err: errors.New("not a private directory of this user")}
+	}
+	return nil
 }
 
 // splitKey separates a backend prefix from a key. For "file:/dir/name" the
@@ -80,6 +104,9 @@ func namedBackend(name, arg string, inKey bool) (backend.Backend, error) {
 		}
 		if dir == "" {
 			dir = FileDir()
+			if err := makeFileDir(dir); err != nil {
+				return nil, err
+			}
 		}
 		return file.New(dir), nil
 	}
@@ -123,6 +150,9 @@ func backendsFor(key string, o *options, size int64) (name string, bes []backend
 		}
 		if memfdWorks() {
 			return name, []backend.Backend{memfd.New()}, nil
+		}
+		if err := makeFileDir(FileDir()); err != nil {
+			return "", nil, err
 		}
 		return name, []backend.Backend{file.New(FileDir())}, nil
 	}

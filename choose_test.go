@@ -3,6 +3,7 @@ package shm
 import (
 	"errors"
 	"os"
+	"strings"
 	"testing"
 	"time"
 
@@ -124,4 +125,32 @@ func TestAutoOpenFindsAnyBackend(t *testing.T) {
 		r.Unlink()
 		r.Close()
 	}
+}
+
+func TestFileDirIsPrivate(t *testing.T) {
+	t.Setenv("XDG_RUNTIME_DIR", "")
+	tmp := t.TempDir()
+	t.Setenv("TMPDIR", tmp)
+	t.Setenv(EnvBackend, "file")
+	r, err := Create("/t-choose-private", 64)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	defer r.Unlink()
+	dir := FileDir()
+	st, err := os.Stat(dir)
+	if err != nil || !st.IsDir() || st.Mode().Perm() != 0o700 {
+		t.Fatalf("FileDir %s: %v %v, want a 0700 directory", dir, st.Mode(), err)
+	}
+	if _, err := os.Stat(dir + "/t-choose-private"); err != nil {
+		t.Fatal(err)
+	}
+	// A directory that others can write is refused.
+	r.Unlink()
+	os.Chmod(dir, 0o777)
+	if _, err := Create("/t-choose-private2", 64); err == nil || !strings.Contains(err.Error(), "private") {
+		t.Fatalf("Create in a world-writable FileDir: %v", err)
+	}
+	os.Chmod(dir, 0o700)
 }

@@ -28,6 +28,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -66,11 +67,19 @@ func (h *harness) Key(tag string) string {
 	return key
 }
 
-// remove unlinks name until the backend says it is gone.
+// remove unlinks name until the backend says it is gone, and removes the
+// temporary objects a killed creator may have left for it in the backend's
+// directory, if it has one.
 func (h *harness) remove(name string) {
 	for range 10 {
 		if err := h.b.Unlink(name); err != nil {
-			return
+			break
+		}
+	}
+	if d, ok := h.b.(interface{ Dir() string }); ok {
+		tmps, _ := filepath.Glob(filepath.Join(d.Dir(), ".shmgo-*tmp."+name+".*"))
+		for _, f := range tmps {
+			os.Remove(f)
 		}
 	}
 }
