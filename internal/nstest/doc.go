@@ -32,6 +32,12 @@
 //     mounted for that namespace. A waiter in another namespace, parent or
 //     child, keeps waiting until its timeout or context ends: use
 //     LockContext with a deadline there. When a whole container's PID
-//     namespace dies holding a lock, no other process can recover it; the
-//     region must be recreated.
+//     namespace dies holding a default lock, no process outside it can
+//     recover the lock; the region must be recreated.
+//   - A region created WithRobustLock is recovered from any namespace: the
+//     kernel marks the dead holder's lock itself, and the next Lock, here
+//     or in another container, returns ErrOwnerDead. Its lock word holds a
+//     thread ID, which is per namespace too: two containers' PID 1s lock
+//     from the same thread ID 1, so a waiter must not leave its entry
+//     pending with the kernel while it sleeps (see robust_test.go).
 package nstest
