@@ -36,7 +36,9 @@ import (
 //     kernel grants only when no other open file description of the file
 //     exists, mappings included, whatever PID namespace their processes are
 //     in. The lease is held until the name is gone, so a process that opens
-//     the file meanwhile waits in open(2) and then finds it unlinked. The
+//     the file meanwhile waits in open(2): the removal gives the name back
+//     when it sees such a waiter, and otherwise the waiter finds the file
+//     unlinked. The
 //     file backend's flock protocol is the fallback where leases are not
 //     available (a filesystem without them, or a caller that neither owns
 //     the file nor has CAP_LEASE).
@@ -115,8 +117,12 @@ func (s LockState) String() string {
 type LockInfo struct {
 	State LockState
 	// PID is the holder's PID, in the PID namespace where it took the
-	// lock; 0 when the lock is free.
+	// lock (its thread ID for a robust lock); 0 when the lock is free.
 	PID int
+	// Robust is set for a lock on the kernel's robust futex list
+	// (WithRobustLock): the kernel itself marks it when its holder dies, so
+	// it is never LockHolderDead.
+	Robust bool
 	// Inconsistent is set when a holder died holding the lock and nobody
 	// has called MarkConsistent since: the next Lock returns ErrOwnerDead.
 	Inconsistent bool
@@ -129,6 +135,9 @@ func (l LockInfo) String() string {
 	switch l.State {
 	case LockHeld:
 		s = "held by " + strconv.Itoa(l.PID)
+		if l.Robust {
+			s = "held by thread " + strconv.Itoa(l.PID)
+		}
 	case LockHolderDead:
 		s = "holder " + strconv.Itoa(l.PID) + " dead"
 	default:
@@ -319,7 +328,7 @@ type inUser interface {
 }
 
 // List returns every region that this process can see on the backends
-// given with ListBackends (default: POSIX in /dev/shm), recognised by the
+// given with ListBackends (default: DefaultBackends()), recognised by the
 // header every region starts with, sorted by backend and key. Objects that
 // this process may not read are returned with Info.Err set, since they may
 // be regions; objects that are not regions only with ListForeign.
@@ -521,7 +530,7 @@ func preadHeader(fd int) (*header, int, error) {
 }
 
 // copyHeader copies the header at the start of a mapping. A mapping whose
-// object was truncated under it gives n = 0.
+// object was truncated under it gives n = -1.
 func copyHeader(mem []byte) (h *header, n int) {
 	h = new(header)
 	if guard(func() { n = copy(unsafe.Slice((*byte)(unsafe.Pointer(h)), headerSize), mem) }) != nil {
@@ -667,11 +676,17 @@ func lockInfo(h *header) LockInfo {
 		PID:          int(w & lockPIDMask),
 		Inconsistent: w&lockDied != 0,
 		Waiters:      w&lockWaiters != 0,
+		Robust:       h.Flags&flagRobust != 0,
 	}
 	if li.PID == 0 {
 		return li
 	}
 	li.State = LockHeld
+	if li.Robust {
+		// A thread ID, maybe of another PID namespace; the kernel clears
+		// it when the thread dies.
+		return li
+	}
 	rec := h.Lock.Holder
 	if uint32(rec>>40) == uint32(li.PID) &&
 		deadHolder(sys.Identity{PID: li.PID, Start: rec & (1<<40 - 1), NS: h.Lock.HolderNS}) {

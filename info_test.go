@@ -61,13 +61,17 @@ func TestOpsChild(t *testing.T) {
 	ready := func() { fmt.Println("ready"); os.Stdout.Sync() }
 	die := func(err error) { fmt.Println("error:", err); os.Exit(1) }
 	switch role {
-	case "create", "create-lock":
-		r, err := shm.Create(key, 4096, shm.WithBackend(be), shm.WithMode(0o640))
+	case "create", "create-lock", "create-robust-lock":
+		opts := []shm.Option{shm.WithBackend(be), shm.WithMode(0o640)}
+		if role == "create-robust-lock" {
+			opts = append(opts, shm.WithRobustLock())
+		}
+		r, err := shm.Create(key, 4096, opts...)
 		if err != nil {
 			die(err)
 		}
 		copy(r.Bytes(), "written by the creator")
-		if role == "create-lock" {
+		if role != "create" {
 			if _, err := r.Lock(); err != nil {
 				die(err)
 			}
@@ -563,6 +567,31 @@ func TestListNamesItsBackendErrors(t *testing.T) {
 	}
 }
 
+// A robust lock whose holder died: the kernel marks it (free, owner died),
+// and Stat says so.
+func TestStatRobustLockAfterKill(t *testing.T) {
+	dir := privateDir(t)
+	be := posix.NewDir(dir)
+	key := opsKey(t, "robust")
+	cleanupKey(t, be, key)
+	c := startChild(t, "create-robust-lock", key, "posix:"+dir)
+	in, err := shm.Stat(key, shm.WithBackend(be))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !in.Lock.Robust || in.Lock.State != shm.LockHeld || in.Lock.PID == 0 || in.Lock.Inconsistent {
+		t.Errorf("while the holder lives: %+v", in.Lock)
+	}
+	c.kill()
+	in, err = shm.Stat(key, shm.WithBackend(be))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !in.Lock.Robust || in.Lock.State != shm.LockFree || !in.Lock.Inconsistent || !in.Stale {
+		t.Errorf("after the holder died: %+v, stale %v", in.Lock, in.Stale)
+	}
+}
+
 func TestLockStates(t *testing.T) {
 	li := shm.LockInfo{State: shm.LockHolderDead, PID: 42, Inconsistent: true}
 	if got := li.String(); got != "holder 42 dead, inconsistent" {
@@ -573,5 +602,29 @@ func TestLockStates(t *testing.T) {
 	}
 	if got := (shm.LockInfo{State: shm.LockHeld, PID: 7}).String(); got != "held by 7" {
 		t.Errorf("%q", got)
+	}
+}
+
+// BenchmarkList measures List over a directory of 200 regions (posix, in a
+// private directory), whose creator (this process) lives.
+func BenchmarkList(b *testing.B) {
+	dir, err := os.MkdirTemp(posix.DefaultDir, "t-ops-dir-")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	be := posix.NewDir(dir)
+	for i := 0; i < 200; i++ {
+		r, err := shm.Create(fmt.Sprintf("/t-ops-bench-%d", i), 4096, shm.WithBackend(be))
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer r.Close()
+	}
+	for b.Loop() {
+		infos, err := shm.List(context.Background(), shm.ListBackends(be))
+		if err != nil || len(infos) != 200 {
+			b.Fatal(len(infos), err)
+		}
 	}
 }

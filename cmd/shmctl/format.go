@@ -128,6 +128,9 @@ func lockCol(in shm.Info) string {
 	switch l.State {
 	case shm.LockHeld:
 		s = "held:" + strconv.Itoa(l.PID)
+		if l.Robust {
+			s = "held:tid" + strconv.Itoa(l.PID)
+		}
 	case shm.LockHolderDead:
 		s = "dead:" + strconv.Itoa(l.PID)
 	default:
@@ -240,6 +243,7 @@ type jsonLock struct {
 	PID          int    `json:"pid,omitempty"`
 	Inconsistent bool   `json:"inconsistent,omitempty"`
 	Waiters      bool   `json:"waiters,omitempty"`
+	Robust       bool   `json:"robust,omitempty"` // pid is then a thread ID
 }
 
 func toJSON(infos []shm.Info) []jsonInfo {
@@ -260,7 +264,7 @@ func toJSON(infos []shm.Info) []jsonInfo {
 			t := in.Created
 			j.Created = &t
 			j.Lock = &jsonLock{State: in.Lock.State.String(), PID: in.Lock.PID,
-				Inconsistent: in.Lock.Inconsistent, Waiters: in.Lock.Waiters}
+				Inconsistent: in.Lock.Inconsistent, Waiters: in.Lock.Waiters, Robust: in.Lock.Robust}
 		}
 		if in.Err != nil {
 			j.Error = in.Err.Error()
