@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"os"
 	"path/filepath"
 	"sort"
 	"strconv"
@@ -216,6 +217,9 @@ type ListOption func(*listOptions)
 type listOptions struct {
 	backends []backend.Backend
 	foreign  bool
+	// defaults: the backends are the default ones, whose directories may
+	// not exist (no region was ever made there).
+	defaults bool
 }
 
 // ListBackends sets the backends that List and RemoveStale look at, in
@@ -248,6 +252,7 @@ func buildListOptions(opts []ListOption) listOptions {
 	}
 	if len(bs) == 0 {
 		bs = DefaultBackends()
+		o.defaults = true
 	}
 	o.backends = bs
 	return o
@@ -258,9 +263,18 @@ func buildListOptions(opts []ListOption) listOptions {
 const tempGrace = time.Minute
 
 // DefaultBackends returns the backends that List and RemoveStale look at
-// by default: POSIX in /dev/shm, SysV, memfd, and files in FileDir().
+// by default: POSIX in /dev/shm, SysV, memfd, and files in FileDir() and in
+// the other users' fallback directories of the same kind
+// (os.TempDir()/shmgo-UID) that exist.
 func DefaultBackends() []backend.Backend {
-	return []backend.Backend{posix.New(), sysv.New(), memfd.New(), file.New(FileDir())}
+	bs := []backend.Backend{posix.New(), sysv.New(), memfd.New(), file.New(FileDir())}
+	dirs, _ := filepath.Glob(filepath.Join(os.TempDir(), "shmgo-[0-9]*"))
+	for _, d := range dirs {
+		if d != FileDir() {
+			bs = append(bs, file.New(d))
+		}
+	}
+	return bs
 }
 
 // isTempName tells whether a file name is one under which a backend
@@ -357,6 +371,9 @@ func list(ctx context.Context, lo listOptions) ([]*object, error) {
 		}
 		found, err := scan(ctx, be)
 		objs = append(objs, found...)
+		if err != nil && lo.defaults && be.Name() == "file" && errors.Is(err, fs.ErrNotExist) {
+			err = nil // no region was ever made in the default directory
+		}
 		if err != nil {
 			errs = append(errs, &Error{Op: "list", Backend: be.Name(), Err: err})
 		}

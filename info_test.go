@@ -592,6 +592,26 @@ func TestStatRobustLockAfterKill(t *testing.T) {
 	}
 }
 
+// With the default backends, List looks at /dev/shm among others, and a
+// default directory that does not exist is no error.
+func TestListDefaults(t *testing.T) {
+	t.Setenv("XDG_RUNTIME_DIR", filepath.Join(t.TempDir(), "missing"))
+	key := opsKey(t, "defaults")
+	r, err := shm.Create(key, 64, shm.WithBackend(posix.New()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	defer r.Unlink()
+	infos, err := shm.List(context.Background())
+	if err != nil {
+		t.Fatalf("List: %v", err)
+	}
+	if in, ok := findInfo(infos, "posix", key); !ok || in.Path != filepath.Join(posix.DefaultDir, key[1:]) {
+		t.Fatalf("List does not show %s in /dev/shm: %+v", key, in)
+	}
+}
+
 func TestLockStates(t *testing.T) {
 	li := shm.LockInfo{State: shm.LockHolderDead, PID: 42, Inconsistent: true}
 	if got := li.String(); got != "holder 42 dead, inconsistent" {

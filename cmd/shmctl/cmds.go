@@ -267,8 +267,14 @@ func cmdCreate(c *cli, args []string) int {
 		}
 	}
 	dir := keyDir
+	if sel == "file" && dir == "" && len(c.dirs) > 0 {
+		dir = c.dirs[0]
+	}
 	if sel == "file" && dir == "" {
-		dir = c.fileDirs()[0]
+		dir = shm.FileDir()
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return c.fail("create", err)
+		}
 	}
 	be, err := c.newBackend(sel, dir, false)
 	if err != nil {

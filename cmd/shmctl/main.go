@@ -258,7 +258,7 @@ func (c *cli) newBackend(name string, dir string, inspect bool) (backend.Backend
 
 // backends returns the backends selected by --backend, --dir and a key's
 // prefix (prefix may be ""): all of them when none is chosen. The file
-// backend is included once per --dir, or for shm.FileDir() without --dir.
+// backend is included once per directory of fileDirs.
 func (c *cli) backends(prefix string, inspect bool) ([]backend.Backend, error) {
 	sel := c.backend
 	if prefix != "" {
@@ -294,11 +294,21 @@ func (c *cli) backends(prefix string, inspect bool) ([]backend.Backend, error) {
 	return out, nil
 }
 
+// fileDirs returns the directories of the file backend to look at: the
+// --dir ones, or else the library's default ones that exist.
 func (c *cli) fileDirs() []string {
 	if len(c.dirs) > 0 {
 		return c.dirs
 	}
-	return []string{shm.FileDir()}
+	var out []string
+	for _, b := range shm.DefaultBackends() {
+		if fb, ok := b.(*file.Backend); ok {
+			if st, err := os.Stat(fb.Dir()); err == nil && st.IsDir() {
+				out = append(out, fb.Dir())
+			}
+		}
+	}
+	return out
 }
 
 // splitKey separates a backend prefix ("sysv:/name", "posix:name",
