@@ -117,8 +117,9 @@ func namedBackend(name, arg string, inKey bool) (backend.Backend, error) {
 }
 
 // backendsFor resolves the backends for key: one, or, when the choice is
-// automatic, the candidates in order (for Create, only those that can hold
-// size bytes now; size 0 means Open).
+// automatic, the candidates in order (size 0 means Open; for Create, only
+// those that may hold size bytes now, and Create moves on to the next when
+// one turns out full).
 func backendsFor(key string, o *options, size int64) (name string, bes []backend.Backend, err error) {
 	fromKey, rest, err := splitKey(key)
 	if err != nil {
@@ -145,16 +146,21 @@ func backendsFor(key string, o *options, size int64) (name string, bes []backend
 		return name, []backend.Backend{be}, nil
 	}
 	if size > 0 {
+		// Create tries these in order, moving on when one is full.
+		var bes []backend.Backend
 		if posixHasRoom(size) {
-			return name, []backend.Backend{posix.New()}, nil
+			bes = append(bes, posix.New())
 		}
 		if memfdWorks() {
-			return name, []backend.Backend{memfd.New()}, nil
+			bes = append(bes, memfd.New())
 		}
-		if err := makeFileDir(FileDir()); err != nil {
-			return "", nil, err
+		if len(bes) == 0 {
+			if err := makeFileDir(FileDir()); err != nil {
+				return "", nil, err
+			}
+			bes = append(bes, file.New(FileDir()))
 		}
-		return name, []backend.Backend{file.New(FileDir())}, nil
+		return name, bes, nil
 	}
 	return name, []backend.Backend{posix.New(), memfd.New(), file.New(FileDir())}, nil
 }

@@ -96,7 +96,7 @@ func (r *Region) LockContext(ctx context.Context) (Lock, error) {
 	if atomic.CompareAndSwapUint32(&r.hdr.Lock.Word, 0, r.lk.me) {
 		return r.acquired(false), nil
 	}
-	return r.lockSlow(ctx, false, r.lk.me)
+	return r.lockSlow(ctx, false, r.lk.me, nil)
 }
 
 // TryLock takes the lock if it is free and returns ErrLocked otherwise. Like
@@ -114,7 +114,7 @@ func (r *Region) TryLock() (Lock, error) {
 	if atomic.CompareAndSwapUint32(&r.hdr.Lock.Word, 0, r.lk.me) {
 		return r.acquired(false), nil
 	}
-	return r.lockSlow(context.Background(), true, r.lk.me)
+	return r.lockSlow(context.Background(), true, r.lk.me, nil)
 }
 
 // lockGuarded is the lock for objects that another process may shrink under
@@ -130,7 +130,7 @@ func (r *Region) lockGuarded(ctx context.Context, try bool) (l Lock, err error) 
 	if atomic.CompareAndSwapUint32(&r.hdr.Lock.Word, 0, r.lk.me) {
 		return r.acquired(false), nil
 	}
-	return r.lockSlow(ctx, try, r.lk.me)
+	return r.lockSlow(ctx, try, r.lk.me, nil)
 }
 
 // acquired records this process as the holder; the caller holds the word.
@@ -151,15 +151,30 @@ func (r *Region) acquired(died bool) Lock {
 
 // lockSlow waits for the lock and takes it with the word me (our PID, or in
 // robust mode our thread ID).
-func (r *Region) lockSlow(ctx context.Context, try bool, me uint32) (Lock, error) {
+func (r *Region) lockSlow(ctx context.Context, try bool, me uint32, head *sys.RobustHead) (Lock, error) {
 	w := &r.hdr.Lock.Word
+	// take is the compare-and-swap that acquires. In robust mode the entry
+	// is pending on the thread's robust list only around it: were it
+	// pending while we wait and this thread died, the kernel would mark a
+	// word that holds a thread of another PID namespace with our TID.
+	take := func(old, new uint32) bool {
+		if head == nil {
+			return atomic.CompareAndSwapUint32(w, old, new)
+		}
+		head.Pending = uintptr(unsafe.Pointer(&r.hdr.Lock.RobustNext))
+		if atomic.CompareAndSwapUint32(w, old, new) {
+			return true // pending until linked
+		}
+		head.Pending = 0
+		return false
+	}
 	if try {
 		for {
 			v := atomic.LoadUint32(w)
 			if v&lockPIDMask != 0 {
 				return Lock{}, r.err("lock", ErrLocked)
 			}
-			if atomic.CompareAndSwapUint32(w, v, v|me) {
+			if take(v, v|me) {
 				return r.afterSlow(v&lockDied != 0)
 			}
 		}
@@ -183,7 +198,7 @@ func (r *Region) lockSlow(ctx context.Context, try bool, me uint32) (Lock, error
 		if v&lockPIDMask == 0 {
 			// Free. Take it with the waiters flag set: another process
 			// may have slept on it while we did.
-			if atomic.CompareAndSwapUint32(w, v, v|me|lockWaiters) {
+			if take(v, v|me|lockWaiters) {
 				return r.afterSlow(v&lockDied != 0)
 			}
 			continue
@@ -238,7 +253,7 @@ func (r *Region) lockSlow(ctx context.Context, try bool, me uint32) (Lock, error
 			probe = probeMin
 			continue
 		}
-		if atomic.CompareAndSwapUint32(w, v, me|lockWaiters|lockDied) {
+		if take(v, me|lockWaiters|lockDied) {
 			return r.afterSlow(true)
 		}
 		suspect = [3]uint64{}
@@ -319,6 +334,12 @@ func (r *Region) unlockGuarded(died bool) (err error) {
 // marked consistent, and wakes one waiter if any may sleep.
 func (r *Region) unlockWord(died bool) {
 	w := &r.hdr.Lock.Word
+	if !r.robust {
+		// Clear the record first, so that a waiter never pairs the next
+		// holder's word with our record (the next holder writes its own
+		// just after its compare-and-swap). The swap below orders it.
+		*(*uint64)(unsafe.Pointer(&r.hdr.Lock.Holder)) = 0
+	}
 	var v uint32
 	if died {
 		v = atomic.SwapUint32(w, lockDied)

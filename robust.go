@@ -60,7 +60,8 @@ func (r *Region) lockRobust(ctx context.Context, try bool) (l Lock, err error) {
 	if atomic.CompareAndSwapUint32(&ll.Word, 0, tid) {
 		l = r.acquired(false)
 	} else {
-		l, err = r.lockSlow(ctx, try, tid)
+		head.Pending = 0 // not while we wait: see lockSlow
+		l, err = r.lockSlow(ctx, try, tid, head)
 	}
 	if l.r == nil {
 		head.Pending = 0

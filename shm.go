@@ -41,9 +41,11 @@ import (
 	"context"
 	"errors"
 	"io/fs"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 	"unsafe"
 
@@ -180,6 +182,13 @@ func Create(key string, size int, opts ...Option) (*Region, error) {
 		return nil, &Error{Op: "create", Key: key, Backend: be.Name(), Err: err}
 	}
 	p, err := be.Create(name, headerSize+int64(size), o.mode)
+	for len(bes) > 1 && errors.Is(err, syscall.ENOSPC) {
+		// The automatic choice: the first backend filled up since we
+		// looked; try the next.
+		bes = bes[1:]
+		be = bes[0]
+		p, err = be.Create(name, headerSize+int64(size), o.mode)
+	}
 	if err != nil {
 		return fail(classify(err))
 	}
@@ -273,7 +282,7 @@ func open(ctx context.Context, key string, deadline time.Time, once bool, opts [
 	for {
 		last = nil
 		for _, be := range bes {
-			r, err, retry := tryOpen(be, key, name)
+			r, err, retry := tryOpen(ctx, deadline, be, key, name)
 			if r != nil {
 				return r, nil
 			}
@@ -317,10 +326,28 @@ func open(ctx context.Context, key string, deadline time.Time, once bool, opts [
 // or an error and whether waiting may help: retry with a nil error means
 // the key is not there; retry with an error means an object is there but
 // not (yet) a ready region.
-func tryOpen(be backend.Backend, key, name string) (r *Region, err error, retry bool) {
-	seg, err := be.Open(name)
+func tryOpen(ctx context.Context, deadline time.Time, be backend.Backend, key, name string) (r *Region, err error, retry bool) {
+	var seg backend.Segment
+	if co, ok := be.(backend.ContextOpener); ok {
+		if !deadline.IsZero() {
+			if !time.Now().Before(deadline) {
+				return nil, nil, true // no time left to ask
+			}
+			var cancel context.CancelFunc
+			ctx, cancel = context.WithDeadline(ctx, deadline)
+			defer cancel()
+		}
+		seg, err = co.OpenContext(ctx, name)
+	} else {
+		seg, err = be.Open(name)
+	}
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
+			if p, ok := be.(backend.Pender); ok {
+				if why := abandoned(p, name); why != "" {
+					return nil, because(why, nil, ErrOwnerDead), false
+				}
+			}
 			return nil, nil, true
 		}
 		return nil, classify(err), false
@@ -451,6 +478,32 @@ func (r *Region) stillNamed() bool {
 		same = h.Magic == magic && h.Created == r.created && h.creator() == r.hdr.creator()
 	})
 	return same
+}
+
+// abandoned tells, for a key that does not exist, whether someone began to
+// create it and died before publishing it: some objects are being created
+// for name, and the creator of each is dead. It returns why, or "".
+func abandoned(p backend.Pender, name string) string {
+	objs, err := p.Pending(name, headerSize)
+	if err != nil || len(objs) == 0 {
+		return ""
+	}
+	why := ""
+	for _, o := range objs {
+		if len(o.Head) < headerSize {
+			return "" // too young to tell
+		}
+		h := headerOf(o.Head)
+		if h.Magic != magic {
+			return ""
+		}
+		c := h.creator()
+		if sys.Check(c) != sys.Dead {
+			return "" // a live creator will publish it
+		}
+		why = "creator (PID " + strconv.Itoa(c.PID) + ") died before the region was ready"
+	}
+	return why
 }
 
 // creatorGone tells whether the process that created a blank object (one

@@ -19,6 +19,7 @@
 package backend
 
 import (
+	"context"
 	"io/fs"
 )
 
@@ -80,6 +81,13 @@ type Pending interface {
 	Discard() error
 }
 
+// ContextOpener is implemented by backends whose Open may wait on another
+// process (memfd asks the owner for the descriptor): OpenContext is Open
+// that gives up when ctx is done, so that shm.Open keeps to its timeout.
+type ContextOpener interface {
+	OpenContext(ctx context.Context, name string) (Segment, error)
+}
+
 // Chowner is implemented by segments whose object can change owner.
 type Chowner interface {
 	Chown(uid, gid int) error
@@ -113,14 +121,33 @@ type Creator interface {
 	CreatorPID() int
 }
 
+// Pender is implemented by backends that build an object under a temporary
+// name and publish it under its own when it is ready (POSIX, file). An
+// opener that does not find a name asks for the objects being made for it,
+// so that it can tell a creator that died half-way (and fail at once) from
+// one still at work (and wait). Cleanup tools remove the dead ones.
+type Pender interface {
+	// Pending returns the objects now being created for name, each with
+	// its first n bytes (fewer when it is shorter).
+	Pending(name string, n int) ([]PendingObject, error)
+	// RemovePending removes the object being created that id names.
+	RemovePending(id string) error
+}
+
+// PendingObject is an object being created, as Pender reports it.
+type PendingObject struct {
+	ID   string // for RemovePending: the temporary name
+	Head []byte // the object's first bytes
+}
+
 // Info describes a named object as a Lister sees it, before package shm
 // reads its header.
 type Info struct {
 	Name string      // the name, without a leading '/'
 	Size int64       // the object's size in bytes
 	Mode fs.FileMode // permission bits
-	UID  int         // owner
-	GID  int
+	UID  int         // owner, or -1 when unknown
+	GID  int         // group, or -1 when unknown
 	// Attached is the number of processes that map the object, or -1 when
 	// the backend cannot tell.
 	Attached int

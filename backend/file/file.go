@@ -400,3 +400,11 @@ var (
 	_ backend.Chowner = (*segment)(nil)
 	_ backend.Fder    = (*segment)(nil)
 )
+
+// Pending implements backend.Pender: the objects being created for name.
+func (b *Backend) Pending(name string, n int) ([]backend.PendingObject, error) {
+	return b.objs().Pending(name, n)
+}
+
+// RemovePending implements backend.Pender.
+func (b *Backend) RemovePending(id string) error { return b.objs().RemovePending(id) }

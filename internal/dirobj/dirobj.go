@@ -207,3 +207,44 @@ func ReadDir(dir string) ([]string, error) {
 		_, _, names = unix.ParseDirent(buf[:n], -1, names)
 	}
 }
+
+// Pending returns the objects being created for name (temporary files named
+// TempPrefix+name+"."+suffix), each with its first n bytes. An object that
+// vanishes meanwhile (published or aborted) is skipped.
+func (d Dir) Pending(name string, n int) ([]backend.PendingObject, error) {
+	names, err := ReadDir(d.Path)
+	if err != nil {
+		return nil, err
+	}
+	prefix := d.TempPrefix + name + "."
+	var out []backend.PendingObject
+	for _, tmp := range names {
+		rest, ok := strings.CutPrefix(tmp, prefix)
+		if !ok || strings.Contains(rest, ".") {
+			continue // another key's (a key may contain dots: the suffix may not)
+		}
+		fd, err := unix.Open(d.Join(tmp), unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC|unix.O_NONBLOCK, 0)
+		if err != nil {
+			continue
+		}
+		head := make([]byte, n)
+		m, err := unix.Pread(fd, head, 0)
+		unix.Close(fd)
+		if err != nil {
+			continue
+		}
+		out = append(out, backend.PendingObject{ID: tmp, Head: head[:m]})
+	}
+	return out, nil
+}
+
+// RemovePending removes the temporary file id that Pending reported.
+func (d Dir) RemovePending(id string) error {
+	if !strings.HasPrefix(id, d.TempPrefix) || strings.ContainsRune(id, '/') {
+		return &fs.PathError{Op: "unlink", Path: d.Join(id), Err: unix.EINVAL}
+	}
+	if err := unix.Unlink(d.Join(id)); err != nil {
+		return &fs.PathError{Op: "unlink", Path: d.Join(id), Err: err}
+	}
+	return nil
+}

@@ -92,9 +92,6 @@ func TestRobustLockAcrossPIDNamespaces(t *testing.T) {
 	// its own (the kernel treats a dying thread's pending robust entry as
 	// its own lock when the word holds the thread's ID).
 	t.Run("waiter-killed-same-tid", func(t *testing.T) {
-		t.Skip("skipped: known bug, reported to the lead: lockRobust leaves the entry pending with the kernel while it waits, " +
-			"so a waiter killed while waiting makes the kernel mark a live holder's lock dead when both have the same thread ID " +
-			"(two PID namespaces' PID 1s); remove this skip with the fix (Pending set only around lockSlow's compare-and-swaps)")
 		r, k := newRobustRegion(t, "rob-sametid")
 		h := start(t, "holder", "holder", k, "", nsPID1)
 		hl := h.expect("locked", time.Minute)
