@@ -1,0 +1,209 @@
+package shm
+
+import (
+	"bytes"
+	"encoding/binary"
+	"fmt"
+	"os"
+	"runtime/debug"
+	"testing"
+	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// fuzzName is the key name the seeds are made for.
+const fuzzName = "t-rel-fuzz"
+
+// fuzzHeader lays out a header by hand, as the comment in header.go
+// documents it, independently of the header struct.
+func fuzzHeader(total int, edit func(b []byte)) []byte {
+	b := make([]byte, max(total, headerSize))
+	ne := binary.NativeEndian
+	copy(b, "\x89SHMGO\r\n")
+	ne.PutUint32(b[8:], 1)           // version
+	ne.PutUint32(b[12:], headerSize) // header size
+	ne.PutUint64(b[16:], uint64(max(total-headerSize, 1)))
+	ne.PutUint32(b[24:], 1) // ready
+	ne.PutUint32(b[32:], uint32(os.Getpid()))
+	ne.PutUint32(b[36:], uint32(len(fuzzName)))
+	ne.PutUint64(b[40:], 1234)
+	ne.PutUint64(b[48:], 5678)
+	ne.PutUint64(b[56:], uint64(time.Now().UnixNano()))
+	copy(b[64:], fuzzName)
+	if edit != nil {
+		edit(b)
+	}
+	return b[:total]
+}
+
+func put32(off int, v uint32) func([]byte) {
+	return func(b []byte) { binary.NativeEndian.PutUint32(b[off:], v) }
+}
+
+func put64(off int, v uint64) func([]byte) {
+	return func(b []byte) { binary.NativeEndian.PutUint64(b[off:], v) }
+}
+
+// refCheck is what checkHeader must answer, computed from the documented
+// layout with bounds-checked reads.
+func refCheck(mem []byte, name string) headerState {
+	if len(mem) == 0 {
+		return headerBlank
+	}
+	if len(mem) < headerSize {
+		return headerBad
+	}
+	ne := binary.NativeEndian
+	if !bytes.Equal(mem[:8], magic[:]) {
+		// The creator writes the magic last: without it, the header may
+		// still be being written (SysV objects are visible meanwhile),
+		// whatever the other fields hold.
+		if bytes.Equal(mem[:8], make([]byte, 8)) {
+			return headerBlank
+		}
+		return headerBad
+	}
+	keyLen := ne.Uint32(mem[36:])
+	dataSize := ne.Uint64(mem[16:])
+	switch {
+	case ne.Uint32(mem[8:]) != version,
+		ne.Uint32(mem[12:]) != headerSize,
+		keyLen > maxKeyLen,
+		string(mem[64:64+keyLen]) != name,
+		dataSize == 0, dataSize > MaxSize, dataSize > uint64(len(mem)-headerSize):
+		return headerBad
+	}
+	if ne.Uint32(mem[24:]) != stateReady {
+		return headerNotReady
+	}
+	return headerOK
+}
+
+// guarded returns a copy of data that ends where an inaccessible page
+// begins, so that reading a byte beyond it faults, and a function to
+// release it.
+func guarded(t *testing.T, data []byte) ([]byte, func()) {
+	ps := os.Getpagesize()
+	pages := (len(data) + ps - 1) / ps
+	m, err := unix.Mmap(-1, 0, (pages+1)*ps, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Mprotect(m[pages*ps:], unix.PROT_NONE); err != nil {
+		t.Fatal(err)
+	}
+	end := pages * ps
+	mem := m[end-len(data) : end : end]
+	copy(mem, data)
+	return mem, func() { unix.Munmap(m) }
+}
+
+// checkGuarded runs checkHeader, turning a fault (a read outside mem) or a
+// panic into a test failure.
+func checkGuarded(t *testing.T, mem []byte, name, where string) (st headerState, err error) {
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
+	defer func() {
+		if p := recover(); p != nil {
+			t.Fatalf("checkHeader(%d bytes %s, %q) panicked (read outside mem?): %v", len(mem), where, name, p)
+		}
+	}()
+	return checkHeader(mem, name)
+}
+
+var guardSink byte
+
+// TestGuardedFaults checks the harness of FuzzCheckHeader: a read one byte
+// beyond a guarded slice faults and is caught.
+func TestGuardedFaults(t *testing.T) {
+	mem, release := guarded(t, make([]byte, 777))
+	defer release()
+	faulted := func() (caught bool) {
+		defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
+		defer func() { caught = recover() != nil }()
+		guardSink = *(*byte)(unsafe.Add(unsafe.Pointer(&mem[0]), len(mem)))
+		return false
+	}()
+	if !faulted {
+		t.Fatal("reading one byte beyond a guarded slice did not fault")
+	}
+	if st, _ := checkGuarded(t, mem, fuzzName, "zeros"); st != headerBlank {
+		t.Fatalf("777 zero bytes: %s, want Blank", stateNames[st])
+	}
+}
+
+var stateNames = map[headerState]string{headerOK: "OK", headerBlank: "Blank", headerNotReady: "NotReady", headerBad: "Bad"}
+
+// FuzzCheckHeader checks that checkHeader never panics, never reads outside
+// the slice it is given (the slice ends at an inaccessible page), accepts
+// only a consistent, ready header for the key, and classifies everything
+// else as the documented layout says.
+//
+// testdata/fuzz/FuzzCheckHeader/partially-written-header is a header with
+// every field but the magic written, as an opener of a SysV object (visible
+// from its creation) can see it while the creator runs writeHeader: it must
+// be blank, so that the opener waits, not corrupt.
+func FuzzCheckHeader(f *testing.F) {
+	seeds := [][]byte{
+		fuzzHeader(headerSize+64, nil),                 // valid
+		fuzzHeader(headerSize+1, nil),                  // valid, 1 data byte
+		fuzzHeader(headerSize+4093, nil),               // valid, odd length
+		fuzzHeader(headerSize+64, nil)[:headerSize+63], // truncated by one byte
+		fuzzHeader(headerSize+64, nil)[:headerSize],    // only the header
+		fuzzHeader(headerSize+64, nil)[:headerSize-1],  // shorter than the header
+		fuzzHeader(headerSize+64, nil)[:100],           // much shorter
+		fuzzHeader(headerSize+64, nil)[:1],             // one byte
+		{},                                             // empty
+		make([]byte, headerSize+64),                    // zeros
+		make([]byte, 100),                              // short zeros
+		fuzzHeader(headerSize+64, func(b []byte) { copy(b, "GEOPMSHM") }),
+		fuzzHeader(headerSize+64, put32(8, 2)),                                      // version
+		fuzzHeader(headerSize+64, put32(8, 0)),                                      // version 0
+		fuzzHeader(headerSize+64, put32(12, 256)),                                   // header size
+		fuzzHeader(headerSize+64, put64(16, 0)),                                     // data size 0
+		fuzzHeader(headerSize+64, put64(16, 65)),                                    // data beyond the end
+		fuzzHeader(headerSize+64, put64(16, MaxSize+1)),                             // beyond MaxSize
+		fuzzHeader(headerSize+64, put64(16, 1<<63)),                                 // huge
+		fuzzHeader(headerSize+64, put32(24, 0)),                                     // initialising
+		fuzzHeader(headerSize+64, put32(24, 7)),                                     // unknown state
+		fuzzHeader(headerSize+64, put32(36, maxKeyLen+1)),                           // key length
+		fuzzHeader(headerSize+64, put32(36, 1<<32-1)),                               // key length
+		fuzzHeader(headerSize+64, put32(36, uint32(len(fuzzName)-1))),               // key prefix
+		fuzzHeader(headerSize+64, func(b []byte) { b[64] = 'T' }),                   // other key
+		fuzzHeader(headerSize+64, func(b []byte) { copy(b[4:8], make([]byte, 4)) }), // half a magic
+		fuzzHeader(headerSize+64, func(b []byte) { copy(b, make([]byte, 16)) }),     // no magic, version or header size
+	}
+	for _, s := range seeds {
+		f.Add(s, fuzzName)
+	}
+	f.Add(fuzzHeader(headerSize+64, nil), "")
+	f.Add(fuzzHeader(headerSize+64, nil), fuzzName+"x")
+	f.Add(fuzzHeader(headerSize+64, put32(36, 0)), "")
+
+	f.Fuzz(func(t *testing.T, data []byte, name string) {
+		want := refCheck(data, name)
+
+		// At the end of a page, followed by an inaccessible one.
+		mem, release := guarded(t, data)
+		defer release()
+		st, err := checkGuarded(t, mem, name, "before a guard page")
+
+		// Page-aligned, as objects are mapped, followed by junk that
+		// must not change the answer.
+		buf := bytes.Repeat([]byte{0xA5}, len(data)+4096)
+		copy(buf, data)
+		st2, err2 := checkGuarded(t, buf[:len(data):len(data)], name, "aligned")
+
+		desc := fmt.Sprintf("checkHeader(%d bytes, %q)", len(data), name)
+		if st != want || st2 != want {
+			t.Fatalf("%s = %s (guarded) / %s (aligned), want %s; errors %v / %v", desc, stateNames[st], stateNames[st2], stateNames[want], err, err2)
+		}
+		if (st == headerOK) != (err == nil) || (st2 == headerOK) != (err2 == nil) {
+			t.Fatalf("%s = %s with error %v / %v: an error must come with every state but OK", desc, stateNames[st], err, err2)
+		}
+		if !bytes.Equal(mem, data) {
+			t.Fatalf("%s wrote to the object", desc)
+		}
+	})
+}
