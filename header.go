@@ -133,8 +133,9 @@ func checkHeader(mem []byte, name string) (headerState, error) {
 	}
 	h := headerOf(mem)
 	if h.Magic != magic {
-		if h.Magic == [8]byte{} && h.Version == 0 && h.HeaderSize == 0 {
-			return headerBlank, fmt.Errorf("header is blank")
+		if h.Magic == [8]byte{} {
+			// Blank, or being written: the owner writes the magic last.
+			return headerBlank, fmt.Errorf("no header (blank magic)")
 		}
 		return headerBad, fmt.Errorf("bad magic %q", h.Magic[:])
 	}
