@@ -650,8 +650,12 @@ func testCreateRace(h *H) {
 		if !(ea == "won" && eb == "exist" || ea == "exist" && eb == "won") {
 			h.t.Fatalf("racing creators said %q and %q, want one winner", ea, eb)
 		}
-		a.send("go")
-		b.send("go")
+		// The loser has exited; the winner waits to be told to go.
+		if ea == "won" {
+			a.send("go")
+		} else {
+			b.send("go")
+		}
 		a.wait()
 		b.wait()
 	}
