@@ -230,7 +230,17 @@ func (b *Backend) Open(name string) (backend.Segment, error) {
 	if err != nil {
 		return nil, &fs.PathError{Op: "shmget", Path: path, Err: err}
 	}
-	return attach(id, path)
+	s, err := attach(id, path)
+	if err != nil {
+		return nil, err
+	}
+	// A segment removed (IPC_RMID) between shmget and shmat is gone for
+	// new users, as it would be a moment later.
+	if st, err := statID(id, path); err != nil || st.Removed {
+		s.Close()
+		return nil, &fs.PathError{Op: "shmat", Path: path, Err: unix.ENOENT}
+	}
+	return s, nil
 }
 
 // attach maps segment id read-write. A segment removed since it was found

@@ -352,7 +352,7 @@ func TestForeignSegment(t *testing.T) {
 		content []byte
 		why     string
 	}{
-		{"blank", 4096, nil, "header is blank"},
+		{"blank", 4096, nil, "no header (blank magic)"},
 		{"garbage", 4096, bytes.Repeat([]byte("junk"), 200), "bad magic"},
 		{"tiny", 100, []byte("x"), "smaller than"},
 	}

@@ -151,6 +151,12 @@ func (d Dir) Open(name string) (int, *unix.Stat_t, error) {
 		unix.Close(fd)
 		return -1, nil, &fs.PathError{Op: "open", Path: p, Err: unix.EINVAL}
 	}
+	if st.Nlink == 0 {
+		// Removed while we waited in open(2) (a cleanup holding a lease
+		// let us through only after unlinking it): not there.
+		unix.Close(fd)
+		return -1, nil, &fs.PathError{Op: "open", Path: p, Err: unix.ENOENT}
+	}
 	return fd, &st, nil
 }
 
