@@ -70,6 +70,7 @@ type options struct {
 	mode    fs.FileMode
 	init    func([]byte) error
 	robust  bool
+	replace bool
 }
 
 // WithBackend chooses the backend that holds the region. Without it, the
@@ -103,6 +104,19 @@ func WithMode(perm fs.FileMode) Option {
 func WithInit(init func(data []byte) error) Option {
 	return func(o *options) error {
 		o.init = init
+		return nil
+	}
+}
+
+// WithReplaceStale lets Create take over a key left behind by a crashed
+// owner: when the key exists, its creator is dead and no process maps it,
+// Create removes it (as Remove would) and creates the region anew. When
+// someone still uses it, Create fails with ErrExist as without this option,
+// and the error says why. Objects under the key that are not regions of
+// ours are never removed. Open ignores it.
+func WithReplaceStale() Option {
+	return func(o *options) error {
+		o.replace = true
 		return nil
 	}
 }
@@ -187,6 +201,22 @@ func Create(key string, size int, opts ...Option) (*Region, error) {
 		// looked; try the next.
 		bes = bes[1:]
 		be = bes[0]
+		p, err = be.Create(name, headerSize+int64(size), o.mode)
+	}
+	if err != nil && o.replace && errors.Is(err, fs.ErrExist) {
+		// A stale region under the key: remove it if that is safe.
+		if rerr := Remove(key, WithBackend(be)); rerr != nil {
+			why := rerr.Error()
+			var se *Error
+			if errors.As(rerr, &se) {
+				why = se.Err.Error()
+			}
+			sentinels := []error{ErrExist}
+			if errors.Is(rerr, ErrInUse) {
+				sentinels = append(sentinels, ErrInUse)
+			}
+			return fail(because("key is taken and not stale ("+why+")", err, sentinels...))
+		}
 		p, err = be.Create(name, headerSize+int64(size), o.mode)
 	}
 	if err != nil {

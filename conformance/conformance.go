@@ -140,6 +140,7 @@ func Tests() []Test {
 		{"Chown", testChown},
 		{"Truncated", testTruncated},
 		{"CreatorDiesBeforeReady", testCreatorDiesBeforeReady},
+		{"ReplaceStale", testReplaceStale},
 		{"BadInputs", testBadInputs},
 	}
 }

@@ -441,3 +441,56 @@ func testLockWaitersThreads(h *H) {
 		h.t.Fatalf("counter %d, want %d", counter(r.Bytes()), G)
 	}
 }
+
+func init() { roles["createhold"] = roleCreateHold }
+
+// roleCreateHold creates the region, says "created" and waits (to be killed).
+func roleCreateHold(c *childCtx) error {
+	r, err := shm.Create(c.spec.Key, 4096, c.opt())
+	if err != nil {
+		return err
+	}
+	c.say("created")
+	c.hear()
+	return r.Close()
+}
+
+// testReplaceStale: a key left by a killed owner is taken over by Create
+// with WithReplaceStale when nobody maps it, and refused (ErrExist) while
+// its creator lives or another process still maps it.
+func testReplaceStale(h *H) {
+	// A live creator: never replaced.
+	key := h.Key("stale-live")
+	owner := h.start("createhold", key, nil)
+	owner.expect("created")
+	_, err := shm.Create(key, 4096, h.Opt(), shm.WithReplaceStale())
+	h.is(err, shm.ErrExist)
+	owner.kill()
+
+	// Dead creator, nobody attached: replaced (or already gone, for
+	// backends whose keys die with their owner).
+	_, err = shm.Create(key, 4096, h.Opt())
+	if err != nil {
+		h.is(err, shm.ErrExist) // a key that outlives its owner...
+		r, err := shm.Create(key, 4096, h.Opt(), shm.WithReplaceStale())
+		h.ok(err, "Create with WithReplaceStale over a dead owner's key")
+		r.Close()
+	}
+
+	// Dead creator, but a user still maps the region: not replaced.
+	key2 := h.Key("stale-used")
+	owner = h.start("createhold", key2, nil)
+	owner.expect("created")
+	user := h.start("holdall", key2, nil)
+	user.expect("open")
+	owner.kill()
+	if _, err := shm.Open(key2, 0, h.Opt()); errors.Is(err, shm.ErrNotExist) {
+		h.t.Logf("%s keys die with their owner: nothing stale to refuse", h.b.Name())
+	} else {
+		_, err = shm.Create(key2, 4096, h.Opt(), shm.WithReplaceStale())
+		h.is(err, shm.ErrExist)
+		h.t.Logf("refused while in use: %v", err)
+	}
+	user.send("go")
+	user.wait()
+}
