@@ -103,8 +103,15 @@ func writeHeader(h *header, name string, dataSize int64, now time.Time) {
 	h.CreatorNS = me.NS
 	h.Created = now.UnixNano()
 	h.KeyLen = uint32(copy(h.Key[:], name))
-	h.Magic = magic
+	// Last, in one atomic store: an opener that sees the magic sees every
+	// field above (SysV objects are visible while this runs).
+	atomic.StoreUint64(h.magicPtr(), magicWord)
 }
+
+// magicWord is the magic as one machine word.
+var magicWord = *(*uint64)(unsafe.Pointer(&magic))
+
+func (h *header) magicPtr() *uint64 { return (*uint64)(unsafe.Pointer(&h.Magic)) }
 
 func (h *header) creator() sys.Identity {
 	return sys.Identity{PID: int(h.CreatorPID), Start: h.CreatorStart, NS: h.CreatorNS}
@@ -132,8 +139,8 @@ func checkHeader(mem []byte, name string) (headerState, error) {
 		return headerBad, fmt.Errorf("object is %d bytes, smaller than the %d-byte header", len(mem), headerSize)
 	}
 	h := headerOf(mem)
-	if h.Magic != magic {
-		if h.Magic == [8]byte{} {
+	if m := atomic.LoadUint64(h.magicPtr()); m != magicWord {
+		if m == 0 {
 			// Blank, or being written: the owner writes the magic last.
 			return headerBlank, fmt.Errorf("no header (blank magic)")
 		}

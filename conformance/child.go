@@ -134,34 +134,26 @@ func withEnv(kv ...string) childOpt {
 	return func(cmd *exec.Cmd) { cmd.Env = append(cmd.Env, kv...) }
 }
 
-var (
-	exeOnce sync.Once
-	exePath string
-	exeErr  error
-)
-
 // exeForOthers copies the test binary to a directory every user can read,
-// once per process.
+// removed when the test ends.
 func exeForOthers(t *testing.T) string {
-	exeOnce.Do(func() {
-		var dir string
-		dir, exeErr = os.MkdirTemp("", "shmconf-exe-")
-		if exeErr != nil {
-			return
-		}
-		os.Chmod(dir, 0o755)
-		var data []byte
-		data, exeErr = os.ReadFile(os.Args[0])
-		if exeErr != nil {
-			return
-		}
-		exePath = filepath.Join(dir, filepath.Base(os.Args[0]))
-		exeErr = os.WriteFile(exePath, data, 0o755)
-	})
-	if exeErr != nil {
-		t.Fatalf("copying the test binary for another user: %v", exeErr)
+	dir, err := os.MkdirTemp("", "shmconf-exe-")
+	if err == nil {
+		t.Cleanup(func() { os.RemoveAll(dir) })
+		err = os.Chmod(dir, 0o755)
 	}
-	return exePath
+	var data []byte
+	if err == nil {
+		data, err = os.ReadFile(os.Args[0])
+	}
+	exe := filepath.Join(dir, filepath.Base(os.Args[0]))
+	if err == nil {
+		err = os.WriteFile(exe, data, 0o755)
+	}
+	if err != nil {
+		t.Fatalf("copying the test binary for another user: %v", err)
+	}
+	return exe
 }
 
 // start runs a child process playing role on key.
