@@ -22,6 +22,7 @@ import (
 	"github.com/shmgo/shm/backend/memfd"
 	"github.com/shmgo/shm/backend/posix"
 	"github.com/shmgo/shm/backend/sysv"
+	"github.com/shmgo/shm/internal/dirobj"
 	"github.com/shmgo/shm/internal/sys"
 )
 
@@ -434,7 +435,7 @@ func scan(ctx context.Context, be backend.Backend) ([]*object, error) {
 }
 
 func scanDir(ctx context.Context, be backend.Backend, dir string) ([]*object, error) {
-	d, err := openDir(dir)
+	d, err := dirobj.ReadDir(dir)
 	if err != nil {
 		return nil, err
 	}
@@ -448,26 +449,6 @@ func scanDir(ctx context.Context, be backend.Backend, dir string) ([]*object, er
 		}
 	}
 	return objs, nil
-}
-
-func openDir(dir string) ([]string, error) {
-	fd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return nil, &fs.PathError{Op: "open", Path: dir, Err: err}
-	}
-	defer unix.Close(fd)
-	var names []string
-	buf := make([]byte, 64<<10)
-	for {
-		n, err := unix.ReadDirent(fd, buf)
-		if err != nil {
-			return nil, &fs.PathError{Op: "readdirent", Path: dir, Err: err}
-		}
-		if n <= 0 {
-			return names, nil
-		}
-		_, _, names = unix.ParseDirent(buf[:n], -1, names)
-	}
 }
 
 // probeFile reads the header of the file name in dir, without mapping it.
