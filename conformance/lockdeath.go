@@ -469,13 +469,13 @@ func testReplaceStale(h *H) {
 
 	// Dead creator, nobody attached: replaced (or already gone, for
 	// backends whose keys die with their owner).
-	_, err = shm.Create(key, 4096, h.Opt())
+	r, err := shm.Create(key, 4096, h.Opt())
 	if err != nil {
 		h.is(err, shm.ErrExist) // a key that outlives its owner...
-		r, err := shm.Create(key, 4096, h.Opt(), shm.WithReplaceStale())
+		r, err = shm.Create(key, 4096, h.Opt(), shm.WithReplaceStale())
 		h.ok(err, "Create with WithReplaceStale over a dead owner's key")
-		r.Close()
 	}
+	r.Close()
 
 	// Dead creator, but a user still maps the region: not replaced.
 	key2 := h.Key("stale-used")
@@ -484,7 +484,7 @@ func testReplaceStale(h *H) {
 	user := h.start("holdall", key2, nil)
 	user.expect("open")
 	owner.kill()
-	if _, err := shm.Open(key2, 0, h.Opt()); errors.Is(err, shm.ErrNotExist) {
+	if _, err := shm.Stat(key2, h.Opt()); errors.Is(err, shm.ErrNotExist) {
 		h.t.Logf("%s keys die with their owner: nothing stale to refuse", h.b.Name())
 	} else {
 		_, err = shm.Create(key2, 4096, h.Opt(), shm.WithReplaceStale())
