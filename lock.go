@@ -91,6 +91,9 @@ func (r *Region) LockContext(ctx context.Context) (Lock, error) {
 		return r.lockRobust(ctx, false)
 	}
 	if r.guard {
+		if r.casGuarded() {
+			return r.held(false), nil
+		}
 		return r.lockGuarded(ctx, false)
 	}
 	if atomic.CompareAndSwapUint32(&r.hdr.Lock.Word, 0, r.lk.me) {
@@ -109,12 +112,53 @@ func (r *Region) TryLock() (Lock, error) {
 		return r.lockRobust(context.Background(), true)
 	}
 	if r.guard {
+		if r.casGuarded() {
+			return r.held(false), nil
+		}
 		return r.lockGuarded(context.Background(), true)
 	}
 	if atomic.CompareAndSwapUint32(&r.hdr.Lock.Word, 0, r.lk.me) {
 		return r.acquired(false), nil
 	}
 	return r.lockSlow(context.Background(), true, r.lk.me, nil)
+}
+
+// casGuarded is the uncontended path of lockGuarded: it takes a free lock
+// and writes the holder record, or reports false, also when the header
+// faulted (lockGuarded then turns the fault into an error). Its deferred
+// call costs less than lockGuarded's.
+func (r *Region) casGuarded() (ok bool) {
+	defer endGuard(debug.SetPanicOnFault(true))
+	if atomic.CompareAndSwapUint32(&r.hdr.Lock.Word, 0, r.lk.me) {
+		ll := &r.hdr.Lock
+		*(*uint64)(unsafe.Pointer(&ll.HolderNS)) = r.lk.ns
+		*(*uint64)(unsafe.Pointer(&ll.Holder)) = r.lk.record
+		return true
+	}
+	return false
+}
+
+// unlockFast is unlockWord for a lock taken without the died flag, under a
+// guard: it reports false, having freed nothing, when the header faulted
+// (unlockGuarded then turns the fault into an error).
+func (r *Region) unlockFast() (ok bool) {
+	defer endGuard(debug.SetPanicOnFault(true))
+	w := &r.hdr.Lock.Word
+	*(*uint64)(unsafe.Pointer(&r.hdr.Lock.Holder)) = 0 // as unlockWord
+	if atomic.SwapUint32(w, 0)&lockWaiters != 0 {
+		sys.FutexWake(w, 1)
+	}
+	return true
+}
+
+// endGuard ends the guard of a function that reports a fault by returning
+// its zero value: it restores the goroutine's fault mode and swallows a
+// memory fault (any other panic goes on).
+func endGuard(old bool) {
+	debug.SetPanicOnFault(old)
+	if p := recover(); p != nil {
+		faultError(p)
+	}
 }
 
 // lockGuarded is the lock for objects that another process may shrink under
@@ -142,6 +186,11 @@ func (r *Region) acquired(died bool) Lock {
 		*(*uint64)(unsafe.Pointer(&ll.HolderNS)) = r.lk.ns
 		*(*uint64)(unsafe.Pointer(&ll.Holder)) = r.lk.record
 	}
+	return r.held(died)
+}
+
+// held records in this process that the lock is ours.
+func (r *Region) held(died bool) Lock {
 	raceAcquire(unsafe.Pointer(&raceLock))
 	r.lk.held = true
 	r.lk.died = died
@@ -312,6 +361,9 @@ func (l Lock) Unlock() error {
 		return r.unlockRobust(died, head)
 	}
 	if r.guard {
+		if !died && r.unlockFast() {
+			return nil
+		}
 		return r.unlockGuarded(died)
 	}
 	r.unlockWord(died)
