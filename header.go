@@ -138,7 +138,13 @@ func checkHeader(mem []byte, name string) (headerState, error) {
 		}
 		return headerBad, fmt.Errorf("object is %d bytes, smaller than the %d-byte header", len(mem), headerSize)
 	}
-	h := headerOf(mem)
+	return checkHeaderOf(headerOf(mem), len(mem), name)
+}
+
+// checkHeaderOf is checkHeader for the header h of an object of size bytes
+// (at least headerSize): h may be the object's mapping or a copy of its
+// first bytes.
+func checkHeaderOf(h *header, size int, name string) (headerState, error) {
 	if m := atomic.LoadUint64(h.magicPtr()); m != magicWord {
 		if m == 0 {
 			// Blank, or being written: the owner writes the magic last.
@@ -161,8 +167,8 @@ func checkHeader(mem []byte, name string) (headerState, error) {
 	if h.DataSize == 0 || h.DataSize > MaxSize {
 		return headerBad, fmt.Errorf("header claims %d data bytes", h.DataSize)
 	}
-	if h.DataSize > uint64(len(mem)-headerSize) {
-		return headerBad, fmt.Errorf("header claims %d data bytes, object holds %d", h.DataSize, len(mem)-headerSize)
+	if h.DataSize > uint64(size-headerSize) {
+		return headerBad, fmt.Errorf("header claims %d data bytes, object holds %d", h.DataSize, size-headerSize)
 	}
 	if !h.ready() {
 		return headerNotReady, fmt.Errorf("owner has not finished initialising")
