@@ -211,7 +211,8 @@ struct ctl {
 	uint32_t go;    /* futex: 1 once the parent starts the clock */
 	uint32_t done;  /* workers finished */
 	uint32_t turn;  /* pingpong: futex word, 0 = parent's turn, 1 = child's */
-	char pad[48];
+	uint64_t cpu_ns; /* contend: CPU time the workers spent from go to done */
+	char pad[40];
 	uint64_t counter; /* contend: on its own line */
 };
 
@@ -253,6 +254,8 @@ static void contend_worker(long iters)
 	struct ctl *c = (struct ctl *)r.data;
 	count_wake(&c->ready);
 	wait_while(&c->go, 0);
+	struct timespec c0, c1;
+	clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &c0);
 	for (long i = 0; i < iters; i++) {
 		if (pthread_mutex_lock(r.mutex) != 0)
 			die("lock");
@@ -260,6 +263,8 @@ static void contend_worker(long iters)
 		if (pthread_mutex_unlock(r.mutex) != 0)
 			die("unlock");
 	}
+	clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &c1);
+	__atomic_fetch_add(&c->cpu_ns, (uint64_t)((c1.tv_sec - c0.tv_sec) * 1000000000LL + (c1.tv_nsec - c0.tv_nsec)), __ATOMIC_ACQ_REL);
 	count_wake(&c->done);
 	region_close(&r);
 	_exit(0);
@@ -298,8 +303,9 @@ static void do_contend(void)
 	double ns = (now_ns() - t0) / ((double)iters * procs);
 	reap(procs);
 	char extra[128];
-	snprintf(extra, sizeof extra, " procs=%d total=%llu expected=%llu Mops=%.2f", procs,
-		 (unsigned long long)c->counter, (unsigned long long)iters * procs, 1e3 / ns);
+	snprintf(extra, sizeof extra, " procs=%d total=%llu expected=%llu Mops=%.2f cpu_ns_per_op=%.2f", procs,
+		 (unsigned long long)c->counter, (unsigned long long)iters * procs, 1e3 / ns,
+		 (double)c->cpu_ns / ((double)iters * procs));
 	int bad = c->counter != (uint64_t)iters * procs;
 	shm_unlink(key);
 	region_close(&r);

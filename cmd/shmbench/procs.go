@@ -199,6 +199,11 @@ func runContend(c *config, e *benv) (result, error) {
 		t, _ := strconv.Atoi(v)
 		threads = max(threads, t)
 	}
+	var cpu int64
+	for _, v := range fields["cpu_ns"] {
+		t, _ := strconv.ParseInt(v, 10, 64)
+		cpu += t
+	}
 	ns := perOp(d, int(expected))
 	res := result{nsPerOp: ns, extra: []string{
 		fmt.Sprintf("procs=%d", c.procs),
@@ -207,6 +212,7 @@ func runContend(c *config, e *benv) (result, error) {
 		fmt.Sprintf("expected=%d", expected),
 		fmt.Sprintf("Mops=%.2f", 1e3/ns),
 		fmt.Sprintf("threads=%d", threads),
+		fmt.Sprintf("cpu_ns_per_op=%.2f", float64(cpu)/float64(expected)),
 	}}
 	if total != expected {
 		fmt.Printf("workload=contend backend=%s size=%d ns_per_op=%.2f %s\n", e.name, c.size, ns, strings.Join(res.extra, " "))
@@ -299,6 +305,7 @@ func workContend(r *shm.Region, n, g int) error {
 	if err := waitWhile(word(data, offGo), 0, parentGone); err != nil {
 		return err
 	}
+	cpu0 := processCPU()
 	var wg sync.WaitGroup
 	errs := make([]error, g)
 	for k := range g {
@@ -322,12 +329,13 @@ func workContend(r *shm.Region, n, g int) error {
 		})
 	}
 	wg.Wait()
+	cpu := processCPU() - cpu0
 	atomic.AddUint32(word(data, offDone), 1)
 	sys.FutexWake(word(data, offDone), 1<<30)
 	if err := errors.Join(errs...); err != nil {
 		return err
 	}
-	fmt.Printf("threads=%d\n", threadCount())
+	fmt.Printf("threads=%d cpu_ns=%d\n", threadCount(), cpu)
 	return nil
 }
 
@@ -343,6 +351,14 @@ func workPingPong(r *shm.Region, n int) error {
 		setWake(turn, 0)
 	}
 	return nil
+}
+
+// processCPU is the CPU time of this process (all its threads), in
+// nanoseconds.
+func processCPU() int64 {
+	var ts unix.Timespec
+	unix.ClockGettime(unix.CLOCK_PROCESS_CPUTIME_ID, &ts)
+	return ts.Nano()
 }
 
 // threadCount is the number of OS threads of this process. The Go runtime
