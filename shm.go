@@ -26,10 +26,21 @@
 //     ENOSPC error from Create, never a SIGBUS later.
 //   - Blocking calls take a timeout or a context.Context.
 //
-// Backends live in their own packages under backend/ and are chosen with
-// WithBackend; the default is POSIX shared memory in /dev/shm
-// (backend/posix). Package conformance checks any backend against the
-// behaviour documented here.
+// Backends live in their own packages under backend/: POSIX shared memory
+// in /dev/shm (backend/posix, the default), SysV segments (backend/sysv),
+// sealed memfds attached through an abstract socket (backend/memfd, for
+// containers without /dev/shm) and mapped files (backend/file, for volumes
+// shared between containers). WithBackend, a key that names its backend
+// ("memfd:/name"), the SHM_BACKEND environment variable or an automatic
+// choice pick one (see EnvBackend). Package conformance checks any backend
+// against the behaviour documented here.
+//
+// List, Stat, Remove and RemoveStale inspect regions and clean up those
+// whose creator died and that nobody maps (cmd/shmctl is the same as a
+// command); WithReplaceStale lets Create take over such a key.
+// WithRobustLock puts the lock on the kernel's robust futex list, which
+// recovers from holders in other PID namespaces too. Region.File, OpenFile,
+// SendRegion and ReceiveRegion pass a region by descriptor.
 //
 // Errors are *Error values wrapping the sentinel errors of this package;
 // test them with errors.Is. ErrExist, ErrNotExist, ErrTimeout and ErrClosed
