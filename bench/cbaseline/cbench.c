@@ -8,7 +8,7 @@
  * It is built by bench/run.sh (gcc -O2 -pthread), never by the Go tool:
  * this directory holds no .go file.
  *
- *   cbench -workload NAME [-n N] [-size BYTES] [-procs P]
+ *   cbench -workload NAME [-n N] [-size BYTES] [-procs P] [-chunk BYTES]
  *
  * prints one line per workload, in shmbench's format:
  *   workload=<name> backend=c size=<bytes> ns_per_op=<number> [key=value...]
@@ -35,12 +35,12 @@
 #include <unistd.h>
 
 #define LOCK_SIZE 64 /* GEOPM's M_LOCK_SIZE: the mutex, then the data */
-#define CHUNK (1 << 20)
 
 static const char *workload = "all";
 static long n = 0;
 static long size = 4096;
 static int procs = 2;
+static long chunk = 1 << 20;
 static char key[128];
 
 static void die(const char *what)
@@ -318,8 +318,8 @@ static void do_contend(void)
 
 static void fill_pass(char *dst, const char *src, long sz)
 {
-	for (long off = 0; off < sz; off += CHUNK) {
-		long k = sz - off < CHUNK ? sz - off : CHUNK;
+	for (long off = 0; off < sz; off += chunk) {
+		long k = sz - off < chunk ? sz - off : chunk;
 		memcpy(dst + off, src, (size_t)k);
 	}
 }
@@ -331,10 +331,10 @@ static void do_fill(void)
 	struct region r;
 	owner_create(&r, size);
 	shm_unlink(key);
-	char *src = malloc(CHUNK);
+	char *src = malloc(chunk);
 	if (!src)
 		die("malloc");
-	memset(src, 0xa5, CHUNK);
+	memset(src, 0xa5, chunk);
 	fill_pass(r.data, src, size); /* warm-up: faults the pages in */
 	double t0 = now_ns();
 	for (long i = 0; i < iters; i++)
@@ -343,7 +343,7 @@ static void do_fill(void)
 	region_close(&r);
 	free(src);
 	char extra[64];
-	snprintf(extra, sizeof extra, " GBps=%.3f", (double)size / ns);
+	snprintf(extra, sizeof extra, " GBps=%.3f chunk=%ld", (double)size / ns, chunk);
 	report("fill", size, ns, extra);
 }
 
@@ -351,10 +351,10 @@ static void do_createwrite(void)
 {
 	long iters = pick(3);
 	setkey("createwrite");
-	char *src = malloc(CHUNK);
+	char *src = malloc(chunk);
 	if (!src)
 		die("malloc");
-	memset(src, 0x5a, CHUNK);
+	memset(src, 0x5a, chunk);
 	double total = 0;
 	for (long i = 0; i < iters; i++) {
 		struct region r;
@@ -411,7 +411,7 @@ static void do_pingpong(void)
 static void usage(void)
 {
 	fprintf(stderr, "usage: cbench [-workload create|attach|lock|contend|fill|pingpong|createwrite|all] "
-			"[-n N] [-size BYTES] [-procs P]\n");
+			"[-n N] [-size BYTES] [-procs P] [-chunk BYTES]\n");
 	exit(2);
 }
 
@@ -431,10 +431,12 @@ int main(int argc, char **argv)
 			size = atol(argv[++i]);
 		else if (strcmp(a, "-procs") == 0)
 			procs = atoi(argv[++i]);
+		else if (strcmp(a, "-chunk") == 0)
+			chunk = atol(argv[++i]);
 		else
 			usage();
 	}
-	if (size < 1 || procs < 1)
+	if (size < 1 || procs < 1 || chunk < 1)
 		usage();
 	int all = strcmp(workload, "all") == 0;
 	int ran = 0;

@@ -20,10 +20,13 @@ var backends = map[string]func(dir string) backend.Backend{
 	"sysv":  func(string) backend.Backend { return sysv.New() },
 	"file":  func(dir string) backend.Backend { return file.New(dir) },
 	"memfd": func(string) backend.Backend { return memfd.New() },
+	// auto: no WithBackend, package shm's own choice (the key's prefix,
+	// SHM_BACKEND, or POSIX when /dev/shm has room).
+	"auto": func(string) backend.Backend { return nil },
 }
 
 // backendOrder is the order of -backend all.
-var backendOrder = []string{"posix", "sysv", "file", "memfd"}
+var backendOrder = []string{"posix", "sysv", "file", "memfd", "auto"}
 
 func backendNames() []string {
 	var names []string
@@ -72,7 +75,12 @@ func newBenv(name string, c *config) (*benv, error) {
 	return e, nil
 }
 
-func (e *benv) opt() shm.Option { return shm.WithBackend(e.be) }
+func (e *benv) opt() shm.Option {
+	if e.be == nil {
+		return nil // auto
+	}
+	return shm.WithBackend(e.be)
+}
 
 // key returns a fresh key for workload w.
 func (e *benv) key(w string) string {
@@ -81,7 +89,7 @@ func (e *benv) key(w string) string {
 
 // remove unlinks key's object if it is still there (after a failure).
 func (e *benv) remove(key string) {
-	_ = e.be.Unlink(key[1:])
+	_ = shm.Remove(key, e.opt())
 }
 
 func (e *benv) close() {

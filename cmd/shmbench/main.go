@@ -2,11 +2,14 @@
 // filling and handing turns through a region, on each backend.
 //
 //	go run ./cmd/shmbench [-backend posix|sysv|file|memfd|all] [-workload NAME|all]
-//	                      [-n N] [-size BYTES] [-procs P] [-goroutines G]
+//	                      [-n N] [-size BYTES] [-procs P] [-goroutines G] [-chunk BYTES]
 //
 // It prints one line per workload and backend:
 //
 //	workload=<name> backend=<backend> size=<bytes> ns_per_op=<number> [key=value ...]
+//
+// -backend auto passes no WithBackend: package shm chooses, as it does for
+// a program that does not say.
 //
 // Workloads:
 //
@@ -18,8 +21,9 @@
 //     ns per increment over the whole run. It prints total= and expected=
 //     and fails when they differ, and threads= (the most OS threads any
 //     worker process had).
-//   - fill: copies size bytes into the region in 1 MiB chunks, repeatedly
-//     (after one untimed pass that faults the pages in); prints GBps=.
+//   - fill: copies size bytes into the region in 1 MiB chunks (-chunk),
+//     repeatedly (after one untimed pass that faults the pages in); prints
+//     GBps=.
 //   - pingpong: two processes hand a turn back and forth through a word in
 //     the region (a futex wait on the word, woken by the other side); ns
 //     per round trip.
@@ -51,6 +55,7 @@ type config struct {
 	procs      int
 	goroutines int
 	dir        string // file backend directory
+	chunk      int    // fill, createwrite: bytes per copy
 }
 
 var workloads = []struct {
@@ -84,9 +89,10 @@ func main() {
 	flag.IntVar(&c.size, "size", 4096, "region data size in bytes")
 	flag.IntVar(&c.procs, "procs", 2, "contend: worker processes")
 	flag.IntVar(&c.goroutines, "goroutines", 1, "contend: goroutines per worker process")
+	flag.IntVar(&c.chunk, "chunk", 1<<20, "fill, createwrite: bytes per copy")
 	flag.StringVar(&c.dir, "dir", "", "file backend: directory for the regions (default: a new temporary directory)")
 	flag.Parse()
-	if flag.NArg() != 0 || c.size < 1 || c.procs < 1 || c.goroutines < 1 || c.n < 0 {
+	if flag.NArg() != 0 || c.size < 1 || c.procs < 1 || c.goroutines < 1 || c.n < 0 || c.chunk < 1 {
 		flag.Usage()
 		os.Exit(2)
 	}

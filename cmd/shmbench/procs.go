@@ -268,7 +268,11 @@ func workerMain() int {
 		fmt.Fprintf(os.Stderr, "shmbench worker: unknown backend %q\n", a.Backend)
 		return 2
 	}
-	r, err := shm.Open(a.Key, 10*time.Second, shm.WithBackend(mk(a.Dir)))
+	var opt shm.Option
+	if be := mk(a.Dir); be != nil {
+		opt = shm.WithBackend(be)
+	}
+	r, err := shm.Open(a.Key, 10*time.Second, opt)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "shmbench worker: %v\n", err)
 		return 1

@@ -10,8 +10,6 @@ import (
 	"github.com/shmgo/shm"
 )
 
-const chunk = 1 << 20 // fill and createwrite copy this much at a time
-
 func runCreate(c *config, e *benv) (result, error) {
 	n := pick(c.n, 2000)
 	key := e.key("create")
@@ -104,9 +102,9 @@ func threadCPU() int64 {
 	return ts.Nano()
 }
 
-// fillPass writes all of dst from src, one chunk at a time.
+// fillPass writes all of dst from src, len(src) bytes at a time.
 func fillPass(dst, src []byte) {
-	for off := 0; off < len(dst); off += chunk {
+	for off := 0; off < len(dst); off += len(src) {
 		copy(dst[off:], src)
 	}
 }
@@ -126,7 +124,7 @@ func runFill(c *config, e *benv) (result, error) {
 	if err := r.Unlink(); err != nil {
 		return result{}, err
 	}
-	src := make([]byte, chunk)
+	src := make([]byte, c.chunk)
 	for i := range src {
 		src[i] = 0xa5
 	}
@@ -137,13 +135,13 @@ func runFill(c *config, e *benv) (result, error) {
 		fillPass(dst, src)
 	}
 	ns := perOp(time.Since(start), n)
-	return result{nsPerOp: ns, extra: []string{gbps(c.size, ns)}}, nil
+	return result{nsPerOp: ns, extra: []string{gbps(c.size, ns), fmt.Sprintf("chunk=%d", c.chunk)}}, nil
 }
 
 func runCreateWrite(c *config, e *benv) (result, error) {
 	n := pick(c.n, 3)
 	key := e.key("createwrite")
-	src := make([]byte, chunk)
+	src := make([]byte, c.chunk)
 	for i := range src {
 		src[i] = 0x5a
 	}
