@@ -133,17 +133,16 @@ func startChild(t testing.TB, role string, args []string, opts ...childOpt) *chi
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("starting child %s: %v", role, err)
 	}
-	c := &child{t: t, cmd: cmd, in: in, lines: make(chan string, 16), done: make(chan struct{})}
+	c := &child{t: t, cmd: cmd, in: in, lines: make(chan string, 256), done: make(chan struct{})}
 	go func() {
+		// Wait only after the last read: Wait closes the pipe.
 		sc := bufio.NewScanner(out)
 		for sc.Scan() {
 			c.lines <- sc.Text()
 		}
-		close(c.lines)
-	}()
-	go func() {
 		c.err = cmd.Wait()
 		close(c.done)
+		close(c.lines)
 	}()
 	t.Cleanup(func() {
 		c.in.Close()
