@@ -42,6 +42,7 @@ package main
 import (
 	"flag"
 	"fmt"
+	"io"
 	"os"
 	"strings"
 	"time"
@@ -82,19 +83,28 @@ func main() {
 	if os.Getenv(envWorker) != "" {
 		os.Exit(workerMain())
 	}
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+// run is shmbench with arguments args; it returns the exit status.
+func run(args []string, stdout, stderr io.Writer) int {
 	var c config
-	flag.StringVar(&c.backend, "backend", "posix", "backend: "+strings.Join(backendNames(), "|")+"|all")
-	flag.StringVar(&c.workload, "workload", "all", "workload: create|attach|lock|contend|fill|pingpong|createwrite|all")
-	flag.IntVar(&c.n, "n", 0, "iterations (0: a default per workload); contend: increments per process")
-	flag.IntVar(&c.size, "size", 4096, "region data size in bytes")
-	flag.IntVar(&c.procs, "procs", 2, "contend: worker processes")
-	flag.IntVar(&c.goroutines, "goroutines", 1, "contend: goroutines per worker process")
-	flag.IntVar(&c.chunk, "chunk", 1<<20, "fill, createwrite: bytes per copy")
-	flag.StringVar(&c.dir, "dir", "", "file backend: directory for the regions (default: a new temporary directory)")
-	flag.Parse()
-	if flag.NArg() != 0 || c.size < 1 || c.procs < 1 || c.goroutines < 1 || c.n < 0 || c.chunk < 1 {
-		flag.Usage()
-		os.Exit(2)
+	flags := flag.NewFlagSet("shmbench", flag.ContinueOnError)
+	flags.SetOutput(stderr)
+	flags.StringVar(&c.backend, "backend", "posix", "backend: "+strings.Join(backendNames(), "|")+"|all")
+	flags.StringVar(&c.workload, "workload", "all", "workload: create|attach|lock|contend|fill|pingpong|createwrite|all")
+	flags.IntVar(&c.n, "n", 0, "iterations (0: a default per workload); contend: increments per process")
+	flags.IntVar(&c.size, "size", 4096, "region data size in bytes")
+	flags.IntVar(&c.procs, "procs", 2, "contend: worker processes")
+	flags.IntVar(&c.goroutines, "goroutines", 1, "contend: goroutines per worker process")
+	flags.IntVar(&c.chunk, "chunk", 1<<20, "fill, createwrite: bytes per copy")
+	flags.StringVar(&c.dir, "dir", "", "file backend: directory for the regions (default: a new temporary directory)")
+	if err := flags.Parse(args); err != nil {
+		return 2
+	}
+	if flags.NArg() != 0 || c.size < 1 || c.procs < 1 || c.goroutines < 1 || c.n < 0 || c.chunk < 1 {
+		flags.Usage()
+		return 2
 	}
 
 	var bes []string
@@ -102,8 +112,8 @@ func main() {
 		bes = backendNames()
 	} else {
 		if _, ok := backends[c.backend]; !ok {
-			fmt.Fprintf(os.Stderr, "shmbench: unknown backend %q\n", c.backend)
-			os.Exit(2)
+			fmt.Fprintf(stderr, "shmbench: unknown backend %q\n", c.backend)
+			return 2
 		}
 		bes = []string{c.backend}
 	}
@@ -114,15 +124,15 @@ func main() {
 		}
 	}
 	if len(wls) == 0 {
-		fmt.Fprintf(os.Stderr, "shmbench: unknown workload %q\n", c.workload)
-		os.Exit(2)
+		fmt.Fprintf(stderr, "shmbench: unknown workload %q\n", c.workload)
+		return 2
 	}
 
 	failed := false
 	for _, bn := range bes {
 		env, err := newBenv(bn, &c)
 		if err != nil {
-			fmt.Fprintf(os.Stderr, "shmbench: backend %s: %v\n", bn, err)
+			fmt.Fprintf(stderr, "shmbench: backend %s: %v\n", bn, err)
 			failed = true
 			continue
 		}
@@ -130,7 +140,7 @@ func main() {
 			w := workloads[i]
 			res, err := w.run(&c, env)
 			if err != nil {
-				fmt.Fprintf(os.Stderr, "shmbench: workload=%s backend=%s: %v\n", w.name, bn, err)
+				fmt.Fprintf(stderr, "shmbench: workload=%s backend=%s: %v\n", w.name, bn, err)
 				failed = true
 				continue
 			}
@@ -138,13 +148,14 @@ func main() {
 			if len(res.extra) > 0 {
 				line += " " + strings.Join(res.extra, " ")
 			}
-			fmt.Println(line)
+			fmt.Fprintln(stdout, line)
 		}
 		env.close()
 	}
 	if failed {
-		os.Exit(1)
+		return 1
 	}
+	return 0
 }
 
 // perOp is the time per operation of ops operations that took d.

@@ -215,8 +215,7 @@ func runContend(c *config, e *benv) (result, error) {
 		fmt.Sprintf("cpu_ns_per_op=%.2f", float64(cpu)/float64(expected)),
 	}}
 	if total != expected {
-		fmt.Printf("workload=contend backend=%s size=%d ns_per_op=%.2f %s\n", e.name, c.size, ns, strings.Join(res.extra, " "))
-		return result{}, fmt.Errorf("counter is %d, want %d: the lock did not exclude", total, expected)
+		return result{}, fmt.Errorf("total=%d expected=%d: the lock did not exclude (%s)", total, expected, strings.Join(res.extra, " "))
 	}
 	return res, nil
 }

@@ -1,0 +1,111 @@
+package main
+
+import (
+	"bytes"
+	"os"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+)
+
+// The contend and pingpong workers re-execute the test binary.
+func TestMain(m *testing.M) {
+	if os.Getenv(envWorker) != "" {
+		os.Exit(workerMain())
+	}
+	os.Exit(m.Run())
+}
+
+var lineRE = regexp.MustCompile(`^workload=([a-z]+) backend=([a-z]+) size=([0-9]+) ns_per_op=([0-9.]+)( [a-zA-Z_]+=[^ ]+)*$`)
+
+// TestWorkloads runs every workload briefly on each backend and checks
+// the output: one line per workload in the documented format, contend's
+// total equal to expected, fill's and createwrite's bandwidth.
+func TestWorkloads(t *testing.T) {
+	for _, be := range backendNames() {
+		t.Run(be, func(t *testing.T) {
+			var out, errs bytes.Buffer
+			code := run([]string{"-backend", be, "-workload", "all", "-n", "20", "-size", "65536", "-goroutines", "3"}, &out, &errs)
+			if code != 0 {
+				t.Fatalf("exit status %d\nstdout:\n%s\nstderr:\n%s", code, out.String(), errs.String())
+			}
+			seen := map[string]bool{}
+			for _, line := range strings.Split(strings.TrimSpace(out.String()), "\n") {
+				m := lineRE.FindStringSubmatch(line)
+				if m == nil {
+					t.Fatalf("line %q is not in shmbench's format", line)
+				}
+				if m[2] != be || m[3] != "65536" {
+					t.Errorf("line %q: want backend=%s size=65536", line, be)
+				}
+				if ns, err := strconv.ParseFloat(m[4], 64); err != nil || ns <= 0 {
+					t.Errorf("line %q: ns_per_op is not a positive number", line)
+				}
+				f := fields(line)
+				switch m[1] {
+				case "contend":
+					if f["total"] == "" || f["total"] != f["expected"] || f["expected"] != "40" {
+						t.Errorf("line %q: want total=expected=40 (2 processes x 20)", line)
+					}
+					if th, _ := strconv.Atoi(f["threads"]); th < 1 {
+						t.Errorf("line %q: no thread count", line)
+					}
+				case "fill":
+					if g, _ := strconv.ParseFloat(f["GBps"], 64); g <= 0 {
+						t.Errorf("line %q: no bandwidth", line)
+					}
+				case "lock":
+					if f["cpu_ns_per_op"] == "" {
+						t.Errorf("line %q: no cpu_ns_per_op", line)
+					}
+				}
+				seen[m[1]] = true
+			}
+			for _, w := range workloads {
+				if w.inAll && !seen[w.name] {
+					t.Errorf("no line for workload %s", w.name)
+				}
+			}
+		})
+	}
+}
+
+func TestCreateWrite(t *testing.T) {
+	var out, errs bytes.Buffer
+	if code := run([]string{"-workload", "createwrite", "-n", "2", "-size", "3000000", "-chunk", "100000"}, &out, &errs); code != 0 {
+		t.Fatalf("exit status %d: %s", code, errs.String())
+	}
+	line := strings.TrimSpace(out.String())
+	if !lineRE.MatchString(line) || !strings.HasPrefix(line, "workload=createwrite backend=posix size=3000000 ") {
+		t.Fatalf("output %q", line)
+	}
+}
+
+func TestBadArguments(t *testing.T) {
+	for _, args := range [][]string{
+		{"-backend", "nosuch"},
+		{"-workload", "nosuch"},
+		{"-size", "0"},
+		{"-procs", "0"},
+		{"extra"},
+	} {
+		var out, errs bytes.Buffer
+		if code := run(args, &out, &errs); code != 2 {
+			t.Errorf("%q: exit status %d, want 2", args, code)
+		}
+		if out.Len() != 0 {
+			t.Errorf("%q: printed %q", args, out.String())
+		}
+	}
+}
+
+func fields(line string) map[string]string {
+	f := map[string]string{}
+	for _, kv := range strings.Fields(line) {
+		if k, v, ok := strings.Cut(kv, "="); ok {
+			f[k] = v
+		}
+	}
+	return f
+}
