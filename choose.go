@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync/atomic"
 
 	"golang.org/x/sys/unix"
 
@@ -178,12 +179,20 @@ func posixHasRoom(size int64) bool {
 	return st.Bavail*uint64(st.Bsize) >= uint64(size)
 }
 
-// memfdWorks tells whether this kernel has memfd_create.
+// memfdWorks tells whether this kernel has memfd_create. A success is
+// remembered (a kernel does not lose the call); a failure (out of
+// descriptors, say) is asked again next time.
 func memfdWorks() bool {
+	if memfdSeen.Load() {
+		return true
+	}
 	fd, err := unix.MemfdCreate("shmgo-probe", unix.MFD_CLOEXEC)
 	if err != nil {
 		return false
 	}
 	unix.Close(fd)
+	memfdSeen.Store(true)
 	return true
 }
+
+var memfdSeen atomic.Bool
