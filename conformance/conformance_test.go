@@ -13,30 +13,42 @@ import (
 	"github.com/shmgo/shm/conformance"
 )
 
-func TestConformance(t *testing.T) {
-	t.Run("posix", func(t *testing.T) {
-		conformance.Run(t, func(testing.TB) backend.Backend { return posix.New() })
-	})
-	t.Run("sysv", func(t *testing.T) {
-		conformance.Run(t, func(testing.TB) backend.Backend { return sysv.New() })
-	})
-	t.Run("memfd", func(t *testing.T) {
-		conformance.Run(t, func(testing.TB) backend.Backend { return memfd.New() })
-	})
-	t.Run("file", func(t *testing.T) {
-		// One directory for the parent and its children (which inherit the
-		// variable), traversable by the other uid of the Modes test.
+// backendNames are the backends the suite and the benchmarks run, in order.
+var backendNames = []string{"posix", "sysv", "memfd", "file"}
+
+// backendFor returns the constructor of the backend called name. The file
+// backend gets one directory for the parent and its children (which inherit
+// the variable), traversable by the other uid of the Modes test.
+func backendFor(tb testing.TB, name string) func(testing.TB) backend.Backend {
+	switch name {
+	case "posix":
+		return func(testing.TB) backend.Backend { return posix.New() }
+	case "sysv":
+		return func(testing.TB) backend.Backend { return sysv.New() }
+	case "memfd":
+		return func(testing.TB) backend.Backend { return memfd.New() }
+	case "file":
 		const env = "SHMGO_CONFORMANCE_FILE_DIR"
 		dir := os.Getenv(env)
 		if dir == "" {
-			dir = t.TempDir()
+			dir = tb.TempDir()
 			for _, d := range []string{filepath.Dir(dir), dir} {
 				if err := os.Chmod(d, 0o755); err != nil {
-					t.Fatal(err)
+					tb.Fatal(err)
 				}
 			}
-			t.Setenv(env, dir)
+			tb.Setenv(env, dir)
 		}
-		conformance.Run(t, func(testing.TB) backend.Backend { return file.New(dir) })
-	})
+		return func(testing.TB) backend.Backend { return file.New(dir) }
+	}
+	tb.Fatalf("unknown backend %q", name)
+	return nil
+}
+
+func TestConformance(t *testing.T) {
+	for _, name := range backendNames {
+		t.Run(name, func(t *testing.T) {
+			conformance.Run(t, backendFor(t, name))
+		})
+	}
 }
