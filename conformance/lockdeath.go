@@ -442,26 +442,13 @@ func testLockWaitersThreads(h *H) {
 	}
 }
 
-func init() { roles["createhold"] = roleCreateHold }
-
-// roleCreateHold creates the region, says "created" and waits (to be killed).
-func roleCreateHold(c *childCtx) error {
-	r, err := shm.Create(c.spec.Key, 4096, c.opt())
-	if err != nil {
-		return err
-	}
-	c.say("created")
-	c.hear()
-	return r.Close()
-}
-
 // testReplaceStale: a key left by a killed owner is taken over by Create
 // with WithReplaceStale when nobody maps it, and refused (ErrExist) while
 // its creator lives or another process still maps it.
 func testReplaceStale(h *H) {
 	// A live creator: never replaced.
 	key := h.Key("stale-live")
-	owner := h.start("createhold", key, nil)
+	owner := h.start("umask", key, []string{"600"}) // creates, says "created", waits
 	owner.expect("created")
 	_, err := shm.Create(key, 4096, h.Opt(), shm.WithReplaceStale())
 	h.is(err, shm.ErrExist)
@@ -479,7 +466,7 @@ func testReplaceStale(h *H) {
 
 	// Dead creator, but a user still maps the region: not replaced.
 	key2 := h.Key("stale-used")
-	owner = h.start("createhold", key2, nil)
+	owner = h.start("umask", key2, []string{"600"})
 	owner.expect("created")
 	user := h.start("holdall", key2, nil)
 	user.expect("open")
