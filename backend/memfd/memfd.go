@@ -74,6 +74,10 @@
 // So there is nothing to clean up after a crash: no file, no socket, no
 // segment outlives the processes that use it.
 //
+// Each published key costs its owner one thread, blocked in accept(2) on
+// the key's socket until the key is unlinked or closed (the Go runtime
+// allows 10000 threads by default; see runtime/debug.SetMaxThreads).
+//
 // Unlink in the owner process stops serving; in a user process it asks the
 // owner to stop. The owner's Close stops serving too. In each case the
 // region lives on for the processes that have it mapped.
@@ -323,7 +327,7 @@ func (b *Backend) UnlinkID(id string) error {
 
 func (b *Backend) unlinkAddr(addr string) error {
 	if srv := lookup(addr); srv != nil {
-		if srv.unpublish() {
+		if srv.unpublish(false) {
 			return nil
 		}
 	}

@@ -684,3 +684,89 @@ func TestNoLeaks(t *testing.T) {
 		t.Fatalf("goroutines %d -> %d, descriptors %d -> %d", g, runtime.NumGoroutine(), fds, countFDs(t))
 	}
 }
+
+// TestLateRequests: a request sent a while after connecting (served by a
+// goroutine of its own rather than by the accept loop) is answered, an
+// unlink sent that way stops the server, and a client that never sends is
+// dropped once the I/O timeout has passed.
+func TestLateRequests(t *testing.T) {
+	b := memfd.New(memfd.WithIOTimeout(200 * time.Millisecond))
+	n := name(testKey("late"))
+	p := create(t, b, n, 4096, 0o600)
+	addr := &unix.SockaddrUnix{Name: "@" + memfd.Addr(n)}
+	dial := func() int {
+		t.Helper()
+		fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := unix.Connect(fd, addr); err != nil {
+			unix.Close(fd)
+			t.Fatal(err)
+		}
+		return fd
+	}
+	// recv reads one answer and closes the descriptors it carries.
+	recv := func(fd int) (status byte, nfds int, n int) {
+		t.Helper()
+		buf := make([]byte, 512)
+		oob := make([]byte, unix.CmsgSpace(4*4))
+		k, oobn, _, _, err := unix.Recvmsg(fd, buf, oob, unix.MSG_CMSG_CLOEXEC)
+		if err != nil {
+			t.Fatalf("recv: %v", err)
+		}
+		msgs, _ := unix.ParseSocketControlMessage(oob[:oobn])
+		for i := range msgs {
+			fds, _ := unix.ParseUnixRights(&msgs[i])
+			for _, f := range fds {
+				unix.Close(f)
+			}
+			nfds += len(fds)
+		}
+		if k >= 2 {
+			status = buf[1]
+		}
+		return status, nfds, k
+	}
+
+	// Mute: connected first, dropped after the timeout while the others
+	// are served.
+	mute := dial()
+	defer unix.Close(mute)
+
+	late := dial()
+	time.Sleep(20 * time.Millisecond) // the owner has accepted it by now, with no request
+	if _, err := unix.Write(late, []byte{1, 'o'}); err != nil {
+		t.Fatal(err)
+	}
+	if st, nfds, _ := recv(late); st != 'k' || nfds != 1 {
+		t.Fatalf("late open: status %q, %d descriptors", st, nfds)
+	}
+	unix.Close(late)
+
+	if _, _, k := recv(mute); k != 0 {
+		t.Fatalf("a mute client got %d bytes, want the connection closed", k)
+	}
+
+	late = dial()
+	time.Sleep(20 * time.Millisecond)
+	if _, err := unix.Write(late, []byte{1, 'u'}); err != nil {
+		t.Fatal(err)
+	}
+	if st, _, _ := recv(late); st != 'k' {
+		t.Fatalf("late unlink: status %q", st)
+	}
+	unix.Close(late)
+	if _, err := b.Open(n); !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("Open after a late unlink: %v, want fs.ErrNotExist", err)
+	}
+	// The name is free again.
+	q, err := b.Create(n, 4096, 0o600)
+	if err != nil {
+		t.Fatalf("Create after a late unlink: %v", err)
+	}
+	q.Discard()
+	if err := p.Close(); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -89,15 +89,17 @@ func (b *Backend) request(addr string, op byte, deadline time.Time) (reply, erro
 	defer unix.Close(fd)
 
 	// Connect: a listening owner accepts at once; the timeout covers a full
-	// backlog.
-	for {
-		if err = setTimeout(fd, unix.SO_SNDTIMEO, deadline); err != nil {
-			break
-		}
+	// backlog. The send and receive timeouts are set once, for the whole
+	// exchange, and set again only when a call is interrupted.
+	if err = setTimeout(fd, unix.SO_SNDTIMEO, deadline); err == nil {
+		err = setTimeout(fd, unix.SO_RCVTIMEO, deadline)
+	}
+	for err == nil {
 		err = unix.Connect(fd, sockaddr(addr))
 		if err != unix.EINTR {
 			break
 		}
+		err = setTimeout(fd, unix.SO_SNDTIMEO, deadline)
 	}
 	switch err {
 	case nil, unix.EISCONN:
@@ -107,6 +109,27 @@ func (b *Backend) request(addr string, op byte, deadline time.Time) (reply, erro
 		return fail("connect", protoErr(os.ErrDeadlineExceeded, err, "the owner's backlog is full"))
 	default:
 		return fail("connect", err)
+	}
+
+	send := func() error {
+		for {
+			_, err := unix.SendmsgN(fd, []byte{protoVersion, op}, nil, nil, unix.MSG_NOSIGNAL)
+			if err != unix.EINTR {
+				return err
+			}
+			if err = setTimeout(fd, unix.SO_SNDTIMEO, deadline); err != nil {
+				return err
+			}
+		}
+	}
+	// An open or stat request is sent before the server is checked, so that
+	// it is there when the owner accepts the connection: asking has no
+	// effect on the owner, and an untrusted answer is refused below. An
+	// unlink request waits for the check.
+	var sendErr error
+	sent := op != opUnlink
+	if sent {
+		sendErr = send()
 	}
 
 	// Only a trusted process may hand us memory or tell us a key is gone.
@@ -119,28 +142,22 @@ func (b *Backend) request(addr string, op byte, deadline time.Time) (reply, erro
 			"the key is served by uid "+itoa(cred.Uid)+" (pid "+itoa(uint32(cred.Pid))+"), which this process does not trust"))
 	}
 
-	for {
-		if err = setTimeout(fd, unix.SO_SNDTIMEO, deadline); err != nil {
-			break
-		}
-		_, err = unix.SendmsgN(fd, []byte{protoVersion, op}, nil, nil, unix.MSG_NOSIGNAL)
-		if err != unix.EINTR {
-			break
-		}
+	if !sent {
+		sendErr = send()
 	}
-	if err != nil {
-		return fail("send", ioErr(err))
+	if sendErr != nil {
+		return fail("send", ioErr(sendErr))
 	}
 
 	buf := make([]byte, maxReply)
 	oob := make([]byte, unix.CmsgSpace(4*4))
 	var n, oobn, flags int
 	for {
-		if err = setTimeout(fd, unix.SO_RCVTIMEO, deadline); err != nil {
-			break
-		}
 		n, oobn, flags, _, err = unix.Recvmsg(fd, buf, oob, unix.MSG_CMSG_CLOEXEC)
 		if err != unix.EINTR {
+			break
+		}
+		if err = setTimeout(fd, unix.SO_RCVTIMEO, deadline); err != nil {
 			break
 		}
 	}

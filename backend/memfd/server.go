@@ -1,8 +1,6 @@
 package memfd
 
 import (
-	"errors"
-	"net"
 	"os"
 	"sync"
 	"time"
@@ -32,20 +30,28 @@ func lookup(addr string) *server {
 }
 
 // server hands the memfd of one region to the users that ask for it.
+//
+// The serving goroutine blocks in accept(2) on the listening socket itself,
+// outside the runtime's poller (so it holds a thread while the key is
+// published), and answers a request that has already arrived at once, with
+// system calls that do not wait. A connection whose request has not arrived
+// yet goes to a goroutine of its own that waits for it under SO_RCVTIMEO;
+// at most maxConns connections are served at once.
 type server struct {
 	addr    string
 	name    string // the key's name, which a hashed address loses
 	fd      int    // the region's memfd; the segment keeps it open until shutdown returns
 	timeout time.Duration
-	ln      *net.UnixListener
+	lfd     int // the listening socket; closed by unpublish
 	euid    uint32
 	sem     chan struct{} // one token per connection being served
-	done    chan struct{} // closed when the listener is
+	done    chan struct{} // closed when unpublish starts
+	looped  chan struct{} // closed when the accept loop has returned
 
 	mu      sync.Mutex
 	stopped bool // the listener is closed: the key is gone
-	closing bool // shutdown has closed the connections
-	conns   map[*net.UnixConn]struct{}
+	closing bool // shutdown has shut the connections down
+	conns   map[int]struct{}
 	wg      sync.WaitGroup // the accept loop and the handlers
 }
 
@@ -56,17 +62,12 @@ func serve(lfd int, name, addr string, memfd int, timeout time.Duration) (*serve
 		unix.Close(lfd)
 		return nil, err
 	}
-	f := os.NewFile(uintptr(lfd), "@"+addr)
-	l, err := net.FileListener(f) // a duplicate, registered with the poller
-	f.Close()
-	if err != nil {
-		return nil, err
-	}
 	s := &server{
-		name: name, addr: addr, fd: memfd, timeout: timeout, ln: l.(*net.UnixListener),
+		name: name, addr: addr, fd: memfd, timeout: timeout, lfd: lfd,
 		euid: uint32(os.Geteuid()),
 		sem:  make(chan struct{}, maxConns), done: make(chan struct{}),
-		conns: map[*net.UnixConn]struct{}{},
+		looped: make(chan struct{}),
+		conns:  map[int]struct{}{},
 	}
 	regMu.Lock()
 	registry[addr] = s
@@ -78,8 +79,9 @@ func serve(lfd int, name, addr string, memfd int, timeout time.Duration) (*serve
 
 // unpublish stops listening, so that the key is free and new Opens fail;
 // connections already accepted are still answered. It reports whether the
-// server was listening.
-func (s *server) unpublish() bool {
+// server was listening. inLoop tells that the caller is the accept loop,
+// which returns once it is done with the request.
+func (s *server) unpublish(inLoop bool) bool {
 	s.mu.Lock()
 	if s.stopped {
 		s.mu.Unlock()
@@ -93,7 +95,13 @@ func (s *server) unpublish() bool {
 	}
 	regMu.Unlock()
 	close(s.done)
-	s.ln.Close() // returns once the socket is closed and the name free
+	// Refuses new connections and wakes the accept loop; once the loop no
+	// longer uses the socket, closing it frees the name.
+	unix.Shutdown(s.lfd, unix.SHUT_RDWR)
+	if !inLoop {
+		<-s.looped
+	}
+	unix.Close(s.lfd)
 	return true
 }
 
@@ -106,11 +114,12 @@ func (s *server) isStopped() bool {
 // shutdown stops serving and returns when no goroutine of the server is
 // left (and so none uses the memfd).
 func (s *server) shutdown() {
-	s.unpublish()
+	s.unpublish(false)
 	s.mu.Lock()
 	s.closing = true
 	for c := range s.conns {
-		c.Close()
+		// Wakes a handler blocked in recv; the handler closes c.
+		unix.Shutdown(c, unix.SHUT_RDWR)
 	}
 	s.mu.Unlock()
 	s.wg.Wait()
@@ -118,18 +127,30 @@ func (s *server) shutdown() {
 
 func (s *server) loop() {
 	defer s.wg.Done()
+	defer close(s.looped)
 	backoff := 5 * time.Millisecond
 	for {
+		select {
+		case <-s.done:
+			return
+		default:
+		}
 		select {
 		case s.sem <- struct{}{}:
 		case <-s.done:
 			return
 		}
-		c, err := s.ln.AcceptUnix()
+		c, _, err := unix.Accept4(s.lfd, unix.SOCK_CLOEXEC)
+		if err == unix.EINTR || err == unix.ECONNABORTED {
+			<-s.sem
+			continue
+		}
 		if err != nil {
 			<-s.sem
-			if errors.Is(err, net.ErrClosed) {
+			select {
+			case <-s.done: // shut down by unpublish
 				return
+			default:
 			}
 			// Out of descriptors, say: wait before trying again.
 			t := time.NewTimer(backoff)
@@ -143,10 +164,25 @@ func (s *server) loop() {
 			continue
 		}
 		backoff = 5 * time.Millisecond
+
+		// Most users send their request right after connecting: answer it
+		// here, without waiting.
+		var req [8]byte
+		n, _, err := unix.Recvfrom(c, req[:], unix.MSG_DONTWAIT)
+		if err != unix.EAGAIN {
+			if err == nil && n > 0 {
+				s.handle(c, req[:n], true)
+			}
+			unix.Close(c)
+			<-s.sem
+			continue
+		}
+
+		deadline := time.Now().Add(s.timeout)
 		s.mu.Lock()
 		if s.closing {
 			s.mu.Unlock()
-			c.Close()
+			unix.Close(c)
 			<-s.sem
 			return
 		}
@@ -155,43 +191,44 @@ func (s *server) loop() {
 		s.mu.Unlock()
 		go func() {
 			defer s.wg.Done()
-			s.handle(c)
+			if n, ok := recvRequest(c, req[:], deadline); ok {
+				s.handle(c, req[:n], false)
+			}
 			s.mu.Lock()
 			delete(s.conns, c)
 			s.mu.Unlock()
-			c.Close()
+			unix.Close(c)
 			<-s.sem
 		}()
 	}
 }
 
-// handle answers one request.
-func (s *server) handle(c *net.UnixConn) {
-	c.SetDeadline(time.Now().Add(s.timeout))
-	raw, err := c.SyscallConn()
-	if err != nil {
-		return
-	}
-	var cred *unix.Ucred
-	var groups []uint32
-	var groupsErr error
-	if cerr := raw.Control(func(fd uintptr) {
-		cred, err = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
-		if err == nil {
-			groups, groupsErr = peerGroups(int(fd))
+// recvRequest waits until deadline for the request on the blocking socket
+// c and reads it into buf.
+func recvRequest(c int, buf []byte, deadline time.Time) (int, bool) {
+	for {
+		if setTimeout(c, unix.SO_RCVTIMEO, deadline) != nil {
+			return 0, false
 		}
-	}); cerr != nil || err != nil {
-		return
+		n, _, err := unix.Recvfrom(c, buf, 0)
+		switch {
+		case err == unix.EINTR:
+			continue
+		case err != nil || n == 0:
+			return 0, false // timed out, failed, or the peer (or shutdown) closed it
+		}
+		return n, true
 	}
-	if groupsErr != nil {
-		groups = nil // an old kernel: the primary group only
-	}
-	var req [8]byte
-	n, err := c.Read(req[:])
+}
+
+// handle answers the request req received on the connection c; inLoop
+// tells that the caller is the accept loop.
+func (s *server) handle(c int, req []byte, inLoop bool) {
+	cred, err := unix.GetsockoptUcred(c, unix.SOL_SOCKET, unix.SO_PEERCRED)
 	if err != nil {
 		return
 	}
-	if n != 2 || req[0] != protoVersion {
+	if len(req) != 2 || req[0] != protoVersion {
 		s.answer(c, stBad, nil, false)
 		return
 	}
@@ -205,7 +242,7 @@ func (s *server) handle(c *net.UnixConn) {
 		switch {
 		case s.isStopped():
 			s.answer(c, stGone, nil, false)
-		case !mayOpen(cred, groups, &st):
+		case !mayOpen(cred, c, &st):
 			s.answer(c, stDenied, nil, false)
 		default:
 			s.answer(c, stOK, nil, true)
@@ -220,7 +257,7 @@ func (s *server) handle(c *net.UnixConn) {
 		switch {
 		case cred.Uid != 0 && cred.Uid != st.Uid && cred.Uid != s.euid:
 			s.answer(c, stDenied, nil, false)
-		case !s.unpublish():
+		case !s.unpublish(inLoop):
 			s.answer(c, stGone, nil, false)
 		default:
 			s.answer(c, stOK, nil, false)
@@ -230,18 +267,28 @@ func (s *server) handle(c *net.UnixConn) {
 	}
 }
 
-func (s *server) answer(c *net.UnixConn, status byte, payload []byte, withFd bool) {
+// answer sends one message on c. It never waits: the user sends a single
+// request and reads the single answer, so a fresh connection always has
+// room for it; a peer that does not is dropped.
+func (s *server) answer(c int, status byte, payload []byte, withFd bool) {
 	msg := append([]byte{protoVersion, status}, payload...)
 	var oob []byte
 	if withFd {
 		oob = unix.UnixRights(s.fd)
 	}
-	c.WriteMsgUnix(msg, oob, nil)
+	for {
+		_, err := unix.SendmsgN(c, msg, oob, nil, unix.MSG_DONTWAIT|unix.MSG_NOSIGNAL)
+		if err != unix.EINTR {
+			return
+		}
+	}
 }
 
-// mayOpen applies the region's mode to the peer as open(2) with O_RDWR
-// applies a file's: the owner's bits, else the group's, else the others'.
-func mayOpen(cred *unix.Ucred, groups []uint32, st *unix.Stat_t) bool {
+// mayOpen applies the region's mode to the peer of the socket c, whose
+// credentials are cred, as open(2) with O_RDWR applies a file's: the
+// owner's bits, else the group's, else the others'. It asks for the peer's
+// supplementary groups only when they decide.
+func mayOpen(cred *unix.Ucred, c int, st *unix.Stat_t) bool {
 	if cred.Uid == 0 {
 		return true
 	}
@@ -250,12 +297,22 @@ func mayOpen(cred *unix.Ucred, groups []uint32, st *unix.Stat_t) bool {
 	switch {
 	case cred.Uid == st.Uid:
 		bits = mode >> 6
-	case cred.Gid == st.Gid || contains(groups, st.Gid):
+	case cred.Gid == st.Gid || inPeerGroups(c, st.Gid):
 		bits = mode >> 3
 	default:
 		bits = mode
 	}
 	return bits&6 == 6
+}
+
+// inPeerGroups reports whether gid is one of the supplementary groups of
+// the peer of socket c. On a kernel without SO_PEERGROUPS it is never.
+func inPeerGroups(c int, gid uint32) bool {
+	groups, err := peerGroups(c)
+	if err != nil {
+		return false // an old kernel: the primary group only
+	}
+	return contains(groups, gid)
 }
 
 func contains(list []uint32, v uint32) bool {
