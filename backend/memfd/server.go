@@ -12,6 +12,9 @@ import (
 const (
 	backlog  = 64
 	maxConns = 16 // connections served at once by one owner
+	// inlineWait is how long the accept loop waits for the request of a
+	// connection before it hands the connection to a goroutine of its own.
+	inlineWait = time.Millisecond
 	// soPeerGroups is SO_PEERGROUPS (Linux 4.13), missing from x/sys.
 	soPeerGroups = 59
 )
@@ -33,10 +36,10 @@ func lookup(addr string) *server {
 //
 // The serving goroutine blocks in accept(2) on the listening socket itself,
 // outside the runtime's poller (so it holds a thread while the key is
-// published), and answers a request that has already arrived at once, with
-// system calls that do not wait. A connection whose request has not arrived
-// yet goes to a goroutine of its own that waits for it under SO_RCVTIMEO;
-// at most maxConns connections are served at once.
+// published), and answers a request that arrives within inlineWait, with
+// system calls that do not wait otherwise. A connection whose request has
+// not arrived by then goes to a goroutine of its own that waits for it
+// under SO_RCVTIMEO; at most maxConns connections are served at once.
 type server struct {
 	addr    string
 	name    string // the key's name, which a hashed address loses
@@ -165,10 +168,13 @@ func (s *server) loop() {
 		}
 		backoff = 5 * time.Millisecond
 
-		// Most users send their request right after connecting: answer it
-		// here, without waiting.
+		// Users send their request right after connecting: answer it here
+		// if it comes within a moment.
 		var req [8]byte
 		n, _, err := unix.Recvfrom(c, req[:], unix.MSG_DONTWAIT)
+		if err == unix.EAGAIN && waitReadable(c, inlineWait) {
+			n, _, err = unix.Recvfrom(c, req[:], unix.MSG_DONTWAIT)
+		}
 		if err != unix.EAGAIN {
 			if err == nil && n > 0 {
 				s.handle(c, req[:n], true)
@@ -201,6 +207,13 @@ func (s *server) loop() {
 			<-s.sem
 		}()
 	}
+}
+
+// waitReadable waits up to d for data (or the end) on socket c.
+func waitReadable(c int, d time.Duration) bool {
+	fds := []unix.PollFd{{Fd: int32(c), Events: unix.POLLIN}}
+	n, err := unix.Poll(fds, int(d/time.Millisecond))
+	return err == nil && n > 0
 }
 
 // recvRequest waits until deadline for the request on the blocking socket
