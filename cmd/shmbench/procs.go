@@ -78,6 +78,7 @@ type workerArgs struct {
 	Key        string
 	N          int
 	Goroutines int
+	Size       int    // the owner role's region size
 	Dir        string // the file backend's directory
 }
 
@@ -97,7 +98,7 @@ func startWorkers(c *config, e *benv, role, key string, count, n int) (*workers,
 		return nil, err
 	}
 	ws := &workers{}
-	args, err := json.Marshal(workerArgs{Backend: e.name, Key: key, N: n, Goroutines: c.goroutines, Dir: e.dir})
+	args, err := json.Marshal(workerArgs{Backend: e.name, Key: key, N: n, Goroutines: c.goroutines, Size: max(c.size, ctlSize), Dir: e.dir})
 	if err != nil {
 		return nil, err
 	}
@@ -271,6 +272,13 @@ func workerMain() int {
 	if be := mk(a.Dir); be != nil {
 		opt = shm.WithBackend(be)
 	}
+	if role == "own" {
+		if err := workOwn(a.Key, a.Size, opt); err != nil {
+			fmt.Fprintf(os.Stderr, "shmbench worker own: %v\n", err)
+			return 1
+		}
+		return 0
+	}
 	r, err := shm.Open(a.Key, 10*time.Second, opt)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "shmbench worker: %v\n", err)
@@ -378,4 +386,17 @@ func threadCount() int {
 		}
 	}
 	return 0
+}
+
+// workOwn creates the region (attach measures users attaching to a region
+// owned by another process, as in real use: a memfd owner serves them from
+// there) and keeps it until the parent sets the done word.
+func workOwn(key string, size int, opt shm.Option) error {
+	r, err := shm.Create(key, size, opt)
+	if err != nil {
+		return err
+	}
+	defer r.Close()
+	defer r.Unlink()
+	return waitWhile(word(r.Bytes(), offDone), 0, parentGone)
 }

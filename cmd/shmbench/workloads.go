@@ -41,12 +41,21 @@ func runCreate(c *config, e *benv) (result, error) {
 func runAttach(c *config, e *benv) (result, error) {
 	n := pick(c.n, 5000)
 	key := e.key("attach")
-	owner, err := shm.Create(key, c.size, e.opt())
+	// The owner is another process, as in real use.
+	ws, err := startWorkers(c, e, "own", key, 1, 0)
 	if err != nil {
 		return result{}, err
 	}
-	defer owner.Close()
-	defer owner.Unlink()
+	ctl, err := shm.Open(key, 10*time.Second, e.opt())
+	if err != nil {
+		ws.kill()
+		return result{}, err
+	}
+	defer func() {
+		setWake(word(ctl.Bytes(), offDone), 1)
+		ctl.Close()
+		ws.wait()
+	}()
 	cycle := func() error {
 		r, err := shm.Open(key, 0, e.opt())
 		if err != nil {
