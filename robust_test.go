@@ -263,7 +263,7 @@ func BenchmarkLockUnlock(b *testing.B) {
 	for _, mode := range []struct {
 		name string
 		opts []Option
-	}{{"pid", nil}, {"robust", []Option{WithRobustLock()}}} {
+	}{{"pid", nil}, {"unguarded", []Option{WithoutFaultGuard()}}, {"robust", []Option{WithRobustLock()}}} {
 		b.Run(mode.name, func(b *testing.B) {
 			key := fmt.Sprintf("/t-robust-bench-%d-%s", os.Getpid(), mode.name)
 			r, err := Create(key, 64, mode.opts...)
@@ -277,5 +277,40 @@ func BenchmarkLockUnlock(b *testing.B) {
 				l.Unlock()
 			}
 		})
+	}
+}
+
+func TestWithoutFaultGuard(t *testing.T) {
+	key := fmt.Sprintf("/t-guard-%d", os.Getpid())
+	r, err := Create(key, 64)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	defer r.Unlink()
+	u, err := Open(key, 0, WithoutFaultGuard())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer u.Close()
+	if !r.guard || u.guard {
+		t.Fatalf("guard: default %v, WithoutFaultGuard %v; want true, false", r.guard, u.guard)
+	}
+	l, err := u.Lock()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.TryLock(); !errors.Is(err, ErrLocked) {
+		t.Fatalf("TryLock through the guarded mapping: %v", err)
+	}
+	l.Unlock()
+	// Regions that cannot shrink are never guarded.
+	m, err := Create("memfd:"+key, 64)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	if m.guard {
+		t.Fatal("a memfd region is guarded")
 	}
 }

@@ -82,6 +82,7 @@ type options struct {
 	init    func([]byte) error
 	robust  bool
 	replace bool
+	noGuard bool
 }
 
 // WithBackend chooses the backend that holds the region. Without it, the
@@ -128,6 +129,22 @@ func WithInit(init func(data []byte) error) Option {
 func WithReplaceStale() Option {
 	return func(o *options) error {
 		o.replace = true
+		return nil
+	}
+}
+
+// WithoutFaultGuard drops the fault guard of the library's own accesses to
+// a POSIX or file region (the lock word, the header). Another process can
+// truncate such an object, and a touch of a page past the end then raises
+// SIGBUS; by default Lock, Unlock and the header checks run under
+// debug.SetPanicOnFault and report ErrCorrupt instead of crashing. The guard
+// costs about 8 ns per Lock+Unlock. With this option, for peers you trust
+// not to truncate the object, the lock costs what it costs on memfd and
+// SysV regions, which cannot shrink and are never guarded. It applies to
+// the Region that Create or Open returns.
+func WithoutFaultGuard() Option {
+	return func(o *options) error {
+		o.noGuard = true
 		return nil
 	}
 }
@@ -256,6 +273,7 @@ func Create(key string, size int, opts ...Option) (*Region, error) {
 		atomic.StoreUint32(&h.State, stateReady)
 		sys.FutexWake(&h.State, 1<<30)
 	}
+	r.guard = r.guard && !o.noGuard
 	if err := p.Publish(); err != nil {
 		p.Discard()
 		return fail(classify(err))
@@ -391,6 +409,7 @@ func open(ctx context.Context, key string, deadline time.Time, once bool, opts [
 		for _, be := range bes {
 			r, err, retry := tryOpen(ctx, deadline, be, key, name)
 			if r != nil {
+				r.guard = r.guard && !o.noGuard
 				return r, nil
 			}
 			if !retry {
