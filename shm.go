@@ -596,6 +596,12 @@ func (r *Region) Unlink() error {
 
 // stillNamed tells whether the key still names this region.
 func (r *Region) stillNamed() bool {
+	if n, ok := r.seg.(backend.Namer); ok {
+		same, err := n.StillNamed()
+		if err == nil || errors.Is(err, fs.ErrNotExist) {
+			return same
+		}
+	}
 	seg, err := r.be.Open(r.name)
 	if err != nil {
 		return !errors.Is(err, fs.ErrNotExist) // let Unlink report other errors

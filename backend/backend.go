@@ -88,6 +88,14 @@ type ContextOpener interface {
 	OpenContext(ctx context.Context, name string) (Segment, error)
 }
 
+// Namer is implemented by segments that can tell cheaply whether their
+// object still has the name it was published or opened under (the same
+// inode), so that an Unlink never removes a successor under the same name.
+// It fails with an error matching fs.ErrNotExist when nothing has the name.
+type Namer interface {
+	StillNamed() (bool, error)
+}
+
 // Chowner is implemented by segments whose object can change owner.
 type Chowner interface {
 	Chown(uid, gid int) error

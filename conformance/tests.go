@@ -268,6 +268,7 @@ func testUnlink(h *H) {
 	key := h.Key("unlink")
 	owner := h.create(key, 4096)
 	user := h.open(key)
+	late := h.open(key) // unlinks only after a new region took the key
 	h.ok(owner.Unlink(), "Unlink")
 	h.ok(owner.Unlink(), "second Unlink of the same Region")
 	_, err := shm.Open(key, 0, h.Opt())
@@ -288,8 +289,10 @@ func testUnlink(h *H) {
 	if again.Bytes()[0] != 0 {
 		h.t.Fatal("a new region under an unlinked key shows old data")
 	}
-	// The old owner's Unlink does not remove the new region.
+	// The old owner's Unlink does not remove the new region, nor does the
+	// Unlink of a user of the old region that had not unlinked yet.
 	h.ok(owner.Unlink(), "Unlink again")
+	h.is(late.Unlink(), shm.ErrNotExist)
 	u2 := h.open(key)
 	u2.Bytes()[0] = 1
 	if again.Bytes()[0] != 1 {

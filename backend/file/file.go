@@ -408,3 +408,9 @@ func (b *Backend) Pending(name string, n int) ([]backend.PendingObject, error) {
 
 // RemovePending implements backend.Pender.
 func (b *Backend) RemovePending(id string) error { return b.objs().RemovePending(id) }
+
+// StillNamed implements backend.Namer: whether the name still leads to the
+// mapped file (same device and inode).
+func (s *segment) StillNamed() (bool, error) {
+	return dirobj.SameFile(int(s.f.Fd()), s.final)
+}

@@ -254,3 +254,17 @@ func (d Dir) RemovePending(id string) error {
 	}
 	return nil
 }
+
+// SameFile tells whether path names the file open as fd (same device and
+// inode). It fails with an error matching fs.ErrNotExist when nothing has
+// the name.
+func SameFile(fd int, path string) (bool, error) {
+	var a, b unix.Stat_t
+	if err := unix.Fstat(fd, &a); err != nil {
+		return false, &fs.PathError{Op: "fstat", Path: path, Err: err}
+	}
+	if err := unix.Lstat(path, &b); err != nil {
+		return false, &fs.PathError{Op: "lstat", Path: path, Err: err}
+	}
+	return a.Dev == b.Dev && a.Ino == b.Ino, nil
+}
