@@ -701,4 +701,3 @@ func (r *Region) Close() error {
 	return nil
 }
 
-var _ = unix.EINTR
