@@ -700,4 +700,3 @@ func (r *Region) Close() error {
 	}
 	return nil
 }
-
