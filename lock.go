@@ -78,49 +78,40 @@ type Lock struct {
 // then be half updated: repair it and call MarkConsistent before Unlock, or
 // the next Lock reports ErrOwnerDead again.
 func (r *Region) Lock() (Lock, error) {
-	return r.LockContext(context.Background())
+	return r.lock(context.Background(), false)
 }
 
 // LockContext is Lock that gives up when ctx is done, returning an error
 // that wraps ctx.Err() (and matches ErrTimeout when its deadline passed).
 func (r *Region) LockContext(ctx context.Context) (Lock, error) {
-	if r.closed.Load() {
-		return Lock{}, r.err("lock", ErrClosed)
-	}
-	if r.robust {
-		return r.lockRobust(ctx, false)
-	}
-	if r.guard {
-		if r.casGuarded() {
-			return r.held(false), nil
-		}
-		return r.lockGuarded(ctx, false)
-	}
-	if atomic.CompareAndSwapUint32(&r.hdr.Lock.Word, 0, r.lk.me) {
-		return r.acquired(false), nil
-	}
-	return r.lockSlow(ctx, false, r.lk.me, nil)
+	return r.lock(ctx, false)
 }
 
 // TryLock takes the lock if it is free and returns ErrLocked otherwise. Like
 // Lock, it may return the held lock with ErrOwnerDead.
 func (r *Region) TryLock() (Lock, error) {
+	return r.lock(context.Background(), true)
+}
+
+// lock is Lock, LockContext and TryLock: the uncontended paths of each lock
+// mode, then the waiting path.
+func (r *Region) lock(ctx context.Context, try bool) (Lock, error) {
 	if r.closed.Load() {
 		return Lock{}, r.err("lock", ErrClosed)
 	}
 	if r.robust {
-		return r.lockRobust(context.Background(), true)
+		return r.lockRobust(ctx, try)
 	}
 	if r.guard {
 		if r.casGuarded() {
 			return r.held(false), nil
 		}
-		return r.lockGuarded(context.Background(), true)
+		return r.lockGuarded(ctx, try)
 	}
 	if atomic.CompareAndSwapUint32(&r.hdr.Lock.Word, 0, r.lk.me) {
 		return r.acquired(false), nil
 	}
-	return r.lockSlow(context.Background(), true, r.lk.me, nil)
+	return r.lockSlow(ctx, try, r.lk.me, nil)
 }
 
 // casGuarded is the uncontended path of lockGuarded: it takes a free lock
