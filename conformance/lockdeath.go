@@ -205,13 +205,11 @@ func testLockHolderPIDReused(h *H) {
 // roleWaiter waits for the lock after "go"; it says "dead" when it got it
 // with ErrOwnerDead (and repairs) or "ok", then increments and unlocks.
 func roleWaiter(c *childCtx) error {
-	r, err := c.open()
+	r, err := c.openReady()
 	if err != nil {
 		return err
 	}
 	defer r.Close()
-	c.say("ready")
-	c.hear()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	l, err := r.LockContext(ctx)
@@ -310,13 +308,11 @@ func threads() int {
 // roleLoad runs Args[0] goroutines doing Args[1] locked increments each, and
 // reports the most OS threads it saw.
 func roleLoad(c *childCtx) error {
-	r, err := c.open()
+	r, err := c.openReady()
 	if err != nil {
 		return err
 	}
 	defer r.Close()
-	c.say("ready")
-	c.hear()
 	g, n := c.arg(0), c.arg(1)
 	var wg sync.WaitGroup
 	errs := make(chan error, g)

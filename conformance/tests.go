@@ -39,6 +39,17 @@ func (c *childCtx) open() (*shm.Region, error) {
 	return shm.Open(c.spec.Key, 30*time.Second, c.opt())
 }
 
+// openReady opens the region, says "ready" and waits for the parent's
+// go-ahead, so that the parent can start several children at once.
+func (c *childCtx) openReady() (*shm.Region, error) {
+	r, err := c.open()
+	if err == nil {
+		c.say("ready")
+		c.hear()
+	}
+	return r, err
+}
+
 func (c *childCtx) arg(i int) int {
 	n, _ := strconv.Atoi(c.spec.Args[i])
 	return n
@@ -373,13 +384,11 @@ func testLockGoroutines(h *H) {
 
 // roleCount does Args[0] locked increments.
 func roleCount(c *childCtx) error {
-	r, err := c.open()
+	r, err := c.openReady()
 	if err != nil {
 		return err
 	}
 	defer r.Close()
-	c.say("ready")
-	c.hear()
 	for range c.arg(0) {
 		l, err := r.Lock()
 		if err != nil {
