@@ -14,8 +14,6 @@ import (
 	"time"
 	"unsafe"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/shmgo/shm"
 	"github.com/shmgo/shm/backend"
 	"github.com/shmgo/shm/internal/sys"
@@ -163,12 +161,12 @@ func Bench(b *testing.B, newBackend func(testing.TB) backend.Backend) {
 		data := r.Bytes()
 		ns := []int{b.N / procs, b.N - b.N/procs}
 		ws := startBenchWorkers(b, parent, "contend", k, ns)
-		if err := benchWaitCount(benchWord(data, benchOffReady), procs, ws.check); err != nil {
+		if err := sys.WaitAtLeast(benchWord(data, benchOffReady), procs, ws.check); err != nil {
 			b.Fatal(err)
 		}
 		b.ResetTimer()
-		benchSetWake(benchWord(data, benchOffGo), 1)
-		if err := benchWaitCount(benchWord(data, benchOffDone), procs, ws.check); err != nil {
+		sys.StoreWake(benchWord(data, benchOffGo), 1)
+		if err := sys.WaitAtLeast(benchWord(data, benchOffDone), procs, ws.check); err != nil {
 			b.Fatal(err)
 		}
 		b.StopTimer()
@@ -202,14 +200,14 @@ func Bench(b *testing.B, newBackend func(testing.TB) backend.Backend) {
 		r := create(b, k, benchCtlSize)
 		data := r.Bytes()
 		ws := startBenchWorkers(b, parent, "pingpong", k, []int{b.N})
-		if err := benchWaitCount(benchWord(data, benchOffReady), 1, ws.check); err != nil {
+		if err := sys.WaitAtLeast(benchWord(data, benchOffReady), 1, ws.check); err != nil {
 			b.Fatal(err)
 		}
 		turn := benchWord(data, benchOffTurn)
 		b.ResetTimer()
 		for range b.N {
-			benchSetWake(turn, 1)
-			if err := benchWaitWhile(turn, 1, ws.check); err != nil {
+			sys.StoreWake(turn, 1)
+			if err := sys.WaitWhile(turn, 1, ws.check); err != nil {
 				b.Fatal(err)
 			}
 		}
@@ -221,37 +219,6 @@ func Bench(b *testing.B, newBackend func(testing.TB) backend.Backend) {
 }
 
 func benchWord(data []byte, off int) *uint32 { return (*uint32)(unsafe.Pointer(&data[off])) }
-
-func benchSetWake(w *uint32, v uint32) {
-	atomic.StoreUint32(w, v)
-	sys.FutexWake(w, 1<<30)
-}
-
-// benchWaitWhile sleeps while *w == v; check, called about once a second,
-// ends the wait when it returns an error.
-func benchWaitWhile(w *uint32, v uint32, check func() error) error {
-	for atomic.LoadUint32(w) == v {
-		if err := sys.FutexWait(w, v, time.Second); err == unix.ETIMEDOUT && check != nil {
-			if err := check(); err != nil {
-				return err
-			}
-		}
-	}
-	return nil
-}
-
-// benchWaitCount sleeps until *w >= want.
-func benchWaitCount(w *uint32, want uint32, check func() error) error {
-	for {
-		v := atomic.LoadUint32(w)
-		if v >= want {
-			return nil
-		}
-		if err := benchWaitWhile(w, v, check); err != nil {
-			return err
-		}
-	}
-}
 
 // benchWorkers are the running worker processes of one benchmark.
 type benchWorkers struct {
@@ -363,7 +330,7 @@ func benchWork(spec benchSpec, be backend.Backend) error {
 	switch spec.Role {
 	case "contend":
 		counter := (*uint64)(unsafe.Pointer(&data[benchOffCounter]))
-		if err := benchWaitWhile(benchWord(data, benchOffGo), 0, parentGone); err != nil {
+		if err := sys.WaitWhile(benchWord(data, benchOffGo), 0, parentGone); err != nil {
 			return err
 		}
 		for range spec.N {
@@ -381,10 +348,10 @@ func benchWork(spec benchSpec, be backend.Backend) error {
 	case "pingpong":
 		turn := benchWord(data, benchOffTurn)
 		for range spec.N {
-			if err := benchWaitWhile(turn, 0, parentGone); err != nil {
+			if err := sys.WaitWhile(turn, 0, parentGone); err != nil {
 				return err
 			}
-			benchSetWake(turn, 0)
+			sys.StoreWake(turn, 0)
 		}
 	default:
 		return fmt.Errorf("unknown role %q", spec.Role)

@@ -41,37 +41,6 @@ const (
 
 func word(data []byte, off int) *uint32 { return (*uint32)(unsafe.Pointer(&data[off])) }
 
-func setWake(w *uint32, v uint32) {
-	atomic.StoreUint32(w, v)
-	sys.FutexWake(w, 1<<30)
-}
-
-// waitWhile sleeps while *w == v. check, called about once a second, stops
-// the wait when it returns an error.
-func waitWhile(w *uint32, v uint32, check func() error) error {
-	for atomic.LoadUint32(w) == v {
-		if err := sys.FutexWait(w, v, time.Second); err == unix.ETIMEDOUT && check != nil {
-			if err := check(); err != nil {
-				return err
-			}
-		}
-	}
-	return nil
-}
-
-// waitCount sleeps until *w >= want.
-func waitCount(w *uint32, want uint32, check func() error) error {
-	for {
-		v := atomic.LoadUint32(w)
-		if v >= want {
-			return nil
-		}
-		if err := waitWhile(w, v, check); err != nil {
-			return err
-		}
-	}
-}
-
 // workerArgs are a worker's parameters, in envArgs as JSON.
 type workerArgs struct {
 	Backend    string
@@ -178,13 +147,13 @@ func runContend(c *config, e *benv) (result, error) {
 	if err != nil {
 		return result{}, err
 	}
-	if err := waitCount(word(data, offReady), uint32(c.procs), ws.check); err != nil {
+	if err := sys.WaitAtLeast(word(data, offReady), uint32(c.procs), ws.check); err != nil {
 		ws.kill()
 		return result{}, err
 	}
 	start := time.Now()
-	setWake(word(data, offGo), 1)
-	if err := waitCount(word(data, offDone), uint32(c.procs), ws.check); err != nil {
+	sys.StoreWake(word(data, offGo), 1)
+	if err := sys.WaitAtLeast(word(data, offDone), uint32(c.procs), ws.check); err != nil {
 		ws.kill()
 		return result{}, err
 	}
@@ -235,15 +204,15 @@ func runPingPong(c *config, e *benv) (result, error) {
 	if err != nil {
 		return result{}, err
 	}
-	if err := waitCount(word(data, offReady), 1, ws.check); err != nil {
+	if err := sys.WaitAtLeast(word(data, offReady), 1, ws.check); err != nil {
 		ws.kill()
 		return result{}, err
 	}
 	turn := word(data, offTurn)
 	start := time.Now()
 	for range n {
-		setWake(turn, 1)
-		if err := waitWhile(turn, 1, ws.check); err != nil {
+		sys.StoreWake(turn, 1)
+		if err := sys.WaitWhile(turn, 1, ws.check); err != nil {
 			ws.kill()
 			return result{}, err
 		}
@@ -313,7 +282,7 @@ func workContend(r *shm.Region, n, g int) error {
 	counter := (*uint64)(unsafe.Pointer(&data[offCounter]))
 	atomic.AddUint32(word(data, offReady), 1)
 	sys.FutexWake(word(data, offReady), 1<<30)
-	if err := waitWhile(word(data, offGo), 0, parentGone); err != nil {
+	if err := sys.WaitWhile(word(data, offGo), 0, parentGone); err != nil {
 		return err
 	}
 	cpu0 := processCPU()
@@ -356,10 +325,10 @@ func workPingPong(r *shm.Region, n int) error {
 	atomic.AddUint32(word(data, offReady), 1)
 	sys.FutexWake(word(data, offReady), 1<<30)
 	for range n {
-		if err := waitWhile(turn, 0, parentGone); err != nil {
+		if err := sys.WaitWhile(turn, 0, parentGone); err != nil {
 			return err
 		}
-		setWake(turn, 0)
+		sys.StoreWake(turn, 0)
 	}
 	return nil
 }
@@ -398,5 +367,5 @@ func workOwn(key string, size int, opt shm.Option) error {
 	}
 	defer r.Close()
 	defer r.Unlink()
-	return waitWhile(word(r.Bytes(), offDone), 0, parentGone)
+	return sys.WaitWhile(word(r.Bytes(), offDone), 0, parentGone)
 }

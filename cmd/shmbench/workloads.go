@@ -8,6 +8,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/shmgo/shm"
+	"github.com/shmgo/shm/internal/sys"
 )
 
 func runCreate(c *config, e *benv) (result, error) {
@@ -52,7 +53,7 @@ func runAttach(c *config, e *benv) (result, error) {
 		return result{}, err
 	}
 	defer func() {
-		setWake(word(ctl.Bytes(), offDone), 1)
+		sys.StoreWake(word(ctl.Bytes(), offDone), 1)
 		ctl.Close()
 		ws.wait()
 	}()

@@ -9,6 +9,7 @@ import (
 	"os"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 	"unsafe"
@@ -192,4 +193,36 @@ func StartTime(pid int) uint64 {
 		return 0
 	}
 	return st.start
+}
+
+// StoreWake stores v in *w and wakes every waiter on w.
+func StoreWake(w *uint32, v uint32) {
+	atomic.StoreUint32(w, v)
+	FutexWake(w, 1<<30)
+}
+
+// WaitWhile sleeps while *w == v. check, called about once a second, ends
+// the wait when it returns an error (a peer that went away, say).
+func WaitWhile(w *uint32, v uint32, check func() error) error {
+	for atomic.LoadUint32(w) == v {
+		if err := FutexWait(w, v, time.Second); err == unix.ETIMEDOUT && check != nil {
+			if err := check(); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// WaitAtLeast sleeps until *w >= want; check is as for WaitWhile.
+func WaitAtLeast(w *uint32, want uint32, check func() error) error {
+	for {
+		v := atomic.LoadUint32(w)
+		if v >= want {
+			return nil
+		}
+		if err := WaitWhile(w, v, check); err != nil {
+			return err
+		}
+	}
 }
