@@ -72,24 +72,16 @@ func scanMaps(proc string, want map[FileID]bool) (MapScan, error) {
 			continue
 		}
 		f, err := os.Open(proc + "/" + n + "/maps")
-		if err != nil {
-			if isGone(err) {
-				continue
-			}
-			if res.Unreadable >= 0 {
-				res.Unreadable++
-			}
-			continue
+		if err == nil {
+			clear(seen)
+			buf.Reset(f)
+			err = mappedFiles(buf, want, seen)
+			f.Close()
 		}
-		clear(seen)
-		buf.Reset(f)
-		err = mappedFiles(buf, want, seen)
-		f.Close()
 		if err != nil {
-			if isGone(err) {
-				continue
-			}
-			if res.Unreadable >= 0 {
+			// A process that exited meanwhile maps nothing; one we may
+			// not read makes the count inexact.
+			if !isGone(err) && res.Unreadable >= 0 {
 				res.Unreadable++
 			}
 			continue
