@@ -187,8 +187,9 @@ func (b *Backend) Create(name string, size int64, perm fs.FileMode) (backend.Pen
 	if _, err := unix.SysvShmCtl(id, unix.IPC_STAT, &ds); err != nil {
 		return fail("shmctl IPC_STAT", err, mem)
 	}
-	if ds.Perm.Mode&0o777 != mode {
-		ds.Perm.Mode = ds.Perm.Mode&^0o777 | mode
+	// Perm.Mode is uint16 on some 32-bit architectures, uint32 elsewhere.
+	if uint32(ds.Perm.Mode)&0o777 != mode {
+		ds.Perm.Mode = ds.Perm.Mode&^0o777 | modeAs(ds.Perm.Mode, mode)
 		if _, err := unix.SysvShmCtl(id, unix.IPC_SET, &ds); err != nil {
 			return fail("shmctl IPC_SET", err, mem)
 		}
@@ -288,7 +289,7 @@ func (b *Backend) Chmod(name string, perm fs.FileMode) error {
 		return &fs.PathError{Op: "shmget", Path: path, Err: err}
 	}
 	return setPerm(id, path, func(p *unix.SysvIpcPerm) {
-		p.Mode = p.Mode&^0o777 | uint32(perm.Perm())
+		p.Mode = p.Mode&^0o777 | modeAs(p.Mode, uint32(perm.Perm()))
 	})
 }
 
@@ -524,3 +525,7 @@ var (
 	_ backend.Chowner              = (*segment)(nil)
 	_ backend.Sealed               = (*segment)(nil)
 )
+
+// modeAs converts permission bits to the type of ipc_perm's mode field,
+// which is uint16 on some 32-bit architectures and uint32 elsewhere.
+func modeAs[T uint16 | uint32](_ T, perm uint32) T { return T(perm) }
