@@ -35,6 +35,9 @@ var (
 	ErrLocked = errors.New("lock is held")
 	// ErrNotLocked: Unlock or MarkConsistent on a Lock that is not held.
 	ErrNotLocked = errors.New("lock is not held")
+	// ErrTooManyUsers: Open found every slot of the region's user table
+	// taken (see WithMaxUsers).
+	ErrTooManyUsers = errors.New("too many users")
 	// ErrOwnerDead: the process that held the lock died while holding it
 	// (the lock is now the caller's, and the data it guards may be half
 	// updated), or the creator of a region died before the region was

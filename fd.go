@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"io/fs"
+	"math"
 	"net"
 	"os"
 	"time"
@@ -113,14 +114,16 @@ func openFd(fd int, what string) (*Region, error) {
 		st          headerState
 		why         error
 		creatorDead bool
+		h           = new(header) // a copy: the sender may change the mapping's
 	)
 	// The object may be a file that someone truncates under us.
 	if ferr := guard(func() {
-		if h := headerOf(mem); h.KeyLen <= maxKeyLen {
+		*h = *headerOf(mem)
+		if h.KeyLen <= maxKeyLen {
 			name = string(h.Key[:h.KeyLen])
 		}
-		st, why = checkHeader(mem, name)
-		creatorDead = st == headerNotReady && sys.Check(headerOf(mem).creator()) == sys.Dead
+		st, why = checkHeaderOf(h, int64(len(mem)), name)
+		creatorDead = st == headerNotReady && sys.Check(h.creator()) == sys.Dead
 	}); ferr != nil {
 		seg.Close()
 		return fail("", ferr)
@@ -132,7 +135,12 @@ func openFd(fd int, what string) (*Region, error) {
 	}
 	switch st {
 	case headerOK:
-		return newRegion("/"+name, name, fdBackend{}, seg, mem), nil
+		r := newRegionFrom("/"+name, name, fdBackend{}, seg, mem, h)
+		if err := r.claimSlot(); err != nil {
+			seg.Close()
+			return fail("/"+name, err)
+		}
+		return r, nil
 	case headerNotReady:
 		seg.Close()
 		if creatorDead {
@@ -159,7 +167,7 @@ func mapFd(fd int, what string) (*fdSegment, error) {
 	if st.Mode&unix.S_IFMT != unix.S_IFREG {
 		return fail("open", because("not a regular file", unix.EINVAL, ErrCorrupt))
 	}
-	if st.Size < headerSize || st.Size > headerSize+MaxSize {
+	if st.Size < headerSize || st.Size > int64(dataOffset(MaxUsers))+MaxSize || st.Size > math.MaxInt {
 		return fail("open", because("object is too small or too large to be a region", nil, ErrCorrupt))
 	}
 	mem, err := unix.Mmap(fd, 0, int(st.Size), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)

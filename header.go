@@ -10,38 +10,40 @@ import (
 	"github.com/shmgo/shm/internal/sys"
 )
 
-// Layout of a region: a header that package shm owns, then the data.
+// Layout of a region: a header that package shm owns, the table of its
+// users, then the data.
 //
 //	offset size
-//	     0    8  magic "\x89SHMGO\r\n"
-//	     8    4  layout version (1)
-//	    12    4  header size (512): the data starts here, 64-byte aligned
+//	     0    8  magic "\x89SHMGO\r\n"; its first 4 bytes are written last
+//	     8    4  layout version (2)
+//	    12    4  header size: where the data starts (64-byte aligned)
 //	    16    8  data size in bytes
 //	    24    4  state: 0 while the owner initialises, 1 when ready (futex word)
-//	    28    4  flags: 1 = robust lock (the word holds a thread ID)
+//	    28    4  flags (none defined; 0)
 //	    32    4  creator PID
 //	    36    4  key length
 //	    40    8  creator start time (clock ticks since boot)
 //	    48    8  creator PID namespace (inode of /proc/PID/ns/pid)
 //	    56    8  creation time (Unix nanoseconds)
 //	    64  200  key, without the leading '/'
+//	   264    4  number of user slots (the table at 512)
 //	   384   64  the lock, on its own cache line:
-//	              384  4  lock word: holder PID | waiters 1<<31 | owner died 1<<30
-//	              392  8  holder: PID<<40 | start time (low 40 bits)
-//	              400  8  holder PID namespace
-//	              408 16  robust mode: links in the holder thread's robust list
-//	   512        data
+//	              384  4  lock word: holder's slot+1 (bits 0-12, 0 = free),
+//	                      generation (bits 13-28), hand-off 1<<29,
+//	                      inconsistent 1<<30, waiters 1<<31
+//	   512   32  user slot 0, then 1, ... (see slot)
+//	  HSIZE       data
 //
-// Integers are in the machine's byte order: a region never leaves its host.
+// Every field has a fixed size and lies at a multiple of its size, so 32-
+// and 64-bit processes of one host see the same layout. Integers are in the
+// machine's byte order: a region never leaves its host.
 const (
-	headerSize = 512
-	version    = 1
+	headerSize = 512 // the fixed part, before the user table
+	version    = 2
 	maxKeyLen  = 200
 
 	stateInit  = 0
 	stateReady = 1
-
-	flagRobust = 1 // the lock uses the kernel's robust futex list
 )
 
 var magic = [8]byte{0x89, 'S', 'H', 'M', 'G', 'O', '\r', '\n'}
@@ -49,7 +51,7 @@ var magic = [8]byte{0x89, 'S', 'H', 'M', 'G', 'O', '\r', '\n'}
 type header struct {
 	Magic        [8]byte
 	Version      uint32
-	HeaderSize   uint32
+	HeaderSize   uint32 // where the data starts: headerSize + the user table, rounded up to 64
 	DataSize     uint64
 	State        uint32
 	Flags        uint32
@@ -59,59 +61,107 @@ type header struct {
 	CreatorNS    uint64
 	Created      int64
 	Key          [maxKeyLen]byte
-	_            [120]byte
+	Users        uint32 // slots in the user table
+	_            [116]byte
 	Lock         lockLine
 	_            [64]byte
 }
 
 type lockLine struct {
-	Word     uint32
-	_        uint32
-	Holder   uint64 // PID<<40 | start time & (1<<40-1)
-	HolderNS uint64
-	// Robust mode: the holder thread's robust-list links, in its address
-	// space, laid out as glibc's pthread_mutex_t (__list.__prev and __next
-	// 24 and 32 bytes after the word), so that they can share a list.
-	RobustPrev uintptr
-	RobustNext uintptr
-	_          [24]byte
+	Word uint32
+	_    [60]byte
 }
 
-// Compile-time layout checks.
-var (
-	_ [headerSize - unsafe.Sizeof(header{})]byte
-	_ [unsafe.Sizeof(header{}) - headerSize]byte
-	_ [384 - unsafe.Offsetof(header{}.Lock)]byte
-	_ [unsafe.Offsetof(header{}.Lock) - 384]byte
+// slot is one entry of the user table: one Region, in some process, that
+// may take the lock. The lock word names its holder by slot, so that the
+// holder can be judged from the instant it holds: the slot says whether its
+// process lives before the process ever locks.
+type slot struct {
+	// Live is the slot's state: 0 free; slotClaiming while a process
+	// takes it; the thread ID of one of the user process's guardian
+	// threads (sys.Arm), which the kernel replaces by FutexOwnerDied
+	// when the process dies; or slotByPID for a process whose kernel
+	// would not arm it, which is judged by PID, Start and NS instead.
+	// sys.FutexWaiters may be set on it by a waiter that sleeps on it.
+	Live uint32
+	// Hazard is the slot+1 whose dead holder this user is taking the lock
+	// from, or 0: a slot named by a hazard is not reused meanwhile.
+	Hazard uint32
+	// Link is the kernel's robust-list link of Live, an address in the user
+	// process. Nothing but that process (and the kernel) reads it.
+	Link  uint64
+	Start uint64 // the user process's start time (clock ticks since boot)
+	PID   uint32 // its PID, in its own PID namespace
+	NS    uint32 // the inode of its PID namespace
+}
+
+const slotSize = 32
+
+// Values of slot.Live besides a thread ID. Thread IDs stay below
+// 1<<22 (PID_MAX_LIMIT), so these never name a thread.
+const (
+	slotFree     = 0
+	slotClaiming = sys.FutexTIDMask     // being taken: not yet anyone's
+	slotByPID    = sys.FutexTIDMask - 1 // alive, not armed by the kernel: judged by PID
 )
+
+// Users of a region: how many slots a new region gets, and the most it may have.
+const (
+	// DefaultUsers is the number of Regions, in all processes together,
+	// that may have a region open at once when its creator does not say
+	// otherwise with WithMaxUsers.
+	DefaultUsers = 256
+	// MaxUsers is the largest number WithMaxUsers accepts: the lock word
+	// names its holder's slot in 13 bits.
+	MaxUsers = lockOwner
+)
+
+// Compile-time layout checks: the same sizes and offsets on every
+// architecture.
+var (
+	_ [0]struct{} = [unsafe.Sizeof(header{}) - headerSize]struct{}{}
+	_ [0]struct{} = [unsafe.Offsetof(header{}.Lock) - 384]struct{}{}
+	_ [0]struct{} = [unsafe.Offsetof(header{}.Users) - 264]struct{}{}
+	_ [0]struct{} = [unsafe.Sizeof(slot{}) - slotSize]struct{}{}
+	_ [0]struct{} = [unsafe.Offsetof(slot{}.Link) - unsafe.Offsetof(slot{}.Live) - sys.RobustEntryOffset]struct{}{}
+)
+
+// dataOffset is where the data of a region with users slots starts.
+func dataOffset(users int) int {
+	return (headerSize + users*slotSize + 63) &^ 63
+}
 
 func headerOf(mem []byte) *header { return (*header)(unsafe.Pointer(&mem[0])) }
 
-// holderRecord packs a process identity into the lock's holder field.
-func holderRecord(id sys.Identity) uint64 {
-	return uint64(id.PID)<<40 | id.Start&(1<<40-1)
+// slotsOf returns the user table of the region mapped at mem, whose header
+// h (a copy, or the mapping's own) has been checked.
+func slotsOf(mem []byte, h *header) []slot {
+	return unsafe.Slice((*slot)(unsafe.Pointer(&mem[headerSize])), h.Users)
 }
 
 // writeHeader fills a fresh (zeroed) header; the state stays stateInit.
-func writeHeader(h *header, name string, dataSize int64, now time.Time) {
+func writeHeader(h *header, name string, dataSize int64, users int, now time.Time) {
 	me := sys.Self()
 	h.Version = version
-	h.HeaderSize = headerSize
+	h.HeaderSize = uint32(dataOffset(users))
 	h.DataSize = uint64(dataSize)
+	h.Users = uint32(users)
 	h.CreatorPID = uint32(me.PID)
 	h.CreatorStart = me.Start
 	h.CreatorNS = me.NS
 	h.Created = now.UnixNano()
 	h.KeyLen = uint32(copy(h.Key[:], name))
-	// Last, in one atomic store: an opener that sees the magic sees every
-	// field above (SysV objects are visible while this runs).
-	atomic.StoreUint64(h.magicPtr(), magicWord)
+	copy(h.Magic[4:], magic[4:])
+	// Last, in one 32-bit atomic store (atomic on every architecture): an
+	// opener that sees the magic sees every field above (SysV objects are
+	// visible while this runs).
+	atomic.StoreUint32(h.magicPtr(), magicWord)
 }
 
-// magicWord is the magic as one machine word.
-var magicWord = *(*uint64)(unsafe.Pointer(&magic))
+// magicWord is the first 4 bytes of the magic as one word.
+var magicWord = *(*uint32)(unsafe.Pointer(&magic))
 
-func (h *header) magicPtr() *uint64 { return (*uint64)(unsafe.Pointer(&h.Magic)) }
+func (h *header) magicPtr() *uint32 { return (*uint32)(unsafe.Pointer(&h.Magic)) }
 
 func (h *header) creator() sys.Identity {
 	return sys.Identity{PID: int(h.CreatorPID), Start: h.CreatorStart, NS: h.CreatorNS}
@@ -138,40 +188,50 @@ func checkHeader(mem []byte, name string) (headerState, error) {
 		}
 		return headerBad, fmt.Errorf("object is %d bytes, smaller than the %d-byte header", len(mem), headerSize)
 	}
-	return checkHeaderOf(headerOf(mem), len(mem), name)
+	return checkHeaderOf(headerOf(mem), int64(len(mem)), name)
 }
 
 // checkHeaderOf is checkHeader for the header h of an object of size bytes
 // (at least headerSize): h may be the object's mapping or a copy of its
 // first bytes.
-func checkHeaderOf(h *header, size int, name string) (headerState, error) {
-	if m := atomic.LoadUint64(h.magicPtr()); m != magicWord {
+func checkHeaderOf(h *header, size int64, name string) (headerState, error) {
+	if m := atomic.LoadUint32(h.magicPtr()); m != magicWord {
 		if m == 0 {
 			// Blank, or being written: the owner writes the magic last.
 			return headerBlank, fmt.Errorf("no header (blank magic)")
 		}
 		return headerBad, fmt.Errorf("bad magic %q", h.Magic[:])
 	}
-	if h.Version != version {
-		return headerBad, fmt.Errorf("layout version %d, this library reads %d", h.Version, version)
-	}
-	if h.HeaderSize != headerSize {
-		return headerBad, fmt.Errorf("header size %d, want %d", h.HeaderSize, headerSize)
-	}
-	if h.KeyLen > maxKeyLen {
-		return headerBad, fmt.Errorf("key length %d exceeds %d", h.KeyLen, maxKeyLen)
+	if err := validFields(h, size); err != nil {
+		return headerBad, err
 	}
 	if k := h.Key[:h.KeyLen]; !bytes.Equal(k, []byte(name)) {
 		return headerBad, fmt.Errorf("header names key %q, not %q", k, name)
-	}
-	if h.DataSize == 0 || h.DataSize > MaxSize {
-		return headerBad, fmt.Errorf("header claims %d data bytes", h.DataSize)
-	}
-	if h.DataSize > uint64(size-headerSize) {
-		return headerBad, fmt.Errorf("header claims %d data bytes, object holds %d", h.DataSize, size-headerSize)
 	}
 	if !h.ready() {
 		return headerNotReady, fmt.Errorf("owner has not finished initialising")
 	}
 	return headerOK, nil
+}
+
+// validFields checks the fields of a header whose magic is right, for an
+// object of size bytes (0: unknown).
+func validFields(h *header, size int64) error {
+	switch {
+	case h.Magic != magic:
+		return fmt.Errorf("bad magic %q", h.Magic[:])
+	case h.Version != version:
+		return fmt.Errorf("layout version %d, this library reads %d", h.Version, version)
+	case h.Users == 0 || h.Users > MaxUsers:
+		return fmt.Errorf("header claims %d user slots", h.Users)
+	case h.HeaderSize != uint32(dataOffset(int(h.Users))):
+		return fmt.Errorf("header size %d, want %d for %d user slots", h.HeaderSize, dataOffset(int(h.Users)), h.Users)
+	case h.KeyLen > maxKeyLen:
+		return fmt.Errorf("key length %d exceeds %d", h.KeyLen, maxKeyLen)
+	case h.DataSize == 0 || h.DataSize > MaxSize:
+		return fmt.Errorf("header claims %d data bytes", h.DataSize)
+	case size > 0 && h.DataSize > uint64(size)-uint64(min(size, int64(h.HeaderSize))):
+		return fmt.Errorf("header claims %d data bytes, object holds %d after its %d-byte header", h.DataSize, size-min(size, int64(h.HeaderSize)), h.HeaderSize)
+	}
+	return nil
 }

@@ -16,16 +16,22 @@ import (
 // fuzzName is the key name the seeds are made for.
 const fuzzName = "t-rel-fuzz"
 
+// fuzzOff is where the data of the seeds starts: a header with one user
+// slot.
+const fuzzOff = 576
+
 // fuzzHeader lays out a header by hand, as the comment in header.go
-// documents it, independently of the header struct.
+// documents it, independently of the header struct: one user slot, and the
+// data after it up to total bytes.
 func fuzzHeader(total int, edit func(b []byte)) []byte {
-	b := make([]byte, max(total, headerSize))
+	b := make([]byte, max(total, fuzzOff))
 	ne := binary.NativeEndian
 	copy(b, "\x89SHMGO\r\n")
-	ne.PutUint32(b[8:], 1)           // version
-	ne.PutUint32(b[12:], headerSize) // header size
-	ne.PutUint64(b[16:], uint64(max(total-headerSize, 1)))
-	ne.PutUint32(b[24:], 1) // ready
+	ne.PutUint32(b[8:], 2)        // version
+	ne.PutUint32(b[12:], fuzzOff) // header size
+	ne.PutUint64(b[16:], uint64(max(total-fuzzOff, 1)))
+	ne.PutUint32(b[264:], 1) // user slots
+	ne.PutUint32(b[24:], 1)  // ready
 	ne.PutUint32(b[32:], uint32(os.Getpid()))
 	ne.PutUint32(b[36:], uint32(len(fuzzName)))
 	ne.PutUint64(b[40:], 1234)
@@ -56,23 +62,27 @@ func refCheck(mem []byte, name string) headerState {
 		return headerBad
 	}
 	ne := binary.NativeEndian
-	if !bytes.Equal(mem[:8], magic[:]) {
-		// The creator writes the magic last: without it, the header may
-		// still be being written (SysV objects are visible meanwhile),
-		// whatever the other fields hold.
-		if bytes.Equal(mem[:8], make([]byte, 8)) {
+	if !bytes.Equal(mem[:4], magic[:4]) {
+		// The creator writes the magic's first 4 bytes last: without
+		// them, the header may still be being written (SysV objects are
+		// visible meanwhile), whatever the other fields hold.
+		if bytes.Equal(mem[:4], make([]byte, 4)) {
 			return headerBlank
 		}
 		return headerBad
 	}
 	keyLen := ne.Uint32(mem[36:])
 	dataSize := ne.Uint64(mem[16:])
+	users := ne.Uint32(mem[264:])
+	hsize := ne.Uint32(mem[12:])
 	switch {
-	case ne.Uint32(mem[8:]) != version,
-		ne.Uint32(mem[12:]) != headerSize,
+	case !bytes.Equal(mem[:8], magic[:]),
+		ne.Uint32(mem[8:]) != version,
+		users == 0, users > MaxUsers,
+		hsize != (512+32*users+63)&^63,
 		keyLen > maxKeyLen,
 		string(mem[64:64+keyLen]) != name,
-		dataSize == 0, dataSize > MaxSize, dataSize > uint64(len(mem)-headerSize):
+		dataSize == 0, dataSize > MaxSize, uint64(hsize) > uint64(len(mem)), dataSize > uint64(len(mem))-uint64(hsize):
 		return headerBad
 	}
 	if ne.Uint32(mem[24:]) != stateReady {
@@ -146,40 +156,43 @@ var stateNames = map[headerState]string{headerOK: "OK", headerBlank: "Blank", he
 // be blank, so that the opener waits, not corrupt.
 func FuzzCheckHeader(f *testing.F) {
 	seeds := [][]byte{
-		fuzzHeader(headerSize+64, nil),                 // valid
-		fuzzHeader(headerSize+1, nil),                  // valid, 1 data byte
-		fuzzHeader(headerSize+4093, nil),               // valid, odd length
-		fuzzHeader(headerSize+64, nil)[:headerSize+63], // truncated by one byte
-		fuzzHeader(headerSize+64, nil)[:headerSize],    // only the header
-		fuzzHeader(headerSize+64, nil)[:headerSize-1],  // shorter than the header
-		fuzzHeader(headerSize+64, nil)[:100],           // much shorter
-		fuzzHeader(headerSize+64, nil)[:1],             // one byte
-		{},                                             // empty
-		make([]byte, headerSize+64),                    // zeros
-		make([]byte, 100),                              // short zeros
-		fuzzHeader(headerSize+64, func(b []byte) { copy(b, "GEOPMSHM") }),
-		fuzzHeader(headerSize+64, put32(8, 2)),                                      // version
-		fuzzHeader(headerSize+64, put32(8, 0)),                                      // version 0
-		fuzzHeader(headerSize+64, put32(12, 256)),                                   // header size
-		fuzzHeader(headerSize+64, put64(16, 0)),                                     // data size 0
-		fuzzHeader(headerSize+64, put64(16, 65)),                                    // data beyond the end
-		fuzzHeader(headerSize+64, put64(16, MaxSize+1)),                             // beyond MaxSize
-		fuzzHeader(headerSize+64, put64(16, 1<<63)),                                 // huge
-		fuzzHeader(headerSize+64, put32(24, 0)),                                     // initialising
-		fuzzHeader(headerSize+64, put32(24, 7)),                                     // unknown state
-		fuzzHeader(headerSize+64, put32(36, maxKeyLen+1)),                           // key length
-		fuzzHeader(headerSize+64, put32(36, 1<<32-1)),                               // key length
-		fuzzHeader(headerSize+64, put32(36, uint32(len(fuzzName)-1))),               // key prefix
-		fuzzHeader(headerSize+64, func(b []byte) { b[64] = 'T' }),                   // other key
-		fuzzHeader(headerSize+64, func(b []byte) { copy(b[4:8], make([]byte, 4)) }), // half a magic
-		fuzzHeader(headerSize+64, func(b []byte) { copy(b, make([]byte, 16)) }),     // no magic, version or header size
+		fuzzHeader(fuzzOff+64, nil),              // valid
+		fuzzHeader(fuzzOff+1, nil),               // valid, 1 data byte
+		fuzzHeader(fuzzOff+4093, nil),            // valid, odd length
+		fuzzHeader(fuzzOff+64, nil)[:fuzzOff+63], // truncated by one byte
+		fuzzHeader(fuzzOff+64, nil)[:fuzzOff],    // only the header
+		fuzzHeader(fuzzOff+64, nil)[:fuzzOff-1],  // shorter than the header
+		fuzzHeader(fuzzOff+64, nil)[:100],        // much shorter
+		fuzzHeader(fuzzOff+64, nil)[:1],          // one byte
+		{},                                       // empty
+		make([]byte, fuzzOff+64),                 // zeros
+		make([]byte, 100),                        // short zeros
+		fuzzHeader(fuzzOff+64, func(b []byte) { copy(b, "GEOPMSHM") }),
+		fuzzHeader(fuzzOff+64, put32(8, 1)),                                      // version 1
+		fuzzHeader(fuzzOff+64, put32(264, 0)),                                    // no user slots
+		fuzzHeader(fuzzOff+64, put32(264, 2)),                                    // slots without room
+		fuzzHeader(fuzzOff+64, put32(264, MaxUsers+1)),                           // too many slots
+		fuzzHeader(fuzzOff+64, put32(8, 0)),                                      // version 0
+		fuzzHeader(fuzzOff+64, put32(12, 256)),                                   // header size
+		fuzzHeader(fuzzOff+64, put64(16, 0)),                                     // data size 0
+		fuzzHeader(fuzzOff+64, put64(16, 65)),                                    // data beyond the end
+		fuzzHeader(fuzzOff+64, put64(16, MaxSize+1)),                             // beyond MaxSize
+		fuzzHeader(fuzzOff+64, put64(16, 1<<63)),                                 // huge
+		fuzzHeader(fuzzOff+64, put32(24, 0)),                                     // initialising
+		fuzzHeader(fuzzOff+64, put32(24, 7)),                                     // unknown state
+		fuzzHeader(fuzzOff+64, put32(36, maxKeyLen+1)),                           // key length
+		fuzzHeader(fuzzOff+64, put32(36, 1<<32-1)),                               // key length
+		fuzzHeader(fuzzOff+64, put32(36, uint32(len(fuzzName)-1))),               // key prefix
+		fuzzHeader(fuzzOff+64, func(b []byte) { b[64] = 'T' }),                   // other key
+		fuzzHeader(fuzzOff+64, func(b []byte) { copy(b[4:8], make([]byte, 4)) }), // half a magic
+		fuzzHeader(fuzzOff+64, func(b []byte) { copy(b, make([]byte, 16)) }),     // no magic, version or header size
 	}
 	for _, s := range seeds {
 		f.Add(s, fuzzName)
 	}
-	f.Add(fuzzHeader(headerSize+64, nil), "")
-	f.Add(fuzzHeader(headerSize+64, nil), fuzzName+"x")
-	f.Add(fuzzHeader(headerSize+64, put32(36, 0)), "")
+	f.Add(fuzzHeader(fuzzOff+64, nil), "")
+	f.Add(fuzzHeader(fuzzOff+64, nil), fuzzName+"x")
+	f.Add(fuzzHeader(fuzzOff+64, put32(36, 0)), "")
 
 	f.Fuzz(func(t *testing.T, data []byte, name string) {
 		want := refCheck(data, name)

@@ -91,6 +91,16 @@ func liveness(l sys.Liveness) Liveness {
 	return LivenessUnknown
 }
 
+// User is a Region that has a region open, as the region's user table
+// records it.
+type User struct {
+	// PID is the user's process, in the PID namespace where it runs.
+	PID int
+	// Alive tells whether the process lives, as the lock judges it: the
+	// kernel marks the slot of a process that dies.
+	Alive Liveness
+}
+
 // LockState is the state of a region's lock as seen from outside.
 type LockState int
 
@@ -103,6 +113,10 @@ const (
 	// LockHolderDead: the process that holds the lock is dead; the next
 	// Lock takes it over with ErrOwnerDead.
 	LockHolderDead
+	// LockHolderUnknown: a process holds the lock that cannot be judged
+	// from here (its kernel does not mark its death, and it runs in
+	// another PID namespace or /proc hides it): Lock never takes it over.
+	LockHolderUnknown
 )
 
 func (s LockState) String() string {
@@ -111,6 +125,8 @@ func (s LockState) String() string {
 		return "held"
 	case LockHolderDead:
 		return "holder dead"
+	case LockHolderUnknown:
+		return "held, holder unknown"
 	}
 	return "free"
 }
@@ -118,12 +134,12 @@ func (s LockState) String() string {
 // LockInfo describes a region's lock.
 type LockInfo struct {
 	State LockState
-	// PID is the holder's PID, in the PID namespace where it took the
-	// lock (its thread ID for a robust lock); 0 when the lock is free.
+	// PID is the holder's PID, in the PID namespace where it runs; 0 when
+	// the lock is free.
 	PID int
-	// Robust is set for a lock on the kernel's robust futex list
-	// (WithRobustLock): the kernel itself marks it when its holder dies, so
-	// it is never LockHolderDead.
+	// Robust is set when the kernel itself signals the holder's death (its
+	// process is armed on a robust futex list), as it does everywhere but
+	// where a seccomp filter or the kernel refuses robust lists.
 	Robust bool
 	// Inconsistent is set when a holder died holding the lock and nobody
 	// has called MarkConsistent since: the next Lock returns ErrOwnerDead.
@@ -137,9 +153,8 @@ func (l LockInfo) String() string {
 	switch l.State {
 	case LockHeld:
 		s = "held by " + strconv.Itoa(l.PID)
-		if l.Robust {
-			s = "held by thread " + strconv.Itoa(l.PID)
-		}
+	case LockHolderUnknown:
+		s = "held by " + strconv.Itoa(l.PID) + " (cannot tell whether it lives)"
 	case LockHolderDead:
 		s = "holder " + strconv.Itoa(l.PID) + " dead"
 	default:
@@ -187,6 +202,11 @@ type Info struct {
 	Ready bool
 	// Lock is the state of the region's lock.
 	Lock LockInfo
+	// Users are the Regions that have the region open, one per slot of its
+	// user table (a process that opened it twice appears twice), and
+	// MaxUsers is the size of that table (WithMaxUsers).
+	Users    []User
+	MaxUsers int
 
 	// Attached is how many processes map the region: the kernel's count
 	// for sysv, the processes of /proc/*/maps otherwise. It is -1 when the
@@ -495,6 +515,7 @@ func probeFile(be backend.Backend, dir, name string) *object {
 		want = "" // the key is in the header; the file name is temporary
 	}
 	o.setHeader(h, n, want)
+	o.setTable(preadAt(fd))
 	return o
 }
 
@@ -592,6 +613,7 @@ func probeListed(be backend.Backend, bi backend.Info) *object {
 	o.setPath(bi.Name)
 	h, n := copyHeader(mem)
 	o.setHeader(h, n, bi.Name)
+	o.setTable(copyAt(mem))
 	return o
 }
 
@@ -638,24 +660,17 @@ func (o *object) setHeader(h *header, n int, name string) {
 	o.Creator = liveness(sys.Check(h.creator()))
 	o.Created = time.Unix(0, h.Created)
 	o.Ready = h.State == stateReady
-	o.Lock = lockInfo(h)
+	o.MaxUsers = int(h.Users)
+	o.Lock = lockInfo(h, nil)
 }
 
 // validHeader checks a copied header against the object it came from.
 func validHeader(h *header, objSize int64, name string) error {
-	switch {
-	case h.Magic != magic:
-		return fmt.Errorf("bad magic %q", h.Magic[:])
-	case h.Version != version:
-		return fmt.Errorf("layout version %d, this library reads %d", h.Version, version)
-	case h.HeaderSize != headerSize:
-		return fmt.Errorf("header size %d, want %d", h.HeaderSize, headerSize)
-	case h.KeyLen == 0 || h.KeyLen > maxKeyLen:
-		return fmt.Errorf("key length %d", h.KeyLen)
-	case h.DataSize == 0 || h.DataSize > MaxSize:
-		return fmt.Errorf("header claims %d data bytes", h.DataSize)
-	case objSize > 0 && h.DataSize > uint64(objSize-headerSize):
-		return fmt.Errorf("header claims %d data bytes, object holds %d", h.DataSize, objSize-headerSize)
+	if err := validFields(h, objSize); err != nil {
+		return err
+	}
+	if h.KeyLen == 0 {
+		return fmt.Errorf("key length 0")
 	}
 	key := string(h.Key[:h.KeyLen])
 	if _, err := parseKey(key); err != nil {
@@ -667,30 +682,89 @@ func validHeader(h *header, objSize int64, name string) error {
 	return nil
 }
 
-// lockInfo reads the lock line of a copied header.
-func lockInfo(h *header) LockInfo {
+// lockInfo reads the lock line of a copied header, with a copy of its user
+// table (nil when it could not be read).
+func lockInfo(h *header, t []slot) LockInfo {
 	w := h.Lock.Word
 	li := LockInfo{
-		PID:          int(w & lockPIDMask),
 		Inconsistent: w&lockDied != 0,
 		Waiters:      w&lockWaiters != 0,
-		Robust:       h.Flags&flagRobust != 0,
 	}
-	if li.PID == 0 {
+	owner := w & lockOwner
+	if owner == 0 {
 		return li
 	}
-	li.State = LockHeld
-	if li.Robust {
-		// A thread ID, maybe of another PID namespace; the kernel clears
-		// it when the thread dies.
+	li.State = LockHolderUnknown
+	if int(owner) > len(t) {
 		return li
 	}
-	rec := h.Lock.Holder
-	if uint32(rec>>40) == uint32(li.PID) &&
-		deadHolder(sys.Identity{PID: li.PID, Start: rec & (1<<40 - 1), NS: h.Lock.HolderNS}) {
+	s := &t[owner-1]
+	li.PID = int(s.PID)
+	li.Robust = !byPID(s.Live)
+	switch slotLiveness(s) {
+	case sys.Dead:
 		li.State = LockHolderDead
+	case sys.Alive:
+		li.State = LockHeld
 	}
 	return li
+}
+
+// usersOf lists the users of a copied user table.
+func usersOf(t []slot) []User {
+	var us []User
+	for i := range t {
+		s := &t[i]
+		if s.Live == slotFree || s.Live == slotClaiming {
+			continue
+		}
+		us = append(us, User{PID: int(s.PID), Alive: liveness(slotLiveness(s))})
+	}
+	return us
+}
+
+// setTable reads the user table of an object whose header is set, with
+// read (pread, or a guarded copy from a mapping), and what it tells: the
+// lock's holder and the users.
+func (o *object) setTable(read func(b []byte, off int64) bool) {
+	if o.hdr == nil {
+		return
+	}
+	t := make([]slot, o.hdr.Users)
+	if !read(unsafe.Slice((*byte)(unsafe.Pointer(&t[0])), len(t)*slotSize), headerSize) {
+		t = nil
+	}
+	o.Lock = lockInfo(o.hdr, t)
+	if t != nil {
+		o.Users = usersOf(t)
+	}
+}
+
+// preadAt reads len(b) bytes of fd at off.
+func preadAt(fd int) func(b []byte, off int64) bool {
+	return func(b []byte, off int64) bool {
+		for n := 0; n < len(b); {
+			m, err := unix.Pread(fd, b[n:], off+int64(n))
+			if err == unix.EINTR {
+				continue
+			}
+			if err != nil || m == 0 {
+				return false
+			}
+			n += m
+		}
+		return true
+	}
+}
+
+// copyAt reads from a mapping, under a guard.
+func copyAt(mem []byte) func(b []byte, off int64) bool {
+	return func(b []byte, off int64) bool {
+		if off+int64(len(b)) > int64(len(mem)) {
+			return false
+		}
+		return guard(func() { copy(b, mem[off:]) }) == nil
+	}
 }
 
 // judge counts the mapping processes of every object and decides which
@@ -954,6 +1028,7 @@ func probeSegment(o *object, seg backend.Segment, name string) *object {
 	o.setPath(name)
 	h, n := copyHeader(mem)
 	o.setHeader(h, n, name)
+	o.setTable(copyAt(mem))
 	return o
 }
 

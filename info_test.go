@@ -67,9 +67,6 @@ func opsChild(role string) {
 	switch role {
 	case "create", "create-lock", "create-robust-lock":
 		opts := []shm.Option{shm.WithBackend(be), shm.WithMode(0o640)}
-		if role == "create-robust-lock" {
-			opts = append(opts, shm.WithRobustLock())
-		}
 		r, err := shm.Create(key, 4096, opts...)
 		if err != nil {
 			die(err)
@@ -571,8 +568,8 @@ func TestListNamesItsBackendErrors(t *testing.T) {
 	}
 }
 
-// A robust lock whose holder died: the kernel marks it (free, owner died),
-// and Stat says so.
+// A lock whose holder died: the kernel marks the holder's slot, and Stat
+// says the holder is dead (the next Lock takes over).
 func TestStatRobustLockAfterKill(t *testing.T) {
 	dir := privateDir(t)
 	be := posix.NewDir(dir)
@@ -583,7 +580,7 @@ func TestStatRobustLockAfterKill(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !in.Lock.Robust || in.Lock.State != shm.LockHeld || in.Lock.PID == 0 || in.Lock.Inconsistent {
+	if !in.Lock.Robust || in.Lock.State != shm.LockHeld || in.Lock.PID != c.pid || in.Lock.Inconsistent {
 		t.Errorf("while the holder lives: %+v", in.Lock)
 	}
 	c.kill()
@@ -591,7 +588,7 @@ func TestStatRobustLockAfterKill(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !in.Lock.Robust || in.Lock.State != shm.LockFree || !in.Lock.Inconsistent || !in.Stale {
+	if !in.Lock.Robust || in.Lock.State != shm.LockHolderDead || in.Lock.PID != c.pid || !in.Stale {
 		t.Errorf("after the holder died: %+v, stale %v", in.Lock, in.Stale)
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"runtime/debug"
+	"strconv"
 	"sync/atomic"
 	"time"
 	"unsafe"
@@ -13,20 +14,40 @@ import (
 	"github.com/shmgo/shm/internal/sys"
 )
 
-// The lock word, in the header's lock line: the holder's PID, or 0 when
-// free, with two flags. The layout follows the kernel's robust futexes.
+// The lock word, at offset 384 of the header.
+//
+// It names its holder by the holder's slot in the user table (slot+1; 0 when
+// free), so the holder can be judged from the instant it holds: taking the
+// lock is one compare-and-swap and releasing it another, with nothing else
+// written in between. A generation, advanced at every acquisition, makes
+// each holding's value unique, so that a stale Lock value never releases
+// another holding. Three flags:
+//
+//   - lockWaiters: a waiter may sleep in FUTEX_WAIT; Unlock must wake one.
+//   - lockDied: a holder died holding the lock; set until MarkConsistent.
+//   - lockHandoff: a waiter has waited long enough (starveAfter); while it
+//     is set, a free lock goes to a waiter, never to a newcomer.
 const (
-	lockWaiters = 1 << 31 // someone may sleep in FUTEX_WAIT: Unlock must wake
-	lockDied    = 1 << 30 // a holder died; cleared by MarkConsistent
-	lockPIDMask = lockDied - 1
+	lockOwnerBits = 13
+	lockOwner     = 1<<lockOwnerBits - 1 // the holder's slot+1
+	lockGenOne    = 1 << lockOwnerBits
+	lockGen       = (1<<16 - 1) << lockOwnerBits
+	lockHandoff   = 1 << 29
+	lockDied      = 1 << 30
+	lockWaiters   = 1 << 31
 )
 
-// How long a waiter sleeps before it looks at the holder again: it starts
-// short so that a dead holder is noticed fast, and backs off to a cap so that
-// a long critical section costs its waiters little.
+// nextGen is the generation after cur's, in place.
+func nextGen(cur uint32) uint32 { return (cur + lockGenOne) & lockGen }
+
+// Waiting: how long a waiter sleeps before it looks at the holder again (it
+// starts short so that a dead holder is noticed fast, and backs off so that a
+// long critical section costs its waiters little), and how long a waiter
+// waits before the lock is handed to waiters rather than newcomers.
 const (
-	probeMin = time.Millisecond
-	probeMax = 10 * time.Millisecond
+	probeMin    = time.Millisecond
+	probeMax    = 8 * time.Millisecond
+	starveAfter = time.Millisecond
 )
 
 // raceLock stands for every region lock in the race detector, which does not
@@ -37,46 +58,35 @@ var raceLock byte
 // lockState is this process's side of the lock of one Region.
 type lockState struct {
 	// room is the waiting room: the goroutines of this process that find
-	// the lock taken queue here, so that at most one OS thread per Region
-	// sleeps in the kernel. Only the slow path touches it.
+	// the lock taken queue here in order, so that at most one OS thread
+	// per Region sleeps in the kernel. Only the slow path touches it.
 	room chan struct{}
-
-	me     uint32 // our PID, as stored in the word
-	record uint64 // our holder record
-	ns     uint64
-
-	// Written only by the goroutine holding the lock.
-	held bool
-	head *sys.RobustHead // robust mode: the holder thread's list
-	died bool            // acquired with ErrOwnerDead and not yet marked consistent
-	gen  uint64          // counts acquisitions, so that a stale Lock cannot unlock
 }
 
-func (s *lockState) init() {
-	id := sys.Self()
-	s.room = make(chan struct{}, 1)
-	s.me = uint32(id.PID)
-	s.record = holderRecord(id)
-	s.ns = id.NS
-}
+func (s *lockState) init() { s.room = make(chan struct{}, 1) }
 
-// Lock is a held region lock, returned by Region.Lock, LockContext and
-// TryLock. Release it with Unlock, typically with defer. It is a small value:
-// taking the lock allocates nothing.
+// Lock is a holding of a region lock, returned by Region.Lock, LockContext
+// and TryLock. Release it with Unlock, typically with defer. It is a small
+// value: taking the lock allocates nothing.
 type Lock struct {
-	r   *Region
-	gen uint64
+	r *Region
+	v uint32 // the holder and generation this holding put in the word
 }
 
 // Lock takes the region's lock, waiting as long as another process or
-// goroutine holds it. The lock excludes every process that maps the region
-// and every goroutine in this one; it is not reentrant: locking twice from
-// one goroutine deadlocks, as with sync.Mutex.
+// goroutine holds it. The lock excludes every Region that maps the region,
+// in this process and in others; it is not reentrant: locking twice from one
+// goroutine deadlocks, as with sync.Mutex. A held lock is not tied to a
+// goroutine: one goroutine may lock and another unlock.
 //
-// When the previous holder died holding the lock, Lock returns the held lock
-// together with an error matching ErrOwnerDead. The data the lock guards may
-// then be half updated: repair it and call MarkConsistent before Unlock, or
-// the next Lock reports ErrOwnerDead again.
+// When the previous holder died holding the lock (its process was killed,
+// crashed or exec'd), Lock returns the held lock together with an error
+// matching ErrOwnerDead. The data the lock guards may then be half updated:
+// repair it and call MarkConsistent before Unlock, or the next Lock reports
+// ErrOwnerDead again.
+//
+// Waiters are served roughly in order: once a waiter has waited about a
+// millisecond, the lock goes to waiters before a newcomer can take it.
 func (r *Region) Lock() (Lock, error) {
 	return r.lock(context.Background(), false)
 }
@@ -88,233 +98,257 @@ func (r *Region) LockContext(ctx context.Context) (Lock, error) {
 }
 
 // TryLock takes the lock if it is free and returns ErrLocked otherwise. Like
-// Lock, it may return the held lock with ErrOwnerDead.
+// Lock, it takes over the lock of a holder that died, returning the held
+// lock with ErrOwnerDead. It never waits: while waiters are being handed the
+// lock, TryLock reports ErrLocked.
 func (r *Region) TryLock() (Lock, error) {
 	return r.lock(context.Background(), true)
 }
 
-// lock is Lock, LockContext and TryLock: the uncontended paths of each lock
-// mode, then the waiting path.
+// lock is Lock, LockContext and TryLock: the uncontended path, then the
+// waiting path.
 func (r *Region) lock(ctx context.Context, try bool) (Lock, error) {
 	if r.closed.Load() {
 		return Lock{}, r.err("lock", ErrClosed)
 	}
-	if r.robust {
-		return r.lockRobust(ctx, try)
+	if r.me == 0 {
+		return Lock{}, r.err("lock", because("this Region has no user slot (opened read-only?)", nil, ErrInvalidOption))
 	}
-	if r.guard {
-		if r.casGuarded() {
-			return r.held(false), nil
+	if r.guardLock {
+		var l Lock
+		ok := false
+		if ferr := guard(func() { l, ok = r.lockFast() }); ferr != nil {
+			return Lock{}, r.err("lock", ferr)
 		}
-		return r.lockGuarded(ctx, try)
-	}
-	if atomic.CompareAndSwapUint32(&r.hdr.Lock.Word, 0, r.lk.me) {
-		return r.acquired(false), nil
-	}
-	return r.lockSlow(ctx, try, r.lk.me, nil)
-}
-
-// casGuarded is the uncontended path of lockGuarded: it takes a free lock
-// and writes the holder record, or reports false, also when the header
-// faulted (lockGuarded then turns the fault into an error). Its deferred
-// call costs less than lockGuarded's.
-func (r *Region) casGuarded() (ok bool) {
-	defer endGuard(debug.SetPanicOnFault(true))
-	if atomic.CompareAndSwapUint32(&r.hdr.Lock.Word, 0, r.lk.me) {
-		ll := &r.hdr.Lock
-		*(*uint64)(unsafe.Pointer(&ll.HolderNS)) = r.lk.ns
-		*(*uint64)(unsafe.Pointer(&ll.Holder)) = r.lk.record
-		return true
-	}
-	return false
-}
-
-// unlockFast is unlockWord for a lock taken without the died flag, under a
-// guard: it reports false, having freed nothing, when the header faulted
-// (unlockGuarded then turns the fault into an error).
-func (r *Region) unlockFast() (ok bool) {
-	defer endGuard(debug.SetPanicOnFault(true))
-	w := &r.hdr.Lock.Word
-	*(*uint64)(unsafe.Pointer(&r.hdr.Lock.Holder)) = 0 // as unlockWord
-	if atomic.SwapUint32(w, 0)&lockWaiters != 0 {
-		sys.FutexWake(w, 1)
-	}
-	return true
-}
-
-// endGuard ends the guard of a function that reports a fault by returning
-// its zero value: it restores the goroutine's fault mode and swallows a
-// memory fault (any other panic goes on).
-func endGuard(old bool) {
-	debug.SetPanicOnFault(old)
-	if p := recover(); p != nil {
-		faultError(p)
-	}
-}
-
-// lockGuarded is the lock for objects that another process may shrink under
-// us (POSIX, file): a fault on the lock word becomes an error, not a crash.
-func (r *Region) lockGuarded(ctx context.Context, try bool) (l Lock, err error) {
-	old := debug.SetPanicOnFault(true)
-	defer func() {
-		debug.SetPanicOnFault(old)
-		if p := recover(); p != nil {
-			l, err = Lock{}, r.err("lock", faultError(p))
+		if ok {
+			return l, nil
 		}
-	}()
-	if atomic.CompareAndSwapUint32(&r.hdr.Lock.Word, 0, r.lk.me) {
-		return r.acquired(false), nil
+	} else if l, ok := r.lockFast(); ok {
+		return l, nil
 	}
-	return r.lockSlow(ctx, try, r.lk.me, nil)
+	return r.lockSlow(ctx, try)
 }
 
-// acquired records this process as the holder; the caller holds the word.
-func (r *Region) acquired(died bool) Lock {
-	// Plain stores: only waiters in other processes read the record (a
-	// waiter never judges its own process), after the word says who holds.
-	if !r.robust {
-		ll := &r.hdr.Lock
-		*(*uint64)(unsafe.Pointer(&ll.HolderNS)) = r.lk.ns
-		*(*uint64)(unsafe.Pointer(&ll.Holder)) = r.lk.record
-	}
-	return r.held(died)
-}
-
-// held records in this process that the lock is ours.
-func (r *Region) held(died bool) Lock {
-	raceAcquire(unsafe.Pointer(&raceLock))
-	r.lk.held = true
-	r.lk.died = died
-	r.lk.gen++
-	return Lock{r: r, gen: r.lk.gen}
-}
-
-// lockSlow waits for the lock and takes it with the word me (our PID, or in
-// robust mode our thread ID).
-func (r *Region) lockSlow(ctx context.Context, try bool, me uint32, head *sys.RobustHead) (Lock, error) {
-	w := &r.hdr.Lock.Word
-	// take is the compare-and-swap that acquires. In robust mode the entry
-	// is pending on the thread's robust list only around it: were it
-	// pending while we wait and this thread died, the kernel would mark a
-	// word that holds a thread of another PID namespace with our TID.
-	take := func(old, new uint32) bool {
-		if head == nil {
-			return atomic.CompareAndSwapUint32(w, old, new)
+// lockFast takes the lock if it is free and carries no flag.
+func (r *Region) lockFast() (Lock, bool) {
+	w := r.word
+	cur := atomic.LoadUint32(w)
+	if cur&^lockGen == 0 {
+		v := nextGen(cur) | r.me
+		if atomic.CompareAndSwapUint32(w, cur, v) {
+			raceAcquire(unsafe.Pointer(&raceLock))
+			return Lock{r: r, v: v}, true
 		}
-		head.Pending = uintptr(unsafe.Pointer(&r.hdr.Lock.RobustNext))
-		if atomic.CompareAndSwapUint32(w, old, new) {
-			return true // pending until linked
-		}
-		head.Pending = 0
-		return false
 	}
+	return Lock{}, false
+}
+
+// lockSlow takes the lock when the uncontended path could not: it waits,
+// judges the holder, and takes the lock over from a dead one.
+func (r *Region) lockSlow(ctx context.Context, try bool) (Lock, error) {
+	if !r.enter() {
+		return Lock{}, r.err("lock", ErrClosed)
+	}
+	defer r.leave()
+	if r.shrinks || r.guardLock {
+		// The object may be truncated under us: a fault on the word here
+		// becomes ErrCorrupt (the uncontended path is guarded only with
+		// WithFaultGuard).
+		var l Lock
+		var err error
+		if ferr := guard(func() { l, err = r.waitLock(ctx, try) }); ferr != nil {
+			return Lock{}, r.err("lock", ferr)
+		}
+		return l, err
+	}
+	return r.waitLock(ctx, try)
+}
+
+func (r *Region) waitLock(ctx context.Context, try bool) (Lock, error) {
+	w := r.word
 	if try {
 		for {
-			v := atomic.LoadUint32(w)
-			if v&lockPIDMask != 0 {
+			cur := atomic.LoadUint32(w)
+			switch owner := cur & lockOwner; {
+			case owner == 0 && cur&lockHandoff == 0:
+				if l, ok := r.take(cur, cur&lockWaiters); ok {
+					return r.acquired(l, cur&lockDied != 0)
+				}
+			case owner == 0:
+				return Lock{}, r.err("lock", ErrLocked) // handed to waiters
+			case owner == r.me:
 				return Lock{}, r.err("lock", ErrLocked)
-			}
-			if take(v, v|me) {
-				return r.afterSlow(v&lockDied != 0)
+			default:
+				st, err := r.judge(owner)
+				if err != nil {
+					return Lock{}, err
+				}
+				if st != holderDead {
+					if atomic.LoadUint32(w) != cur {
+						continue
+					}
+					return Lock{}, r.err("lock", ErrLocked)
+				}
+				if l, ok := r.takeOver(cur); ok {
+					return r.acquired(l, true)
+				}
 			}
 		}
 	}
 
+	began := time.Now()
+	if ctx.Done() != nil {
+		// Cancellation wakes the sleepers on the word at once (every
+		// waiter wakes spuriously and looks again; ours leaves).
+		stop := context.AfterFunc(ctx, func() { sys.FutexWake(w, 1<<30) })
+		defer stop()
+	}
 	// Enter the waiting room (the uncontended path never does).
 	select {
 	case r.lk.room <- struct{}{}:
 	case <-ctx.Done():
 		return Lock{}, r.lockCtxErr(ctx)
+	case <-r.closing:
+		return Lock{}, r.err("lock", ErrClosed)
 	}
 	defer func() { <-r.lk.room }()
 
-	var suspect [3]uint64 // the state last judged dead, confirmed on the next probe
 	probe := probeMin
+	slept := false // we slept on the word: a wake-up may have been ours
 	for {
 		if r.closed.Load() {
+			r.passWake(slept)
 			return Lock{}, r.err("lock", ErrClosed)
 		}
-		v := atomic.LoadUint32(w)
-		if v&lockPIDMask == 0 {
-			// Free. Take it with the waiters flag set: another process
-			// may have slept on it while we did.
-			if take(v, v|me|lockWaiters) {
-				return r.afterSlow(v&lockDied != 0)
+		if ctx.Err() != nil {
+			r.passWake(slept)
+			return Lock{}, r.lockCtxErr(ctx)
+		}
+		starving := time.Since(began) >= starveAfter
+		cur := atomic.LoadUint32(w)
+		owner := cur & lockOwner
+		switch {
+		case owner == 0 && (cur&lockHandoff == 0 || slept || starving):
+			// Free (or handed to waiters, and we are one). Take it with
+			// the waiters flag set if we slept: others may sleep too,
+			// and the wake-up that freed us cleared it.
+			keep := cur & lockWaiters
+			if slept {
+				keep = lockWaiters
+			}
+			if l, ok := r.take(cur, keep); ok {
+				return r.acquired(l, cur&lockDied != 0)
 			}
 			continue
-		}
-		if v&lockWaiters == 0 {
-			if !atomic.CompareAndSwapUint32(w, v, v|lockWaiters) {
+		case owner != 0 && owner != r.me:
+			st, err := r.judge(owner)
+			if err != nil {
+				return Lock{}, err
+			}
+			if st == holderDead {
+				if l, ok := r.takeOver(cur); ok {
+					return r.acquired(l, true)
+				}
 				continue
 			}
-			v |= lockWaiters
+		}
+
+		// Sleep until the word changes, or for a probe.
+		want := cur | lockWaiters
+		if starving && owner != 0 {
+			want |= lockHandoff
+		}
+		if want != cur {
+			if !atomic.CompareAndSwapUint32(w, cur, want) {
+				continue
+			}
+			cur = want
 		}
 		wait := probe
+		if owner == 0 {
+			wait = probeMin // a hand-off we may not take yet: look again soon
+		}
 		if dl, ok := ctx.Deadline(); ok {
 			left := time.Until(dl)
 			if left <= 0 {
+				r.passWake(slept)
 				return Lock{}, r.lockCtxErr(ctx)
 			}
 			wait = min(wait, left)
 		}
-		err := sys.FutexWait(w, v, wait)
+		err := sys.FutexWait(w, cur, wait)
+		slept = true
 		if err == unix.EFAULT {
 			return Lock{}, r.err("lock", because("lock word is no longer mapped (region truncated?)", err, ErrCorrupt))
 		}
-		if ctx.Err() != nil {
-			return Lock{}, r.lockCtxErr(ctx)
+		if err == unix.ETIMEDOUT {
+			probe = min(probe*2, probeMax)
 		}
-		if err != unix.ETIMEDOUT {
-			continue
-		}
-		probe = min(probe*2, probeMax)
-
-		// The holder has had the lock for a while: is it alive? (In
-		// robust mode the kernel marks a dead holder's word itself.)
-		pid := v & lockPIDMask
-		if r.robust || pid == r.lk.me {
-			continue // a goroutine of ours, through another Region
-		}
-		ll := &r.hdr.Lock
-		rec := atomic.LoadUint64(&ll.Holder)
-		ns := atomic.LoadUint64(&ll.HolderNS)
-		if uint32(rec>>40) != pid {
-			suspect = [3]uint64{}
-			continue // the holder has not written its record yet
-		}
-		id := sys.Identity{PID: int(pid), Start: rec & (1<<40 - 1), NS: ns}
-		if !deadHolder(id) {
-			suspect = [3]uint64{}
-			continue
-		}
-		state := [3]uint64{uint64(v), rec, ns}
-		if state != suspect {
-			suspect = state // judge twice, one probe apart, before taking over
-			probe = probeMin
-			continue
-		}
-		if take(v, me|lockWaiters|lockDied) {
-			return r.afterSlow(true)
-		}
-		suspect = [3]uint64{}
 	}
 }
 
-// deadHolder tells whether the recorded holder is certainly dead. The start
-// time in the record holds only its low 40 bits.
-func deadHolder(id sys.Identity) bool {
-	switch sys.Check(sys.Identity{PID: id.PID, NS: id.NS}) {
-	case sys.Dead:
-		return true
-	case sys.Unknown:
-		return false
+// take acquires the free lock whose word is cur, setting the flags in keep,
+// and clears the hand-off.
+func (r *Region) take(cur, keep uint32) (Lock, bool) {
+	v := nextGen(cur) | r.me
+	if !atomic.CompareAndSwapUint32(r.word, cur, v|cur&lockDied|keep) {
+		return Lock{}, false
 	}
-	now := sys.StartTime(id.PID)
-	return now != 0 && now&(1<<40-1) != id.Start
+	return Lock{r: r, v: v}, true
 }
 
-func (r *Region) afterSlow(died bool) (Lock, error) {
-	l := r.acquired(died)
+// takeOver takes the lock from the dead holder that the word cur names.
+// While it does, this Region's slot names the holder's as a hazard, so that
+// no process reuses the dead holder's slot between the judgement and the
+// compare-and-swap.
+func (r *Region) takeOver(cur uint32) (Lock, bool) {
+	hz := &r.slots[r.mine].Hazard
+	atomic.StoreUint32(hz, cur&lockOwner)
+	defer atomic.StoreUint32(hz, 0)
+	if atomic.LoadUint32(r.word) != cur {
+		return Lock{}, false
+	}
+	if st, _ := r.judge(cur & lockOwner); st != holderDead {
+		return Lock{}, false
+	}
+	v := nextGen(cur) | r.me
+	if !atomic.CompareAndSwapUint32(r.word, cur, v|lockDied|cur&lockWaiters) {
+		return Lock{}, false
+	}
+	return Lock{r: r, v: v}, true
+}
+
+// judge judges the holder in slot owner (slot+1) of the word.
+func (r *Region) judge(owner uint32) (holderState, error) {
+	if owner > uint32(len(r.slots)) {
+		return 0, r.err("lock", because("lock word names user slot "+strconv.Itoa(int(owner)-1)+
+			" of a table of "+strconv.Itoa(len(r.slots)), nil, ErrCorrupt))
+	}
+	return judgeSlot(&r.slots[owner-1]), nil
+}
+
+// passWake is called by a waiter that leaves without the lock: if it slept,
+// the wake-up it got may have been the only one, so it wakes another waiter
+// when the lock is free, or makes sure the holder will.
+func (r *Region) passWake(slept bool) {
+	if !slept {
+		return
+	}
+	w := r.word
+	for {
+		cur := atomic.LoadUint32(w)
+		switch {
+		case cur&lockOwner == 0:
+			r.wakeNext(cur | lockWaiters)
+			return
+		case cur&lockWaiters != 0 || atomic.CompareAndSwapUint32(w, cur, cur|lockWaiters):
+			return
+		}
+	}
+}
+
+func (r *Region) acquired(l Lock, died bool) (Lock, error) {
+	raceAcquire(unsafe.Pointer(&raceLock))
 	if died {
 		return l, r.err("lock", because("previous holder died holding the lock; repair the data, then MarkConsistent", nil, ErrOwnerDead))
 	}
@@ -332,8 +366,11 @@ func (r *Region) lockCtxErr(ctx context.Context) error {
 	return r.err("lock", err)
 }
 
-// Unlock releases the lock. It returns ErrNotLocked when l is no longer held
-// (a second Unlock) and ErrClosed when the region was closed.
+// Unlock releases the lock. It returns ErrNotLocked when l is not the
+// current holding (a second Unlock of the same Lock, or a Lock value kept
+// from an earlier holding, for the next 65,535 holdings through the lock
+// at least), and ErrClosed when the region was closed. Of two Unlocks of
+// one holding, exactly one succeeds.
 func (l Lock) Unlock() error {
 	r := l.r
 	if r == nil {
@@ -342,55 +379,66 @@ func (l Lock) Unlock() error {
 	if r.closed.Load() {
 		return r.err("unlock", ErrClosed)
 	}
-	if !r.lk.held || r.lk.gen != l.gen {
-		return r.err("unlock", ErrNotLocked)
+	if r.guardLock {
+		var err error
+		if ferr := guard(func() { err = l.unlock() }); ferr != nil {
+			return r.err("unlock", ferr)
+		}
+		return err
 	}
-	died, head := r.lk.died, r.lk.head
-	r.lk.held = false
+	return l.unlock()
+}
+
+func (l Lock) unlock() error {
 	raceRelease(unsafe.Pointer(&raceLock))
-	if r.robust {
-		return r.unlockRobust(died, head)
+	if atomic.CompareAndSwapUint32(l.r.word, l.v, l.v&lockGen) {
+		return nil
 	}
-	if r.guard {
-		if !died && r.unlockFast() {
+	return l.unlockSlow()
+}
+
+// unlockSlow releases a holding whose word carries flags.
+func (l Lock) unlockSlow() error {
+	r := l.r
+	raceRelease(unsafe.Pointer(&raceLock))
+	w := r.word
+	for {
+		cur := atomic.LoadUint32(w)
+		if cur&(lockOwner|lockGen) != l.v {
+			return r.err("unlock", ErrNotLocked)
+		}
+		if atomic.CompareAndSwapUint32(w, cur, free(cur)) {
+			r.wakeNext(cur)
 			return nil
 		}
-		return r.unlockGuarded(died)
 	}
-	r.unlockWord(died)
-	return nil
 }
 
-func (r *Region) unlockGuarded(died bool) (err error) {
-	old := debug.SetPanicOnFault(true)
-	defer func() {
-		debug.SetPanicOnFault(old)
-		if p := recover(); p != nil {
-			err = r.err("unlock", faultError(p))
+// free is the word cur with its holder gone: the generation and the
+// inconsistent and hand-off flags stay, and a hand-off only while a waiter
+// may take it.
+func free(cur uint32) uint32 {
+	f := cur & (lockGen | lockDied | lockHandoff)
+	if cur&lockWaiters == 0 {
+		f &^= lockHandoff // nobody sleeps to take it
+	}
+	return f
+}
+
+// wakeNext wakes a waiter after a release of the word cur, if one may
+// sleep. When none was asleep, a hand-off has nobody to go to: it ends, and
+// the lock is free for anyone.
+func (r *Region) wakeNext(cur uint32) {
+	if cur&lockWaiters == 0 {
+		return
+	}
+	if n, _ := sys.FutexWakeN(r.word, 1); n == 0 && cur&lockHandoff != 0 {
+		for {
+			c := atomic.LoadUint32(r.word)
+			if c&(lockOwner|lockHandoff) != lockHandoff || atomic.CompareAndSwapUint32(r.word, c, c&^lockHandoff) {
+				return
+			}
 		}
-	}()
-	r.unlockWord(died)
-	return nil
-}
-
-// unlockWord frees the word, keeping the died flag when the data was not
-// marked consistent, and wakes one waiter if any may sleep.
-func (r *Region) unlockWord(died bool) {
-	w := &r.hdr.Lock.Word
-	if !r.robust {
-		// Clear the record first, so that a waiter never pairs the next
-		// holder's word with our record (the next holder writes its own
-		// just after its compare-and-swap). The swap below orders it.
-		*(*uint64)(unsafe.Pointer(&r.hdr.Lock.Holder)) = 0
-	}
-	var v uint32
-	if died {
-		v = atomic.SwapUint32(w, lockDied)
-	} else {
-		v = atomic.SwapUint32(w, 0)
-	}
-	if v&lockWaiters != 0 {
-		sys.FutexWake(w, 1)
 	}
 }
 
@@ -404,16 +452,39 @@ func (l Lock) MarkConsistent() error {
 	if r.closed.Load() {
 		return r.err("markconsistent", ErrClosed)
 	}
-	if !r.lk.held || r.lk.gen != l.gen {
-		return r.err("markconsistent", ErrNotLocked)
-	}
-	if r.lk.died {
-		if err := guard(func() { atomic.AndUint32(&r.hdr.Lock.Word, ^uint32(lockDied)) }); err != nil {
-			return r.err("markconsistent", err)
+	var err error
+	if ferr := guard(func() {
+		w := r.word
+		for {
+			cur := atomic.LoadUint32(w)
+			if cur&(lockOwner|lockGen) != l.v {
+				err = r.err("markconsistent", ErrNotLocked)
+				return
+			}
+			if cur&lockDied == 0 || atomic.CompareAndSwapUint32(w, cur, cur&^lockDied) {
+				return
+			}
 		}
-		r.lk.died = false
+	}); ferr != nil {
+		return r.err("markconsistent", ferr)
 	}
-	return nil
+	return err
+}
+
+// releaseHeld frees the lock if this Region holds it, at Close: the holding
+// ends as Unlock would end it.
+func (r *Region) releaseHeld() {
+	w := r.word
+	for {
+		cur := atomic.LoadUint32(w)
+		if cur&lockOwner != r.me {
+			return
+		}
+		if atomic.CompareAndSwapUint32(w, cur, free(cur)) {
+			r.wakeNext(cur)
+			return
+		}
+	}
 }
 
 // faultError turns the panic of a memory fault (debug.SetPanicOnFault) into

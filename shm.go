@@ -52,6 +52,7 @@ import (
 	"context"
 	"errors"
 	"io/fs"
+	"math"
 	"strconv"
 	"strings"
 	"sync"
@@ -80,9 +81,9 @@ type options struct {
 	backend backend.Backend
 	mode    fs.FileMode
 	init    func([]byte) error
-	robust  bool
+	users   int
 	replace bool
-	noGuard bool
+	guard   bool
 }
 
 // WithBackend chooses the backend that holds the region. Without it, the
@@ -133,24 +134,49 @@ func WithReplaceStale() Option {
 	}
 }
 
-// WithoutFaultGuard drops the fault guard of the library's own accesses to
-// a POSIX or file region (the lock word, the header). Another process can
-// truncate such an object, and a touch of a page past the end then raises
-// SIGBUS; by default Lock, Unlock and the header checks run under
-// debug.SetPanicOnFault and report ErrCorrupt instead of crashing. The guard
-// costs about 8 ns per Lock+Unlock. With this option, for peers you trust
-// not to truncate the object, the lock costs what it costs on memfd and
-// SysV regions, which cannot shrink and are never guarded. It applies to
-// the Region that Create or Open returns.
-func WithoutFaultGuard() Option {
+// WithRobustLock is accepted for compatibility and does nothing: every
+// region's lock now recovers from the death of its holder in any PID
+// namespace, as this option used to arrange.
+//
+// Deprecated: the lock is always robust; drop the option.
+func WithRobustLock() Option {
+	return func(*options) error { return nil }
+}
+
+// WithFaultGuard makes the lock of the Region that Create or Open returns
+// survive a peer that truncates the object (POSIX and file regions can be
+// truncated by any process that may write them; memfd and SysV regions
+// cannot shrink). Another process's truncation makes a touch of a page past
+// the new end raise SIGBUS, which kills a Go program; with this option Lock,
+// TryLock, Unlock and MarkConsistent run under debug.SetPanicOnFault and
+// return ErrCorrupt instead. Without it, only the lock's waiting path and
+// the header checks are guarded, and the uncontended Lock and Unlock cost
+// what a C mutex costs. Use Region.Guard for your own accesses to the data.
+func WithFaultGuard() Option {
 	return func(o *options) error {
-		o.noGuard = true
+		o.guard = true
+		return nil
+	}
+}
+
+// WithMaxUsers sets how many Regions, in all processes together, may have
+// the new region open at once (DefaultUsers when not given; 1 to MaxUsers).
+// Each open Region holds a slot of the region's user table, 32 bytes of its
+// header, from Open or Create to Close: the slot tells the lock whether the
+// Region's process lives. An Open that finds every slot taken fails with
+// ErrTooManyUsers. Open ignores it.
+func WithMaxUsers(n int) Option {
+	return func(o *options) error {
+		if n < 1 || n > MaxUsers {
+			return because("max users "+strconv.Itoa(n)+" is not between 1 and "+strconv.Itoa(MaxUsers), nil, ErrInvalidOption)
+		}
+		o.users = n
 		return nil
 	}
 }
 
 func buildOptions(opts []Option) (options, error) {
-	o := options{mode: DefaultMode}
+	o := options{mode: DefaultMode, users: DefaultUsers}
 	for _, opt := range opts {
 		if opt == nil {
 			continue
@@ -163,28 +189,52 @@ func buildOptions(opts []Option) (options, error) {
 }
 
 // Region is one process's mapping of a shared-memory region. Its methods
-// may be called from several goroutines, but Close must not run while
-// another method is in flight.
+// may be called from several goroutines, Close included: a Close that runs
+// while another goroutine waits for the lock makes that wait end with
+// ErrClosed before the memory goes away. (The memory of Bytes is the
+// caller's to stop using before Close.)
 type Region struct {
 	key  string // as given
 	name string // without the leading '/'
 	size int
 
-	be   backend.Backend
-	seg  backend.Segment
-	hdr  *header
-	data []byte
+	be    backend.Backend
+	seg   backend.Segment
+	hdr   *header
+	word  *uint32 // &hdr.Lock.Word
+	slots []slot  // the user table
+	data  []byte
 
-	closed   atomic.Bool
-	guard    bool       // the object can shrink under us: fault-protect header accesses
-	robust   bool       // the lock uses the kernel's robust futex list (flagRobust)
-	mu       sync.Mutex // Unlink, Chown, Close
-	unlinked bool
-	created  int64        // header's creation stamp, to recognise our object
-	creator  sys.Identity // header's creator, likewise
+	// The user slot of this Region: slots[mine], which the lock word
+	// names as me (mine+1); me is 0 for a Region without a slot.
+	mine  uint32
+	me    uint32
+	armed sys.Armed
+
+	closed    atomic.Bool
+	closing   chan struct{} // closed by Close: waiters leave
+	inflight  atomic.Int64  // lock waiters, which Close lets leave before it unmaps
+	shrinks   bool          // the object can shrink under us: fault-protect the slow paths
+	guardLock bool          // WithFaultGuard: fault-protect every lock path
+	mu        sync.Mutex    // Unlink, Chown, Close
+	unlinked  bool
+	created   int64        // header's creation stamp, to recognise our object
+	creator   sys.Identity // header's creator, likewise
 
 	lk lockState
 }
+
+// enter registers a lock waiter; it reports false after Close.
+func (r *Region) enter() bool {
+	r.inflight.Add(1)
+	if r.closed.Load() {
+		r.inflight.Add(-1)
+		return false
+	}
+	return true
+}
+
+func (r *Region) leave() { r.inflight.Add(-1) }
 
 // parseKey validates key and returns its name (without the leading '/').
 func parseKey(key string) (string, error) {
@@ -213,10 +263,11 @@ func Create(key string, size int, opts ...Option) (*Region, error) {
 	if err != nil {
 		return nil, &Error{Op: "create", Key: key, Err: err}
 	}
-	if size < 1 || size > MaxSize {
-		return nil, &Error{Op: "create", Key: key, Err: because("size must be 1 byte to 1 TiB", nil, ErrInvalidSize)}
+	if err := checkSize(size, o.users); err != nil {
+		return nil, &Error{Op: "create", Key: key, Err: err}
 	}
-	name, bes, err := backendsFor(key, &o, headerSize+int64(size))
+	off := int64(dataOffset(o.users))
+	name, bes, err := backendsFor(key, &o, off+int64(size))
 	if err != nil {
 		return nil, &Error{Op: "create", Key: key, Err: err}
 	}
@@ -224,13 +275,13 @@ func Create(key string, size int, opts ...Option) (*Region, error) {
 	fail := func(err error) (*Region, error) {
 		return nil, &Error{Op: "create", Key: key, Backend: be.Name(), Err: err}
 	}
-	p, err := be.Create(name, headerSize+int64(size), o.mode)
+	p, err := be.Create(name, off+int64(size), o.mode)
 	for len(bes) > 1 && errors.Is(err, syscall.ENOSPC) {
 		// The automatic choice: the first backend filled up since we
 		// looked; try the next.
 		bes = bes[1:]
 		be = bes[0]
-		p, err = be.Create(name, headerSize+int64(size), o.mode)
+		p, err = be.Create(name, off+int64(size), o.mode)
 	}
 	if err != nil && o.replace && errors.Is(err, fs.ErrExist) {
 		// A stale region under the key: remove it if that is safe.
@@ -246,39 +297,71 @@ func Create(key string, size int, opts ...Option) (*Region, error) {
 			}
 			return fail(because("key is taken and not stale ("+why+")", err, sentinels...))
 		}
-		p, err = be.Create(name, headerSize+int64(size), o.mode)
+		p, err = be.Create(name, off+int64(size), o.mode)
 	}
 	if err != nil {
 		return fail(classify(err))
 	}
 	mem := p.Bytes()
-	if len(mem) < headerSize+size {
+	if int64(len(mem)) < off+int64(size) {
 		p.Discard()
 		return fail(because("backend mapped fewer bytes than asked", nil, ErrCorrupt))
 	}
 	r := createFast(key, name, be, p, mem, int64(size), o)
 	if r == nil {
 		h := headerOf(mem)
-		writeHeader(h, name, int64(size), time.Now())
-		if o.robust {
-			h.Flags |= flagRobust
-		}
-		r = newRegion(key, name, be, p, mem)
+		writeHeader(h, name, int64(size), o.users, time.Now())
+		r = newRegionFrom(key, name, be, p, mem, h)
+	}
+	r.guardLock = o.guard
+	// Nobody else sees the table yet: slot 0 is free.
+	if err := r.claimSlot(); err != nil {
+		p.Discard()
+		return fail(err)
+	}
+	discard := func() {
+		r.releaseSlot()
+		p.Discard()
+	}
+	if !r.hdr.ready() {
 		if o.init != nil {
-			if err := o.init(r.data); err != nil {
-				p.Discard()
+			if err := runInit(o.init, r.data, discard); err != nil {
 				return fail(err)
 			}
 		}
-		atomic.StoreUint32(&h.State, stateReady)
-		sys.FutexWake(&h.State, 1<<30)
+		atomic.StoreUint32(&r.hdr.State, stateReady)
+		sys.FutexWake(&r.hdr.State, 1<<30)
 	}
-	r.guard = r.guard && !o.noGuard
 	if err := p.Publish(); err != nil {
-		p.Discard()
+		discard()
 		return fail(classify(err))
 	}
 	return r, nil
+}
+
+// runInit runs a WithInit function. When it fails or panics, discard
+// removes the half-made region first; a panic then goes on.
+func runInit(init func([]byte) error, data []byte, discard func()) (err error) {
+	ok := false
+	defer func() {
+		if !ok {
+			discard()
+		}
+	}()
+	err = init(data)
+	ok = err == nil
+	return err
+}
+
+// checkSize validates a data size for a region with users slots.
+func checkSize(size, users int) error {
+	if size < 1 || int64(size) > MaxSize {
+		return because("size must be 1 byte to 1 TiB", nil, ErrInvalidSize)
+	}
+	if uint64(size) > uint64(math.MaxInt)-uint64(dataOffset(users)) {
+		return because("size "+strconv.Itoa(size)+" is more than this process can map (a 32-bit address space)", nil, ErrInvalidSize)
+	}
+	return nil
 }
 
 // createFast writes the header of a new region with pwrite, ready at
@@ -298,10 +381,7 @@ func createFast(key, name string, be backend.Backend, p backend.Pending, mem []b
 		return nil
 	}
 	h := new(header)
-	writeHeader(h, name, size, time.Now())
-	if o.robust {
-		h.Flags |= flagRobust
-	}
+	writeHeader(h, name, size, o.users, time.Now())
 	h.State = stateReady
 	b := unsafe.Slice((*byte)(unsafe.Pointer(h)), headerSize)
 	for {
@@ -337,24 +417,24 @@ func peekHeader(seg backend.Segment, mem []byte) (h *header, ok bool) {
 	}
 }
 
-func newRegion(key, name string, be backend.Backend, seg backend.Segment, mem []byte) *Region {
-	return newRegionFrom(key, name, be, seg, mem, headerOf(mem))
-}
-
-// newRegionFrom is newRegion with the header's fields read from h, the
-// mapping's header or a copy of it.
+// newRegionFrom makes the Region of a checked mapping mem, with the
+// header's fields read from h, the mapping's header or a copy of it. The
+// Region has no user slot yet.
 func newRegionFrom(key, name string, be backend.Backend, seg backend.Segment, mem []byte, h *header) *Region {
+	off, end := int(h.HeaderSize), int(h.HeaderSize)+int(h.DataSize)
 	r := &Region{
 		key: key, name: name, size: int(h.DataSize),
 		be: be, seg: seg, hdr: headerOf(mem),
-		data:    mem[headerSize : headerSize+int(h.DataSize) : headerSize+int(h.DataSize)],
+		slots:   slotsOf(mem, h),
+		data:    mem[off:end:end],
 		created: h.Created,
 		creator: h.creator(),
+		closing: make(chan struct{}),
 	}
+	r.word = &r.hdr.Lock.Word
 	if s, ok := seg.(backend.Sealed); !ok || !s.Sealed() {
-		r.guard = true
+		r.shrinks = true
 	}
-	r.robust = h.Flags&flagRobust != 0
 	r.lk.init()
 	return r
 }
@@ -409,7 +489,11 @@ func open(ctx context.Context, key string, deadline time.Time, once bool, opts [
 		for _, be := range bes {
 			r, err, retry := tryOpen(ctx, deadline, be, key, name)
 			if r != nil {
-				r.guard = r.guard && !o.noGuard
+				r.guardLock = o.guard
+				if err := r.claimSlot(); err != nil {
+					r.seg.Close()
+					return fail(err)
+				}
 				return r, nil
 			}
 			if !retry {
@@ -484,13 +568,18 @@ func tryOpen(ctx context.Context, deadline time.Time, be backend.Backend, key, n
 	var creatorDead bool
 	h, copied := peekHeader(seg, mem)
 	if copied {
-		st, why = checkHeaderOf(h, len(mem), name)
+		st, why = checkHeaderOf(h, int64(len(mem)), name)
 		creatorDead = st == headerNotReady && sys.Check(h.creator()) == sys.Dead
 	} else if ferr := guard(func() {
-		st, why = checkHeader(mem, name)
-		if st == headerOK || st == headerNotReady {
-			h = headerOf(mem)
+		if len(mem) < headerSize {
+			st, why = checkHeader(mem, name)
+			return
 		}
+		// A copy, checked: a peer may change the mapping's fields
+		// after the check.
+		h = new(header)
+		*h = *headerOf(mem)
+		st, why = checkHeaderOf(h, int64(len(mem)), name)
 		creatorDead = st == headerNotReady && sys.Check(h.creator()) == sys.Dead
 	}); ferr != nil {
 		seg.Close()
@@ -682,21 +771,32 @@ func (r *Region) Chown(uid, gid int) error {
 }
 
 // Close unmaps the region in this process; it does not unlink it. If this
-// Region holds the lock, Close releases it. Afterwards every method returns
-// ErrClosed (Bytes and Pointer return nil), a second Close too.
+// Region holds the lock, Close releases it. Goroutines waiting for the lock
+// through this Region give up with ErrClosed, and Close returns once they
+// have left. Afterwards every method returns ErrClosed (Bytes and Pointer
+// return nil), a second Close too.
 func (r *Region) Close() error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.closed.Load() {
 		return r.err("close", ErrClosed)
 	}
-	if r.lk.held {
-		guard(func() { r.unlockWord(r.lk.died) })
-		r.lk.held = false
-	}
 	r.closed.Store(true)
+	close(r.closing)
+	// Wake this Region's waiters (and, spuriously, other processes'),
+	// and let them leave before the memory goes.
+	sys.FutexWake(r.word, 1<<30)
+	for wait := time.Microsecond; r.inflight.Load() != 0; wait = min(2*wait, time.Millisecond) {
+		time.Sleep(wait)
+	}
+	// A truncated object faults here; the slot goes all the same.
+	guard(r.releaseHeld)
+	tampered := r.releaseSlot()
 	if err := r.seg.Close(); err != nil {
 		return r.err("close", err)
+	}
+	if tampered {
+		return r.err("close", because("another process rewrote this process's link in the user table", nil, ErrCorrupt))
 	}
 	return nil
 }

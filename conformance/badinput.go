@@ -56,9 +56,11 @@ func badSentinelName(err error) string {
 // rawHeader is a region header laid out by hand, as header.go documents it
 // (the suite does not import package shm's internals):
 //
-//	0 magic, 8 version, 12 header size, 16 data size, 24 state, 28 flags,
-//	32 creator PID, 36 key length, 40 creator start, 48 creator PID
-//	namespace, 56 creation time, 64 key (200 bytes), 384 lock line.
+//	0 magic, 8 version (2), 12 header size (where the data starts), 16 data
+//	size, 24 state, 28 flags, 32 creator PID, 36 key length, 40 creator
+//	start, 48 creator PID namespace, 56 creation time, 64 key (200 bytes),
+//	264 user slots, 384 lock line, 512 the user table (32 bytes a slot),
+//	then the data, 64-byte aligned.
 type rawHeader struct {
 	Magic      string
 	Version    uint32
@@ -71,15 +73,18 @@ type rawHeader struct {
 	Created    int64
 	KeyLen     int // -1: len(Key)
 	Key        string
+	Users      uint32
 }
 
-const rawHeaderSize = 512
+// rawHeaderSize is where the data of a hand-made header starts: one user
+// slot after the 512-byte header, rounded up to 64.
+const rawHeaderSize = 576
 
 // goodHeader is a valid, ready header for name with dataSize bytes of data,
 // created by this process.
 func goodHeader(name string, dataSize uint64) rawHeader {
 	return rawHeader{
-		Magic: "\x89SHMGO\r\n", Version: 1, HeaderSize: rawHeaderSize,
+		Magic: "\x89SHMGO\r\n", Version: 2, HeaderSize: rawHeaderSize, Users: 1,
 		DataSize: dataSize, State: 1,
 		PID: uint32(os.Getpid()), Start: 1, NS: ownPIDNS(),
 		Created: time.Now().UnixNano(), KeyLen: -1, Key: name,
@@ -106,6 +111,7 @@ func (r rawHeader) object(total int) []byte {
 	ne.PutUint64(b[48:], r.NS)
 	ne.PutUint64(b[56:], uint64(r.Created))
 	copy(b[64:264], r.Key)
+	ne.PutUint32(b[264:], r.Users)
 	return b[:total]
 }
 
@@ -313,11 +319,15 @@ func badInputs(h *H, dead int) []badInput {
 	planted("valid header cut to 511 bytes", corrupt, nil, "smaller than", func(c *badCase) []byte {
 		return hdr(rawHeaderSize, nil)(c)[:511]
 	})
-	planted("512 bytes, header claims 64 more", corrupt, nil, "header claims", hdr(rawHeaderSize, nil))
+	planted("only the header, which claims 64 data bytes more", corrupt, nil, "header claims", hdr(rawHeaderSize, nil))
 	planted("header claims 1 byte beyond the end", corrupt, nil, "header claims", hdr(rawHeaderSize+4096, func(r *rawHeader) { r.DataSize = 4097 }))
 	planted("header claims more than MaxSize", corrupt, nil, "header claims", hdr(8192, func(r *rawHeader) { r.DataSize = shm.MaxSize + 1 }))
 	planted("data size 0", corrupt, nil, "header claims", hdr(8192, func(r *rawHeader) { r.DataSize = 0 }))
-	planted("layout version 2", corrupt, nil, "version", hdr(8192, func(r *rawHeader) { r.Version = 2 }))
+	planted("layout version 1", corrupt, nil, "layout version 1, this library reads 2", hdr(8192, func(r *rawHeader) { r.Version = 1 }))
+	planted("layout version 3", corrupt, nil, "version", hdr(8192, func(r *rawHeader) { r.Version = 3 }))
+	planted("no user slots", corrupt, nil, "user slots", hdr(8192, func(r *rawHeader) { r.Users = 0 }))
+	planted("more user slots than the lock can name", corrupt, nil, "user slots", hdr(8192, func(r *rawHeader) { r.Users = shm.MaxUsers + 1 }))
+	planted("header size of another table", corrupt, nil, "header size", hdr(8192, func(r *rawHeader) { r.Users = 3 }))
 	planted("layout version 0", corrupt, nil, "version", hdr(8192, func(r *rawHeader) { r.Version = 0 }))
 	planted("header size 256", corrupt, nil, "header size", hdr(8192, func(r *rawHeader) { r.HeaderSize = 256 }))
 	planted("header size 4096", corrupt, nil, "header size", hdr(8192, func(r *rawHeader) { r.HeaderSize = 4096 }))

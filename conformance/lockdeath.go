@@ -163,15 +163,28 @@ func pidNS() uint64 {
 	return st.Ino
 }
 
-// forgeHolder writes the lock line of r's header by hand, as documented in
-// package shm: the word at offset 384, the holder record (PID<<40 | start
-// time) at 392 and the holder's PID namespace at 400.
+// forgeHolder makes the last slot of r's user table (r has the default
+// number of slots) record process pid with
+// start time start, judged by PID (its Live field holds a tag, as for a
+// process whose kernel refuses robust lists), and makes the lock word name
+// that slot as its holder, as package shm documents the layout: the number
+// of slots at offset 264, slot i at 512+32*i (Live at +0, start time at +16,
+// PID at +24, PID namespace at +28), the lock word at 384.
 func forgeHolder(r *shm.Region, pid int, start uint64) {
-	base := unsafe.Add(r.Pointer(), -512)
-	*(*uint64)(unsafe.Add(base, 400)) = pidNS()
-	*(*uint64)(unsafe.Add(base, 392)) = uint64(pid)<<40 | start&(1<<40-1)
-	*(*uint32)(unsafe.Add(base, 384)) = uint32(pid) | 1<<31
+	base := unsafe.Add(r.Pointer(), -defaultDataOffset)
+	users := *(*uint32)(unsafe.Add(base, 264))
+	k := users - 1
+	sl := unsafe.Add(base, 512+32*int(k))
+	*(*uint64)(unsafe.Add(sl, 16)) = start
+	*(*uint32)(unsafe.Add(sl, 24)) = uint32(pid)
+	*(*uint32)(unsafe.Add(sl, 28)) = uint32(pidNS())
+	*(*uint32)(sl) = 1<<22 + 12345 // a tag: judged by PID
+	*(*uint32)(unsafe.Add(base, 384)) = (k + 1) | 1<<31
 }
+
+// defaultDataOffset is where the data of a region created with the default
+// number of user slots starts: the header (512 bytes), then 32 bytes a slot.
+const defaultDataOffset = 512 + 32*shm.DefaultUsers
 
 // testLockHolderPIDReused: the word names a live process, but not the one
 // that took the lock (its start time differs): the holder is dead and its
@@ -190,6 +203,8 @@ func testLockHolderPIDReused(h *H) {
 	defer cancel()
 	_, err = r.LockContext(ctx)
 	h.is(err, shm.ErrTimeout) // alive: never taken over
+	_, err = r.TryLock()
+	h.is(err, shm.ErrLocked)
 
 	forgeHolder(r, pid, start+12345)
 	ctx, cancel = context.WithTimeout(context.Background(), 30*time.Second)

@@ -805,12 +805,15 @@ func (h *harness) listedName(in backend.Info) string {
 }
 
 // testTruncated shrinks the object under attached mappings where the
-// backend allows it: the library's own accesses must fail with ErrCorrupt,
-// not crash the process. Backends whose segments say Sealed must refuse.
+// backend allows it. Regions opened WithFaultGuard must fail with
+// ErrCorrupt, not crash the process, on every lock path; so must Open.
+// Backends whose segments say Sealed must refuse.
 func testTruncated(h *H) {
 	key := h.Key("shrink")
-	r := h.create(key, 8192)
-	u := h.open(key)
+	r := h.create(key, 8192, shm.WithFaultGuard())
+	u, err := shm.Open(key, 0, h.Opt(), shm.WithFaultGuard())
+	h.ok(err, "Open WithFaultGuard")
+	defer u.Close()
 	raw, err := h.b.Open(strings.TrimPrefix(key, "/"))
 	h.ok(err, "backend Open")
 	defer raw.Close()
@@ -826,17 +829,21 @@ func testTruncated(h *H) {
 		h.t.Logf("%s segments have no descriptor and cannot shrink", h.b.Name())
 		return
 	}
+	l, err := r.Lock()
+	h.ok(err, "Lock before the truncation")
 	err = syscall.Ftruncate(int(f.Fd()), 0)
 	if sealed {
 		if err == nil {
 			h.t.Fatalf("%s says Sealed, but ftruncate succeeded", h.b.Name())
 		}
+		h.ok(l.Unlock(), "Unlock after a refused truncation")
 		l, err := u.Lock()
 		h.ok(err, "Lock after a refused truncation")
 		l.Unlock()
 		return
 	}
 	h.ok(err, "ftruncate")
+	h.is(l.Unlock(), shm.ErrCorrupt)
 	_, err = u.Lock()
 	h.is(err, shm.ErrCorrupt)
 	_, err = r.TryLock()

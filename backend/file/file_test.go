@@ -555,7 +555,8 @@ func TestShrunkIsCorrupt(t *testing.T) {
 	ok(t, err, "shm.Create")
 	defer r.Close() // touches only the header page, which stays
 	defer r.Unlink()
-	ok(t, os.Truncate(filepath.Join(dir, name), 512+100), "truncate")
+	hdr := 512 + 32*shm.DefaultUsers // the header and its user table
+	ok(t, os.Truncate(filepath.Join(dir, name), int64(hdr+100)), "truncate")
 	_, err = shm.Open("/"+name, 0, shm.WithBackend(b))
 	is(t, err, shm.ErrCorrupt)
 	if !strings.Contains(err.Error(), "header claims 8192 data bytes, object holds 100") {

@@ -250,6 +250,9 @@ func TestOpenMissing(t *testing.T) {
 	}
 }
 
+// hdrSize is the size of a region's header with the default user table.
+const hdrSize = 512 + 32*shm.DefaultUsers
+
 func TestCreateExclusive(t *testing.T) {
 	key := testName(t, "excl")
 	r, err := shm.Create(key, 64, opt())
@@ -266,7 +269,7 @@ func TestCreateExclusive(t *testing.T) {
 	if !errors.Is(err, fs.ErrExist) {
 		t.Fatalf("backend Create: %v, want fs.ErrExist", err)
 	}
-	if st := mustStat(t, sysv.New(), key); st.Attached != 1 || st.Size != 512+64 {
+	if st := mustStat(t, sysv.New(), key); st.Attached != 1 || st.Size != hdrSize+64 {
 		t.Fatalf("the failed Creates touched the segment: %+v", st)
 	}
 }
@@ -682,7 +685,7 @@ func TestListOpenIDUnlinkID(t *testing.T) {
 	if !ok {
 		t.Fatalf("List does not show shmid %d", st.ID)
 	}
-	want := backend.Info{Size: 512 + 3000, Mode: 0o640, UID: os.Getuid(), GID: os.Getgid(), Attached: 1, ID: strconv.Itoa(st.ID)}
+	want := backend.Info{Size: hdrSize + 3000, Mode: 0o640, UID: os.Getuid(), GID: os.Getgid(), Attached: 1, ID: strconv.Itoa(st.ID)}
 	if in != want {
 		t.Fatalf("List entry %+v, want %+v", in, want)
 	}
@@ -691,8 +694,8 @@ func TestListOpenIDUnlinkID(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(s.Bytes()) != 512+3000 || string(s.Bytes()[512:518]) != "listed" {
-		t.Fatalf("OpenID maps %d bytes, data %q", len(s.Bytes()), s.Bytes()[512:518])
+	if len(s.Bytes()) != hdrSize+3000 || string(s.Bytes()[hdrSize:hdrSize+6]) != "listed" {
+		t.Fatalf("OpenID maps %d bytes, data %q", len(s.Bytes()), s.Bytes()[hdrSize:hdrSize+6])
 	}
 	if in, _ := find(); in.Attached != 2 {
 		t.Errorf("Attached %d with two attachments", in.Attached)
@@ -713,7 +716,7 @@ func TestListOpenIDUnlinkID(t *testing.T) {
 		t.Errorf("Region.Unlink after UnlinkID: %v, want ErrNotExist", err)
 	}
 	// Still attached twice, and shared.
-	copy(s.Bytes()[512:], "shared")
+	copy(s.Bytes()[hdrSize:], "shared")
 	if string(r.Bytes()[:6]) != "shared" {
 		t.Errorf("after UnlinkID: %q", r.Bytes()[:6])
 	}

@@ -10,7 +10,6 @@ import (
 	"strconv"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 	"unsafe"
 
@@ -44,11 +43,17 @@ func FutexWait(addr *uint32, val uint32, d time.Duration) error {
 
 // FutexWake wakes up to n waiters on addr.
 func FutexWake(addr *uint32, n int) error {
-	_, _, e := unix.Syscall6(unix.SYS_FUTEX, uintptr(unsafe.Pointer(addr)), futexWake, uintptr(n), 0, 0, 0)
+	_, err := FutexWakeN(addr, n)
+	return err
+}
+
+// FutexWakeN wakes up to n waiters on addr and returns how many it woke.
+func FutexWakeN(addr *uint32, n int) (int, error) {
+	r, _, e := unix.Syscall6(unix.SYS_FUTEX, uintptr(unsafe.Pointer(addr)), futexWake, uintptr(n), 0, 0, 0)
 	if e != 0 {
-		return e
+		return 0, e
 	}
-	return nil
+	return int(r), nil
 }
 
 // Reserve allocates the pages of fd's first size bytes (fallocate mode 0),
@@ -153,36 +158,79 @@ const (
 
 // Check tells whether the process id recorded is still alive. A start time
 // of 0 in id means "not recorded": only the PID is checked.
+//
+// It says Dead only on proof: the kernel has no process with the PID
+// (kill(pid, 0) fails with ESRCH), the process with the PID started at
+// another time (the PID was reused), or the process is a zombie whose every
+// thread has exited. A process that /proc hides (hidepid) or that another
+// uid owns is not dead: it is Alive when kill(2) finds it and its start
+// time cannot be read, and the caller cannot tell it from the recorded one,
+// so such a process is reported Unknown.
 func Check(id Identity) Liveness {
 	me := Self()
 	if id.PID <= 0 {
 		return Unknown
 	}
 	// A PID means something here only when it was recorded in our own PID
-	// namespace and /proc shows that namespace.
-	if id.NS == 0 || id.NS != me.NS || !procOK {
+	// namespace.
+	if id.NS == 0 || id.NS != me.NS {
 		return Unknown
 	}
 	if id.PID == me.PID {
-		if id.Start == 0 || id.Start == me.Start {
+		if id.Start == 0 || id.Start == me.Start || me.Start == 0 {
 			return Alive
 		}
 		return Dead
 	}
-	st, err := readStat(strconv.Itoa(id.PID))
-	if err != nil {
-		if errors.Is(err, syscall.ENOENT) || errors.Is(err, syscall.ESRCH) {
-			return Dead
-		}
+	switch err := unix.Kill(id.PID, 0); err {
+	case unix.ESRCH:
+		return Dead
+	case nil, unix.EPERM:
+	default:
 		return Unknown
 	}
-	if st.state == 'Z' || st.state == 'X' || st.state == 'x' {
-		return Dead
+	if !procOK {
+		return Unknown // /proc shows another namespace: no start time to compare
+	}
+	st, err := readStat(strconv.Itoa(id.PID))
+	if err != nil {
+		if isGone(err) && unix.Kill(id.PID, 0) == unix.ESRCH {
+			return Dead // exited between the two looks
+		}
+		return Unknown // hidden (hidepid) or unreadable
 	}
 	if id.Start != 0 && st.start != id.Start {
 		return Dead
 	}
+	if st.state == 'X' || st.state == 'x' {
+		return Dead
+	}
+	if st.state == 'Z' && !otherThreads(id.PID) {
+		// A zombie whose threads are gone; a thread-group leader that
+		// exited while other threads run shows Z too, and lives.
+		return Dead
+	}
 	return Alive
+}
+
+// otherThreads tells whether process pid has a thread besides its leader,
+// or cannot be inspected (then it answers true, the safe side).
+func otherThreads(pid int) bool {
+	d, err := os.Open("/proc/" + strconv.Itoa(pid) + "/task")
+	if err != nil {
+		return !isGone(err)
+	}
+	defer d.Close()
+	names, err := d.Readdirnames(3)
+	if err != nil {
+		return true
+	}
+	for _, n := range names {
+		if n != strconv.Itoa(pid) {
+			return true
+		}
+	}
+	return false
 }
 
 // StartTime returns the start time of process pid (clock ticks since boot),
