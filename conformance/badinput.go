@@ -71,7 +71,7 @@ type rawHeader struct {
 	Start      uint64
 	NS         uint64
 	Created    int64
-	KeyLen     int // -1: len(Key)
+	KeyLen     int64 // -1: len(Key)
 	Key        string
 	Users      uint32
 }
@@ -104,7 +104,7 @@ func (r rawHeader) object(total int) []byte {
 	ne.PutUint32(b[32:], r.PID)
 	kl := r.KeyLen
 	if kl < 0 {
-		kl = len(r.Key)
+		kl = int64(len(r.Key))
 	}
 	ne.PutUint32(b[36:], uint32(kl))
 	ne.PutUint64(b[40:], r.Start)
@@ -255,7 +255,7 @@ func badInputs(h *H, dead int) []badInput {
 		op: func(c *badCase) error { return badOpen(otherKey(c))(c) }})
 
 	// Sizes.
-	for _, size := range []int{0, -1, shm.MaxSize + 1} {
+	for _, size := range []int{0, -1, tooBig} {
 		add(badInput{name: "Create size " + strconv.Itoa(size), want: []error{shm.ErrInvalidSize},
 			op: func(c *badCase) error {
 				r, err := shm.Create(c.key, size, c.h.Opt())
@@ -332,7 +332,7 @@ func badInputs(h *H, dead int) []badInput {
 	planted("header size 256", corrupt, nil, "header size", hdr(8192, func(r *rawHeader) { r.HeaderSize = 256 }))
 	planted("header size 4096", corrupt, nil, "header size", hdr(8192, func(r *rawHeader) { r.HeaderSize = 4096 }))
 	planted("header names another key", corrupt, nil, "names key", hdr(8192, func(r *rawHeader) { r.Key += "-other" }))
-	planted("header key one byte short", corrupt, nil, "names key", hdr(8192, func(r *rawHeader) { r.KeyLen = len(r.Key) - 1 }))
+	planted("header key one byte short", corrupt, nil, "names key", hdr(8192, func(r *rawHeader) { r.KeyLen = int64(len(r.Key)) - 1 }))
 	planted("key length 201", corrupt, nil, "key length", hdr(8192, func(r *rawHeader) { r.KeyLen = 201 }))
 	planted("key length 2^32-1", corrupt, nil, "key length", hdr(8192, func(r *rawHeader) { r.KeyLen = 1<<32 - 1 }))
 	planted("initialising, creator dead", []error{shm.ErrOwnerDead}, nil, "creator died", hdr(8192, func(r *rawHeader) {

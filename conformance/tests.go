@@ -7,6 +7,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"io/fs"
+	"math"
 	"os"
 	"strconv"
 	"strings"
@@ -265,8 +266,12 @@ func testInvalidKeys(h *H) {
 	}
 }
 
+// tooBig is a size beyond shm.MaxSize, or the largest int where an int
+// cannot hold that (a 32-bit process cannot map such a region either).
+const tooBig = int(min(int64(shm.MaxSize)+1, math.MaxInt))
+
 func testInvalidSizes(h *H) {
-	for _, size := range []int{0, -1, -4096, shm.MaxSize + 1} {
+	for _, size := range []int{0, -1, -4096, tooBig} {
 		key := h.Key("badsize")
 		_, err := shm.Create(key, size, h.Opt())
 		h.is(err, shm.ErrInvalidSize)
