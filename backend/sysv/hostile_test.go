@@ -74,6 +74,7 @@ func TestStillNamedByShmid(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer p.Close()
+	t.Cleanup(func() { b.Unlink(name) })
 	n, ok := p.(backend.Namer)
 	if !ok {
 		t.Fatal("sysv segments do not implement backend.Namer")
@@ -175,6 +176,7 @@ func TestOpenIDReadOnly(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	defer s.Close()
 	if got := mapPerms(t, uintptr(unsafe.Pointer(&s.Bytes()[0]))); got != "r--s" {
 		t.Fatalf("OpenID maps the segment %s, want r--s", got)
 	}
