@@ -96,8 +96,8 @@ func (b *Backend) Create(name string, size int64, perm fs.FileMode) (backend.Pen
 
 // openWait bounds how long Open, and OpenContext with a context that has
 // no deadline, keep trying while another process holds a lease on the
-// file. Tests shorten it.
-var openWait = 2 * time.Second
+// file.
+const openWait = 2 * time.Second
 
 // Open implements backend.Backend. It is OpenContext without a deadline of
 // the caller's: while another process holds a lease on the file, it keeps

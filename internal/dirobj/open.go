@@ -204,6 +204,9 @@ type BusyError struct {
 }
 
 func (e *BusyError) Error() string {
+	if e.Ctx == nil {
+		return e.Why
+	}
 	if errors.Is(e.Ctx, context.DeadlineExceeded) {
 		return e.Why + " (timed out waiting for it)"
 	}
