@@ -51,6 +51,14 @@
 // map these files without taking the shared lock (C programs, say) are
 // invisible to InUse.
 //
+// Anyone who may read a file may lock it, so a foreign process can keep a
+// region's file locked exclusively, or (its owner) hold a lease on it.
+// OpenContext then keeps trying, with backoff, until the caller's deadline,
+// shorter or longer than the backend's own 2 seconds, and fails with an
+// error matching os.ErrDeadlineExceeded that says what held it up. Open
+// opens like backend/posix (O_NOFOLLOW|O_NONBLOCK, fstat): anything but a
+// regular file with one link under a name is rejected, saying what it is.
+//
 // On network filesystems flock may not mean the same thing. NFS clients
 // (Linux 2.6.12 and later) emulate it with POSIX byte-range locks, which
 // belong to the process rather than the descriptor: two segments of one file
@@ -92,6 +100,7 @@
 package file
 
 import (
+	"context"
 	"errors"
 	"io/fs"
 	"os"
@@ -111,10 +120,12 @@ import (
 // them.
 const TempPrefix = ".shmgo-file-tmp."
 
-// lockWait bounds how long Create and Open keep trying to take their flock
-// while another process holds the file exclusively (an InUse probe holds it
-// for a few microseconds; anything longer is a foreign process). Tests
-// shorten it.
+// lockWait bounds how long Create, Open, and OpenContext with a context
+// that has no deadline, keep trying to open the file and take their flock
+// while another process holds a lease on it or keeps it locked exclusively
+// (an InUse probe holds it for a few microseconds, a cleanup for about a
+// millisecond; anything longer is a foreign process). With a deadline,
+// OpenContext keeps to it instead, shorter or longer. Tests shorten it.
 var lockWait = 2 * time.Second
 
 // Backend is the file-backed backend. The zero value is not usable; call
@@ -138,8 +149,10 @@ func (b *Backend) objs() dirobj.Dir { return dirobj.Dir{Path: b.dir, TempPrefix:
 func (b *Backend) path(name string) string { return filepath.Join(b.dir, name) }
 
 // The flags gofrs/flock opens its own descriptor with: never O_CREAT (its
-// default), which would recreate a file removed in the meantime.
-const lockFlags = os.O_RDWR | syscall.O_NOFOLLOW
+// default), which would recreate a file removed in the meantime; never
+// following a symbolic link; never blocking on a lease or a FIFO put under
+// the name meanwhile (EWOULDBLOCK, and lockFile tries again).
+const lockFlags = os.O_RDWR | syscall.O_NOFOLLOW | syscall.O_NONBLOCK | syscall.O_NOCTTY
 
 // Create implements backend.Backend. The file is locked exclusively until
 // Publish.
@@ -150,7 +163,7 @@ func (b *Backend) Create(name string, size int64, perm fs.FileMode) (backend.Pen
 	if err != nil {
 		return nil, err
 	}
-	lk, _, err := lockFile(t.Tmp, t.Fd, true)
+	lk, _, err := lockFile(context.Background(), t.Tmp, t.Fd, true)
 	if err != nil {
 		return nil, t.Fail("flock", err)
 	}
@@ -175,19 +188,53 @@ func (b *Backend) Create(name string, size int64, perm fs.FileMode) (backend.Pen
 	return &segment{f: f, mem: mem, lk: lk, tmp: t.Tmp, final: t.Final}, nil
 }
 
-// Open implements backend.Backend. The segment holds a shared lock on the
-// file until Close. Open fails with an error matching syscall.EWOULDBLOCK
-// when another process keeps the file locked exclusively for seconds.
+// Open implements backend.Backend: OpenContext without a deadline of the
+// caller's, which waits for up to 2 seconds for a lease or an exclusive
+// lock held by another process.
 func (b *Backend) Open(name string) (backend.Segment, error) {
+	return b.OpenContext(context.Background(), name)
+}
+
+// OpenContext implements backend.ContextOpener. The segment holds a shared
+// lock on the file until Close.
+//
+// The file is opened as backend/posix opens it (O_NOFOLLOW|O_NONBLOCK,
+// fstat): anything but a regular file with one link under the name fails at
+// once with an error matching dirobj.ErrForeign that says what is there.
+// While another process holds a lease on the file or keeps it locked
+// exclusively, OpenContext tries again with backoff until ctx is done (or
+// for 2 seconds when ctx has no deadline), then fails with an error
+// matching os.ErrDeadlineExceeded (or wrapping context.Canceled) and
+// syscall.EWOULDBLOCK.
+func (b *Backend) OpenContext(ctx context.Context, name string) (backend.Segment, error) {
+	return b.open(ctx, name, 0, nil)
+}
+
+// OpenSized is OpenContext that maps only part of the object, as
+// backend/posix's OpenSized does: as many bytes as size returns for the
+// object's first n bytes, or the whole object when it is shorter.
+func (b *Backend) OpenSized(ctx context.Context, name string, n int, size func(head []byte) (int64, error)) (backend.Segment, error) {
+	if size == nil {
+		return nil, &fs.PathError{Op: "open", Path: b.path(name), Err: unix.EINVAL}
+	}
+	return b.open(ctx, name, n, size)
+}
+
+func (b *Backend) open(ctx context.Context, name string, n int, size func([]byte) (int64, error)) (backend.Segment, error) {
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, lockWait)
+		defer cancel()
+	}
 	p := b.path(name)
 	for try := 0; ; try++ {
-		fd, _, err := b.objs().Open(name)
+		fd, _, err := b.objs().OpenContext(ctx, name, lockWait)
 		if err != nil {
 			return nil, err
 		}
 		// The size is read once the lock is held: no owner changes it
 		// after Publish.
-		lk, st, err := lockFile(p, fd, false)
+		lk, st, err := lockFile(ctx, p, fd, false)
 		if err == unix.ESTALE && try < 3 {
 			unix.Close(fd) // the name was replaced between two opens
 			continue
@@ -196,7 +243,15 @@ func (b *Backend) Open(name string) (backend.Segment, error) {
 			unix.Close(fd)
 			return nil, &fs.PathError{Op: "flock", Path: p, Err: err}
 		}
-		return mapOpened(p, fd, st.Size, lk)
+		length := st.Size
+		if size != nil {
+			if length, err = dirobj.MapLength(fd, p, st.Size, n, size); err != nil {
+				unix.Close(fd)
+				lk.Unlock()
+				return nil, err
+			}
+		}
+		return mapOpened(p, fd, length, lk)
 	}
 }
 
@@ -217,29 +272,44 @@ func mapOpened(p string, fd int, size int64, lk *flock.Flock) (backend.Segment, 
 }
 
 // lockFile takes a flock (exclusive or shared) on the file at path, which fd
-// has open, through gofrs/flock's own descriptor, retrying with backoff for
-// up to lockWait while another descriptor holds a conflicting lock, and
-// returns fd's status once locked. It fails with ENOENT when path is gone
-// and ESTALE when path now names another file than fd.
-func lockFile(path string, fd int, exclusive bool) (*flock.Flock, *unix.Stat_t, error) {
+// has open, through gofrs/flock's own descriptor, retrying with backoff
+// while another descriptor holds a conflicting lock or another process a
+// lease, until ctx is done (or for lockWait when ctx has no deadline), and
+// returns fd's status once locked. It fails with ENOENT when path is gone,
+// ESTALE when path now names another file than fd, and a
+// *dirobj.BusyError (EWOULDBLOCK; os.ErrDeadlineExceeded when the time ran
+// out) when it gave up waiting.
+func lockFile(ctx context.Context, path string, fd int, exclusive bool) (*flock.Flock, *unix.Stat_t, error) {
 	lk := flock.New(path, flock.SetFlag(lockFlags))
 	try := lk.TryRLock
 	if exclusive {
 		try = lk.TryLock
 	}
-	deadline := time.Now().Add(lockWait)
-	for wait := 50 * time.Microsecond; ; wait = min(2*wait, 10*time.Millisecond) {
+	r := dirobj.NewRetry(ctx, lockWait)
+	defer r.Stop()
+	for {
 		ok, err := try()
+		why := "another process keeps the file locked exclusively"
 		if err != nil {
-			return nil, nil, unwrapErrno(err)
+			if !errors.Is(err, unix.EWOULDBLOCK) {
+				return nil, nil, unwrapErrno(err)
+			}
+			// gofrs/flock's open met a lease. fd's file cannot be leased
+			// while fd is open: is path another file now?
+			if same, err := dirobj.SameFile(fd, path); err != nil || !same {
+				if err != nil {
+					return nil, nil, unwrapErrno(err)
+				}
+				return nil, nil, unix.ESTALE
+			}
+			why = "another process holds a lease on the file"
 		}
 		if ok {
 			break
 		}
-		if time.Now().After(deadline) {
-			return nil, nil, unix.EWOULDBLOCK
+		if werr := r.Wait(); werr != nil {
+			return nil, nil, &dirobj.BusyError{Why: why, Err: unix.EWOULDBLOCK, Ctx: werr}
 		}
-		time.Sleep(wait)
 	}
 	// gofrs/flock opened path itself: make sure it is the file we have.
 	fi, err := lk.Stat()
@@ -394,11 +464,14 @@ func (s *segment) Close() error {
 }
 
 var (
-	_ backend.Backend = (*Backend)(nil)
-	_ backend.Lister  = (*Backend)(nil)
-	_ backend.Pending = (*segment)(nil)
-	_ backend.Chowner = (*segment)(nil)
-	_ backend.Fder    = (*segment)(nil)
+	_ backend.Backend       = (*Backend)(nil)
+	_ backend.ContextOpener = (*Backend)(nil)
+	_ backend.Lister        = (*Backend)(nil)
+	_ backend.Pender        = (*Backend)(nil)
+	_ backend.Pending       = (*segment)(nil)
+	_ backend.Namer         = (*segment)(nil)
+	_ backend.Chowner       = (*segment)(nil)
+	_ backend.Fder          = (*segment)(nil)
 )
 
 // Pending implements backend.Pender: the objects being created for name.

@@ -8,6 +8,7 @@ import (
 	"io/fs"
 	"os"
 	"os/exec"
+	"os/signal"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -20,6 +21,7 @@ import (
 	"github.com/shmgo/shm"
 	"github.com/shmgo/shm/backend"
 	"github.com/shmgo/shm/backend/file"
+	"github.com/shmgo/shm/internal/dirobj"
 )
 
 // Cross-process tests re-execute the test binary; TestMain sees envRole and
@@ -114,6 +116,41 @@ func runRole(role, dir, name string) error {
 			}
 		}
 		fmt.Println("ok")
+		return nil
+	case "exlock":
+		// Hold an exclusive flock on dir/name through a read-only
+		// descriptor (any user who may read a file may lock it) until
+		// told to let go.
+		fd, err := unix.Open(filepath.Join(dir, name), unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			return err
+		}
+		if err := unix.Flock(fd, unix.LOCK_EX|unix.LOCK_NB); err != nil {
+			return fmt.Errorf("flock LOCK_EX: %w", err)
+		}
+		fmt.Println("locked")
+		if l := hear(); l != "unlock" {
+			return fmt.Errorf("heard %q", l)
+		}
+		if err := unix.Flock(fd, unix.LOCK_UN); err != nil {
+			return err
+		}
+		fmt.Println("unlocked")
+		hear()
+		return nil
+	case "lease":
+		// Take a write lease on dir/name and keep it, ignoring the
+		// kernel's requests to give it up, until told.
+		signal.Ignore(syscall.SIGIO)
+		fd, err := unix.Open(filepath.Join(dir, name), unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			return err
+		}
+		if _, err := unix.FcntlInt(uintptr(fd), unix.F_SETLEASE, unix.F_WRLCK); err != nil {
+			return fmt.Errorf("F_SETLEASE F_WRLCK: %w", err)
+		}
+		fmt.Println("leased")
+		hear()
 		return nil
 	case "inuse":
 		inUse, err := b.InUse(name)
@@ -422,12 +459,16 @@ func TestList(t *testing.T) {
 	if len(list) != 1 || list[0] != want {
 		t.Fatalf("List = %+v, want [%+v]", list, want)
 	}
-	// Open refuses what is not a regular file.
+	// Open refuses what is not a regular file, and says what it is.
 	_, err = b.Open("t-file-list-link")
-	is(t, err, syscall.ELOOP)
+	is(t, err, dirobj.ErrForeign)
+	if !strings.Contains(err.Error(), "a symbolic link") {
+		t.Fatalf("Open of a symbolic link: %q does not say so", err)
+	}
 	_, err = b.Open("t-file-list-dir")
-	if err == nil {
-		t.Fatal("Open of a directory succeeded")
+	is(t, err, dirobj.ErrForeign)
+	if !strings.Contains(err.Error(), "a directory") {
+		t.Fatalf("Open of a directory: %q does not say so", err)
 	}
 }
 

@@ -1,6 +1,7 @@
 package file
 
 import (
+	"context"
 	"errors"
 	"os"
 	"path/filepath"
@@ -24,7 +25,7 @@ func TestLockFileIdentity(t *testing.T) {
 	}
 	defer unix.Close(fd)
 
-	lk, st, err := lockFile(p, fd, false)
+	lk, st, err := lockFile(context.Background(), p, fd, false)
 	if err != nil {
 		t.Fatalf("lockFile: %v", err)
 	}
@@ -37,7 +38,7 @@ func TestLockFileIdentity(t *testing.T) {
 	if err := os.Remove(p); err != nil {
 		t.Fatal(err)
 	}
-	if _, _, err := lockFile(p, fd, false); !errors.Is(err, unix.ENOENT) {
+	if _, _, err := lockFile(context.Background(), p, fd, false); !errors.Is(err, unix.ENOENT) {
 		t.Fatalf("lockFile of a removed file: %v, want ENOENT", err)
 	}
 	if _, err := os.Lstat(p); !errors.Is(err, os.ErrNotExist) {
@@ -46,7 +47,7 @@ func TestLockFileIdentity(t *testing.T) {
 	if err := os.WriteFile(p, []byte("bb"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if _, _, err := lockFile(p, fd, true); err != unix.ESTALE {
+	if _, _, err := lockFile(context.Background(), p, fd, true); err != unix.ESTALE {
 		t.Fatalf("lockFile of a replaced file: %v, want ESTALE", err)
 	}
 	// The failed attempt left no lock behind.

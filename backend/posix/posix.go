@@ -10,11 +10,20 @@
 // when package shm has written the header publishes it under its name with
 // renameat2(RENAME_NOREPLACE): a half-made region is never visible, and two
 // racing owners cannot both win.
+//
+// Open trusts nothing under a name: it does not follow a symbolic link or
+// block on a FIFO, rejects anything but a regular file with one link with
+// an error that says what is there (dirobj.ErrForeign), and never lets a
+// peer's lease hold it past the caller's deadline (OpenContext). OpenSized
+// maps only what the region's header asks for, whatever size a peer has
+// grown the file to.
 package posix
 
 import (
+	"context"
 	"io/fs"
 	"path/filepath"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -85,16 +94,68 @@ func (b *Backend) Create(name string, size int64, perm fs.FileMode) (backend.Pen
 	return &segment{fd: t.Fd, mem: mem, tmp: t.Tmp, final: t.Final}, nil
 }
 
-// Open implements backend.Backend.
+// openWait bounds how long Open, and OpenContext with a context that has
+// no deadline, keep trying while another process holds a lease on the
+// file.
+const openWait = 2 * time.Second
+
+// Open implements backend.Backend. It is OpenContext without a deadline of
+// the caller's: while another process holds a lease on the file, it keeps
+// trying for up to 2 seconds.
 func (b *Backend) Open(name string) (backend.Segment, error) {
-	fd, st, err := b.objs().Open(name)
+	return b.OpenContext(context.Background(), name)
+}
+
+// OpenContext implements backend.ContextOpener: Open that keeps to ctx.
+//
+// The file is opened with O_NOFOLLOW|O_NONBLOCK and checked with fstat: a
+// name that holds anything but a regular file with one link (a symbolic
+// link, FIFO, directory, socket, device, hard link) fails at once with an
+// error matching dirobj.ErrForeign that says what is there; open(2) never
+// blocks on a FIFO. While another process holds a lease on the file (a
+// cleanup deciding whether to remove it, or a hostile owner, whom the
+// kernel lets block an open for lease-break-time, 45 s by default), open
+// fails with EWOULDBLOCK and OpenContext tries again with backoff until ctx
+// is done (2 seconds when ctx has no deadline), then fails with an error
+// matching os.ErrDeadlineExceeded (or wrapping context.Canceled) and
+// syscall.EWOULDBLOCK.
+func (b *Backend) OpenContext(ctx context.Context, name string) (backend.Segment, error) {
+	return b.open(ctx, name, 0, nil)
+}
+
+// OpenSized is OpenContext that maps only part of the object: it reads the
+// object's first n bytes (fewer when it is shorter) and maps as many bytes
+// as size returns for them (at least 1), or the whole object when it is
+// shorter than that, so that len(Bytes()) shows it was cut short. An error
+// from size is returned as is, after the descriptor is closed.
+//
+// A peer with write access can grow the file to any size (ftruncate to 64
+// TiB, say): Open then maps all of it and fails with ENOMEM, or reserves
+// that much address space. Package shm knows from the region's header how
+// much it needs; OpenSized lets it map just that.
+func (b *Backend) OpenSized(ctx context.Context, name string, n int, size func(head []byte) (int64, error)) (backend.Segment, error) {
+	if size == nil {
+		return nil, &fs.PathError{Op: "open", Path: b.path(name), Err: unix.EINVAL}
+	}
+	return b.open(ctx, name, n, size)
+}
+
+func (b *Backend) open(ctx context.Context, name string, n int, size func([]byte) (int64, error)) (backend.Segment, error) {
+	fd, st, err := b.objs().OpenContext(ctx, name, openWait)
 	if err != nil {
 		return nil, err
 	}
 	p := b.path(name)
+	length := st.Size
+	if size != nil {
+		if length, err = dirobj.MapLength(fd, p, st.Size, n, size); err != nil {
+			unix.Close(fd)
+			return nil, err
+		}
+	}
 	s := &segment{fd: fd, final: p}
-	if st.Size > 0 {
-		s.mem, err = unix.Mmap(fd, 0, int(st.Size), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	if length > 0 {
+		s.mem, err = unix.Mmap(fd, 0, int(length), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
 		if err != nil {
 			unix.Close(fd)
 			return nil, &fs.PathError{Op: "mmap", Path: p, Err: err}
@@ -172,3 +233,14 @@ func (b *Backend) RemovePending(id string) error { return b.objs().RemovePending
 func (s *segment) StillNamed() (bool, error) {
 	return dirobj.SameFile(s.fd, s.final)
 }
+
+var (
+	_ backend.Backend       = (*Backend)(nil)
+	_ backend.ContextOpener = (*Backend)(nil)
+	_ backend.Lister        = (*Backend)(nil)
+	_ backend.Pender        = (*Backend)(nil)
+	_ backend.Pending       = (*segment)(nil)
+	_ backend.Namer         = (*segment)(nil)
+	_ backend.Chowner       = (*segment)(nil)
+	_ backend.Fder          = (*segment)(nil)
+)

@@ -70,6 +70,25 @@
 // List shows them (their names are in their headers, which package shm
 // reads through OpenID), UnlinkID removes one by its shmid, and so does
 // `ipcrm -m SHMID` or `ipcrm -M KEY`.
+//
+// A segment knows itself by its shmid, never by its bytes, which every
+// process allowed to attach it can change: StillNamed (backend.Namer) and a
+// segment's own Unlink ask whether the key still leads to that shmid. The
+// kernel frees a shmid only when its segment is destroyed (at the last
+// detach after IPC_RMID), so while a segment is attached its shmid cannot
+// name another one.
+//
+// # Listing
+//
+// List reads /proc/sysvipc/shm and attaches nothing. Reading a listed
+// segment's header takes an attachment: OpenID makes it read-only
+// (SHM_RDONLY), so that it cannot change another program's segment. The
+// kernel records even a read-only attachment: shmat sets the segment's
+// shm_lpid and shm_atime, shmdt its shm_lpid and shm_dtime, and shm_nattch
+// counts it meanwhile, so `ipcs -p` and `ipcs -t` show the lister as the
+// last user of every segment whose header it read. Package shm reads the
+// header only of segments at least as big as a header; smaller ones are
+// left untouched.
 package sysv
 
 import (
@@ -92,6 +111,10 @@ import (
 // shmDest is the mode bit the kernel sets on a segment removed with
 // IPC_RMID while still attached (SHM_DEST, not in x/sys).
 const shmDest = 0o1000
+
+// shmRdonly is shmat's flag for a read-only attachment (SHM_RDONLY, not in
+// x/sys for Linux).
+const shmRdonly = 0o10000
 
 // keyPrefix is hashed in front of every name, so that our key_t values do
 // not coincide with those of other programs that hash bare names.
@@ -194,7 +217,9 @@ func (b *Backend) Create(name string, size int64, perm fs.FileMode) (backend.Pen
 			return fail("shmctl IPC_SET", err, mem)
 		}
 	}
-	return &segment{id: id, mem: mem, path: path}, nil
+	s := &segment{id: id, key: key, mem: mem, path: path}
+	s.recordIdentity(&ds)
+	return s, nil
 }
 
 // populate allocates every page of mem, so that later touches cannot fail
@@ -231,23 +256,27 @@ func (b *Backend) Open(name string) (backend.Segment, error) {
 	if err != nil {
 		return nil, &fs.PathError{Op: "shmget", Path: path, Err: err}
 	}
-	s, err := attach(id, path)
+	s, err := attach(id, path, 0)
 	if err != nil {
 		return nil, err
 	}
+	s.key = key
 	// A segment removed (IPC_RMID) between shmget and shmat is gone for
 	// new users, as it would be a moment later.
-	if st, err := statID(id, path); err != nil || st.Removed {
+	var ds unix.SysvShmDesc
+	if _, err := unix.SysvShmCtl(id, unix.IPC_STAT, &ds); err != nil || ds.Perm.Mode&shmDest != 0 {
 		s.Close()
 		return nil, &fs.PathError{Op: "shmat", Path: path, Err: unix.ENOENT}
 	}
+	s.recordIdentity(&ds)
 	return s, nil
 }
 
-// attach maps segment id read-write. A segment removed since it was found
-// (shmat's EINVAL or EIDRM) is reported as ENOENT.
-func attach(id int, path string) (*segment, error) {
-	mem, err := unix.SysvShmAttach(id, 0, 0)
+// attach maps segment id (read-write, or read-only with flags SHM_RDONLY).
+// A segment removed since it was found (shmat's EINVAL or EIDRM) is
+// reported as ENOENT.
+func attach(id int, path string, flags int) (*segment, error) {
+	mem, err := unix.SysvShmAttach(id, 0, flags)
 	if err != nil {
 		if err == unix.EINVAL || err == unix.EIDRM {
 			err = unix.ENOENT
@@ -435,14 +464,40 @@ func parseID(id string) (int, error) {
 	return n, nil
 }
 
-// OpenID implements backend.IDOpener: shmat read-write by shmid. It fails
-// with an error matching fs.ErrNotExist when the segment is gone.
+// OpenID implements backend.IDOpener for inspecting a listed segment: it
+// maps segment id read-only (SHM_RDONLY), so that reading the header of
+// another program's segment can never change it (a write through Bytes
+// faults). It fails with an error matching fs.ErrNotExist when the segment
+// is gone or marked for removal, which it finds out with IPC_STAT without
+// attaching.
+//
+// Even a read-only attachment is seen by others: the kernel sets the
+// segment's shm_lpid to the caller and shm_atime at shmat, shm_lpid and
+// shm_dtime again at shmdt, and counts it in shm_nattch meanwhile (ipcs -p
+// and -t show it). Callers should therefore not open segments that IPC_STAT
+// or List already show cannot be theirs (package shm skips those smaller
+// than its header).
 func (b *Backend) OpenID(id string) (backend.Segment, error) {
 	n, err := parseID(id)
 	if err != nil {
 		return nil, err
 	}
-	return attach(n, idPath(n))
+	path := idPath(n)
+	var ds unix.SysvShmDesc
+	if _, err := unix.SysvShmCtl(n, unix.IPC_STAT, &ds); err != nil || ds.Perm.Mode&shmDest != 0 {
+		if err == nil || err == unix.EINVAL || err == unix.EIDRM {
+			err = unix.ENOENT
+		}
+		return nil, &fs.PathError{Op: "shmctl IPC_STAT", Path: path, Err: err}
+	}
+	s, err := attach(n, path, shmRdonly)
+	if err != nil {
+		return nil, err
+	}
+	s.key = int(ds.Perm.Key)
+	s.readOnly = true
+	s.recordIdentity(&ds)
+	return s, nil
 }
 
 // UnlinkID implements backend.IDOpener: IPC_RMID by shmid.
@@ -456,9 +511,71 @@ func (b *Backend) UnlinkID(id string) error {
 
 // segment is one attachment of a segment.
 type segment struct {
-	id   int
-	mem  []byte
-	path string
+	id       int
+	key      int // the key_t it was found under
+	mem      []byte
+	path     string
+	readOnly bool // attached with SHM_RDONLY (OpenID)
+
+	// What IPC_STAT said at attach time that no IPC_SET changes: the
+	// creator's PID and uid, and the size (hasIdent when known).
+	hasIdent bool
+	cpid     int32
+	cuid     uint32
+	segsz    uint64
+}
+
+func (s *segment) recordIdentity(ds *unix.SysvShmDesc) {
+	s.hasIdent, s.cpid, s.cuid, s.segsz = true, ds.Cpid, ds.Perm.Cuid, ds.Segsz
+}
+
+// StillNamed implements backend.Namer: whether the segment's key still
+// leads to this very segment. It rests on the shmid, never on the
+// segment's bytes (which every process that may attach it can change):
+// the kernel frees a shmid only when its segment is destroyed, at the last
+// detach after IPC_RMID, so while this segment is attached no other segment
+// can have its shmid, and a removed segment is no longer found by its key.
+// The segment's immutable identity (creator PID and uid, size, as IPC_STAT
+// showed them at attach) is compared as well, where IPC_STAT is allowed;
+// shm_ctime is not used, since IPC_SET (Chmod, Chown) changes it.
+//
+// It fails with an error matching fs.ErrNotExist when no segment has the
+// key, and fs.ErrClosed after Close (when the shmid may be reused).
+func (s *segment) StillNamed() (bool, error) {
+	if s.mem == nil {
+		return false, &fs.PathError{Op: "shmget", Path: s.path, Err: fs.ErrClosed}
+	}
+	id, err := unix.SysvShmGet(s.key, 0, 0)
+	if err != nil {
+		return false, &fs.PathError{Op: "shmget", Path: s.path, Err: err}
+	}
+	if id != s.id {
+		return false, nil
+	}
+	var ds unix.SysvShmDesc
+	if s.hasIdent {
+		if _, err := unix.SysvShmCtl(id, unix.IPC_STAT, &ds); err == nil {
+			if ds.Cpid != s.cpid || ds.Perm.Cuid != s.cuid || ds.Segsz != s.segsz || ds.Perm.Mode&shmDest != 0 {
+				return false, nil
+			}
+		}
+	}
+	return true, nil
+}
+
+// Unlink removes the segment's key if it still leads to this segment
+// (StillNamed), by shmid: it can never remove another segment that took
+// the key, even one that took it a moment ago. It fails with an error
+// matching fs.ErrNotExist when the key leads elsewhere or nowhere.
+func (s *segment) Unlink() error {
+	same, err := s.StillNamed()
+	if err != nil {
+		return err
+	}
+	if !same {
+		return &fs.PathError{Op: "shmctl IPC_RMID", Path: s.path, Err: unix.ENOENT}
+	}
+	return rmid(s.id, s.path)
 }
 
 func (s *segment) Bytes() []byte { return s.mem }
@@ -524,6 +641,8 @@ var (
 	_ backend.Pending              = (*segment)(nil)
 	_ backend.Chowner              = (*segment)(nil)
 	_ backend.Sealed               = (*segment)(nil)
+	_ backend.Namer                = (*segment)(nil)
+	_ backend.Creator              = (*segment)(nil)
 )
 
 // modeAs converts permission bits to the type of ipc_perm's mode field,

@@ -29,6 +29,7 @@ import (
 const (
 	envRole = "SHM_SYSV_TEST_ROLE"
 	envKey  = "SHM_SYSV_TEST_KEY"
+	envArg  = "SHM_SYSV_TEST_ARG"
 )
 
 // usedKeys records the key_t of every name the tests make, for the leak
@@ -527,6 +528,49 @@ func runChild(role, key string) int {
 		return 1
 	}
 	switch role {
+	case "flip":
+		// A peer that may write the segment changes one byte of its
+		// header (at offset envArg) and leaves.
+		off, err := strconv.Atoi(os.Getenv(envArg))
+		if err != nil {
+			return fail("offset: %v", err)
+		}
+		id, err := unix.SysvShmGet(sysv.Key(key), 0, 0)
+		if err != nil {
+			return fail("shmget: %v", err)
+		}
+		mem, err := unix.SysvShmAttach(id, 0, 0)
+		if err != nil {
+			return fail("shmat: %v", err)
+		}
+		mem[off] ^= 0x01
+		if err := unix.SysvShmDetach(mem); err != nil {
+			return fail("shmdt: %v", err)
+		}
+		return 0
+	case "foreign":
+		// Another program's segment under key's key_t, envArg bytes of
+		// random content, attached and detached once by this process.
+		size, err := strconv.Atoi(os.Getenv(envArg))
+		if err != nil {
+			return fail("size: %v", err)
+		}
+		id, err := unix.SysvShmGet(sysv.Key(key), size, unix.IPC_CREAT|unix.IPC_EXCL|0o644)
+		if err != nil {
+			return fail("shmget: %v", err)
+		}
+		mem, err := unix.SysvShmAttach(id, 0, 0)
+		if err != nil {
+			return fail("shmat: %v", err)
+		}
+		for i := range mem {
+			mem[i] = byte(i*7 + 3)
+		}
+		if err := unix.SysvShmDetach(mem); err != nil {
+			return fail("shmdt: %v", err)
+		}
+		fmt.Println(id)
+		return 0
 	case "rmid":
 		u, err := shm.Open(key, 10*time.Second, opt())
 		if err != nil {
@@ -715,10 +759,10 @@ func TestListOpenIDUnlinkID(t *testing.T) {
 	if err := r.Unlink(); !errors.Is(err, shm.ErrNotExist) {
 		t.Errorf("Region.Unlink after UnlinkID: %v, want ErrNotExist", err)
 	}
-	// Still attached twice, and shared.
-	copy(s.Bytes()[hdrSize:], "shared")
-	if string(r.Bytes()[:6]) != "shared" {
-		t.Errorf("after UnlinkID: %q", r.Bytes()[:6])
+	// Still attached twice, and shared (OpenID's attachment is read-only).
+	copy(r.Bytes(), "shared")
+	if string(s.Bytes()[hdrSize:hdrSize+6]) != "shared" {
+		t.Errorf("after UnlinkID: %q", s.Bytes()[hdrSize:hdrSize+6])
 	}
 	if err := s.Close(); err != nil {
 		t.Fatal(err)

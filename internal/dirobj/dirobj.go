@@ -4,8 +4,9 @@
 // it under its final name exclusively, opening it with checks, removing and
 // listing.
 //
-// Every error is an *fs.PathError wrapping the syscall.Errno, so that
-// errors.Is(err, fs.ErrExist) and friends work.
+// Every error is an *fs.PathError wrapping the syscall.Errno (or a
+// *ForeignError, a *BusyError: see OpenContext), so that errors.Is(err,
+// fs.ErrExist) and friends work.
 package dirobj
 
 import (
@@ -133,33 +134,6 @@ func Publish(tmp, final string) error {
 	return nil
 }
 
-// Open opens the object name read-write (O_NOFOLLOW|O_CLOEXEC) and returns
-// its descriptor and status. It fails with EINVAL when name is not a regular
-// file, and with ENOENT when there is no such name.
-func (d Dir) Open(name string) (int, *unix.Stat_t, error) {
-	p := d.Join(name)
-	fd, err := unix.Open(p, unix.O_RDWR|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return -1, nil, &fs.PathError{Op: "open", Path: p, Err: err}
-	}
-	var st unix.Stat_t
-	if err := unix.Fstat(fd, &st); err != nil {
-		unix.Close(fd)
-		return -1, nil, &fs.PathError{Op: "fstat", Path: p, Err: err}
-	}
-	if st.Mode&unix.S_IFMT != unix.S_IFREG {
-		unix.Close(fd)
-		return -1, nil, &fs.PathError{Op: "open", Path: p, Err: unix.EINVAL}
-	}
-	if st.Nlink == 0 {
-		// Removed while we waited in open(2) (a cleanup holding a lease
-		// let us through only after unlinking it): not there.
-		unix.Close(fd)
-		return -1, nil, &fs.PathError{Op: "open", Path: p, Err: unix.ENOENT}
-	}
-	return fd, &st, nil
-}
-
 // Unlink removes the object name (unlink(2)).
 func (d Dir) Unlink(name string) error {
 	p := d.Join(name)
@@ -229,8 +203,16 @@ func (d Dir) Pending(name string, n int) ([]backend.PendingObject, error) {
 		if !ok || strings.Contains(rest, ".") {
 			continue // another key's (a key may contain dots: the suffix may not)
 		}
-		fd, err := unix.Open(d.Join(tmp), unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC|unix.O_NONBLOCK, 0)
+		// Anyone may put anything under a temporary name: open without
+		// following links or blocking (FIFO, lease), and read regular
+		// files only.
+		fd, err := unix.Open(d.Join(tmp), unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC|unix.O_NONBLOCK|unix.O_NOCTTY, 0)
 		if err != nil {
+			continue
+		}
+		var st unix.Stat_t
+		if unix.Fstat(fd, &st) != nil || st.Mode&unix.S_IFMT != unix.S_IFREG {
+			unix.Close(fd)
 			continue
 		}
 		head := make([]byte, n)
