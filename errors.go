@@ -5,6 +5,8 @@ import (
 	"io/fs"
 	"os"
 	"strings"
+
+	"github.com/shmgo/shm/backend"
 )
 
 // Sentinel errors. Every error package shm returns is an *Error that wraps one
@@ -120,6 +122,10 @@ func because(msg string, cause error, sentinels ...error) error {
 // classify attaches the matching sentinel to a backend's error.
 func classify(err error) error {
 	switch {
+	case errors.Is(err, backend.ErrForeign):
+		return because("", err, ErrCorrupt)
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		return because("", err, ErrTimeout)
 	case errors.Is(err, fs.ErrExist):
 		return because("", err, ErrExist)
 	case errors.Is(err, fs.ErrNotExist):

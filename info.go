@@ -471,8 +471,28 @@ func scanDir(ctx context.Context, be backend.Backend, dir string) ([]*object, er
 	return objs, nil
 }
 
+// foreignFile tells whether the file st under name in dir cannot be a
+// region's (a symbolic link, a FIFO, a directory, a hard-linked file...),
+// and marks o foreign, saying what it is.
+func foreignFile(dir, name string, st *unix.Stat_t, o *object) bool {
+	tp := posix.TempPrefix
+	if o.Backend == "file" {
+		tp = file.TempPrefix
+	}
+	err := dirobj.Dir{Path: dir, TempPrefix: tp}.Inspect(name, st)
+	var fe *dirobj.ForeignError
+	if !errors.As(err, &fe) {
+		return false
+	}
+	o.Foreign = true
+	o.Reason = "not a region: " + fe.What
+	return true
+}
+
 // probeFile reads the header of the file name in dir, without mapping it.
-// It returns nil for what is not a regular file, or is gone.
+// It returns nil for what is gone. Anything but a regular file with one link
+// (what Create would find in the way, and Open report as ErrCorrupt) is a
+// foreign object that says what it is.
 func probeFile(be backend.Backend, dir, name string) *object {
 	p := filepath.Join(dir, name)
 	o := &object{be: be, kind: dirObj, dir: dir, file: name, fd: -1}
@@ -481,10 +501,13 @@ func probeFile(be backend.Backend, dir, name string) *object {
 	o.Key = "/" + name
 	o.Temp = isTempName(name)
 	o.Attached = -1
-	if err := unix.Lstat(p, &o.st); err != nil || o.st.Mode&unix.S_IFMT != unix.S_IFREG {
+	if err := unix.Lstat(p, &o.st); err != nil {
 		return nil
 	}
 	o.fillStat()
+	if foreignFile(dir, name, &o.st, o) {
+		return o
+	}
 	// O_NONBLOCK: a removal in progress holds a lease; do not wait for it.
 	fd, err := unix.Open(p, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
 	if err != nil {
@@ -499,11 +522,15 @@ func probeFile(be backend.Backend, dir, name string) *object {
 		return o
 	}
 	o.fd = fd
-	if err := unix.Fstat(fd, &o.st); err != nil || o.st.Mode&unix.S_IFMT != unix.S_IFREG {
+	if err := unix.Fstat(fd, &o.st); err != nil {
 		o.close()
 		return nil
 	}
 	o.fillStat()
+	if foreignFile(dir, name, &o.st, o) {
+		o.close()
+		return o
+	}
 	o.fid, o.hasFID = sys.FileIDOf(&o.st), true
 	h, n, err := preadHeader(fd)
 	if err != nil {

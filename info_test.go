@@ -649,3 +649,54 @@ func BenchmarkList(b *testing.B) {
 		}
 	}
 }
+
+// Foreign things under a key: Create says the key is taken, and Open, Stat
+// and Remove agree that what is there is not a region (ErrCorrupt, saying
+// what it is); Remove leaves it in place.
+func TestForeignUnderKeyAgrees(t *testing.T) {
+	dir := privateDir(t)
+	for _, b := range []backend.Backend{posix.NewDir(dir), file.New(dir)} {
+		for _, tc := range []struct {
+			name, what string
+			make       func(p string) error
+		}{
+			{"symlink", "symbolic link", func(p string) error { return os.Symlink("/etc/passwd", p) }},
+			{"fifo", "FIFO", func(p string) error { return syscall.Mkfifo(p, 0o600) }},
+			{"dir", "directory", func(p string) error { return os.Mkdir(p, 0o700) }},
+			{"hardlink", "hard-linked", func(p string) error {
+				if err := os.WriteFile(p+".orig", make([]byte, 8192), 0o600); err != nil {
+					return err
+				}
+				return os.Link(p+".orig", p)
+			}},
+		} {
+			t.Run(b.Name()+"/"+tc.name, func(t *testing.T) {
+				key := opsKey(t, "foreign-"+b.Name()+"-"+tc.name)
+				p := filepath.Join(dir, key[1:])
+				if err := tc.make(p); err != nil {
+					t.Fatal(err)
+				}
+				defer os.Remove(p + ".orig")
+				defer os.RemoveAll(p)
+				if _, err := shm.Create(key, 64, shm.WithBackend(b)); !errors.Is(err, shm.ErrExist) {
+					t.Errorf("Create: %v, want ErrExist", err)
+				}
+				for _, op := range []struct {
+					name string
+					err  error
+				}{
+					{"Open", func() error { _, err := shm.Open(key, 0, shm.WithBackend(b)); return err }()},
+					{"Stat", func() error { _, err := shm.Stat(key, shm.WithBackend(b)); return err }()},
+					{"Remove", shm.Remove(key, shm.WithBackend(b))},
+				} {
+					if !errors.Is(op.err, shm.ErrCorrupt) || errors.Is(op.err, shm.ErrNotExist) || !strings.Contains(op.err.Error(), tc.what) {
+						t.Errorf("%s: %v, want ErrCorrupt saying %q", op.name, op.err, tc.what)
+					}
+				}
+				if _, err := os.Lstat(p); err != nil {
+					t.Errorf("Remove removed the %s: %v", tc.what, err)
+				}
+			})
+		}
+	}
+}

@@ -538,7 +538,9 @@ func open(ctx context.Context, key string, deadline time.Time, once bool, opts [
 // not (yet) a ready region.
 func tryOpen(ctx context.Context, deadline time.Time, be backend.Backend, key, name string) (r *Region, err error, retry bool) {
 	var seg backend.Segment
-	if co, ok := be.(backend.ContextOpener); ok {
+	so, sized := be.(backend.SizedOpener)
+	co, waits := be.(backend.ContextOpener)
+	if sized || waits {
 		if !deadline.IsZero() {
 			if !time.Now().Before(deadline) {
 				return nil, nil, true // no time left to ask
@@ -547,8 +549,13 @@ func tryOpen(ctx context.Context, deadline time.Time, be backend.Backend, key, n
 			ctx, cancel = context.WithDeadline(ctx, deadline)
 			defer cancel()
 		}
+	}
+	switch {
+	case sized:
+		seg, err = so.OpenSized(ctx, name, headerSize, regionLen)
+	case waits:
 		seg, err = co.OpenContext(ctx, name)
-	} else {
+	default:
 		seg, err = be.Open(name)
 	}
 	if err != nil {
@@ -604,6 +611,24 @@ func tryOpen(ctx context.Context, deadline time.Time, be backend.Backend, key, n
 	}
 	seg.Close()
 	return nil, because(why.Error(), nil, ErrCorrupt), true
+}
+
+// regionLen is how much of an object whose first bytes are head Open maps:
+// the header, the user table and the data the header claims, so that a peer
+// that grows the object cannot make Open map more. A header too damaged to
+// say gives the fixed header only (or, when head is shorter, the whole
+// object), and the header check then says what is wrong.
+func regionLen(head []byte) (int64, error) {
+	if len(head) < headerSize {
+		return int64(len(head)) + 1, nil
+	}
+	h := new(header)
+	copy(unsafe.Slice((*byte)(unsafe.Pointer(h)), headerSize), head)
+	if h.Users == 0 || h.Users > MaxUsers || h.HeaderSize != uint32(dataOffset(int(h.Users))) ||
+		h.DataSize == 0 || h.DataSize > MaxSize {
+		return headerSize, nil
+	}
+	return int64(h.HeaderSize) + int64(h.DataSize), nil
 }
 
 // notThere is the error of an Open that gave up: the key never appeared
@@ -667,6 +692,19 @@ func (r *Region) Unlink() error {
 		return r.err("unlink", ErrClosed)
 	}
 	if r.unlinked {
+		return nil
+	}
+	if u, ok := r.seg.(backend.Unlinker); ok {
+		err := u.Unlink()
+		if err == nil || errors.Is(err, fs.ErrNotExist) {
+			r.unlinked = true
+		}
+		if errors.Is(err, fs.ErrNotExist) {
+			return r.err("unlink", because("key names another region now, or nothing", err, ErrNotExist))
+		}
+		if err != nil {
+			return r.err("unlink", classify(err))
+		}
 		return nil
 	}
 	if !r.stillNamed() {

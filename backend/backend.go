@@ -10,8 +10,10 @@
 //
 // A backend reports failures with errors that match fs.ErrExist,
 // fs.ErrNotExist and fs.ErrPermission where they mean the same (a
-// syscall.Errno such as EEXIST does). Package shm adds the key and the
-// operation.
+// syscall.Errno such as EEXIST does), os.ErrDeadlineExceeded when a wait
+// for another process ran out of time, and ErrForeign when something that
+// cannot be one of its objects sits under a name. Package shm adds the key
+// and the operation.
 //
 // Capabilities that not every backend has are optional interfaces, which
 // package shm detects with a type assertion: a Segment may implement
@@ -20,8 +22,15 @@ package backend
 
 import (
 	"context"
+	"errors"
 	"io/fs"
 )
+
+// ErrForeign is matched by a backend's errors when the name holds something
+// that cannot be one of its objects (a symbolic link, a FIFO, a directory,
+// a file with more than one link...): package shm reports it as
+// shm.ErrCorrupt, with the backend's message saying what was found.
+var ErrForeign = errors.New("not a backend object")
 
 // Backend creates, opens and removes named shared-memory objects.
 //
@@ -56,7 +65,8 @@ type Backend interface {
 // Segment is one mapping of an object.
 type Segment interface {
 	// Bytes is the whole mapping: len(Bytes()) is the object's size when
-	// it was mapped. It stays valid until Close.
+	// it was mapped, or what OpenSized asked for. It stays valid until
+	// Close.
 	Bytes() []byte
 
 	// Close unmaps the segment and releases what the mapping held (the
@@ -86,6 +96,25 @@ type Pending interface {
 // that gives up when ctx is done, so that shm.Open keeps to its timeout.
 type ContextOpener interface {
 	OpenContext(ctx context.Context, name string) (Segment, error)
+}
+
+// SizedOpener is implemented by backends whose objects a peer may resize
+// (POSIX, file), so that Open maps what the region needs rather than the
+// whole object, however large a peer made it.
+type SizedOpener interface {
+	// OpenSized is OpenContext that reads the object's first n bytes
+	// (fewer when it is shorter), then maps as many bytes as size returns
+	// for them (at least 1), or the whole object when it is shorter. An
+	// error from size is returned as is.
+	OpenSized(ctx context.Context, name string, n int, size func(head []byte) (int64, error)) (Segment, error)
+}
+
+// Unlinker is implemented by segments that can remove their own object's
+// name and never a successor's (SysV: IPC_RMID by shmid). It fails with an
+// error matching fs.ErrNotExist when the name no longer leads to the
+// segment's object. Package shm prefers it to Namer and Backend.Unlink.
+type Unlinker interface {
+	Unlink() error
 }
 
 // Namer is implemented by segments that can tell cheaply whether their
@@ -172,7 +201,9 @@ type Lister interface {
 }
 
 // IDOpener is implemented by backends whose listed objects may lack a name
-// (SysV): it maps, or removes, an object by the ID a Lister gave.
+// (SysV): it maps, or removes, an object by the ID a Lister gave. OpenID
+// maps the object only to read its header: the mapping may be read-only
+// (SysV: SHM_RDONLY).
 type IDOpener interface {
 	OpenID(id string) (Segment, error)
 	UnlinkID(id string) error

@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/shmgo/shm/backend"
 )
 
 // ErrForeign is matched by the errors of Open, OpenContext and Inspect when
@@ -18,8 +20,8 @@ import (
 // more than one link. The error is a *ForeignError that says which. It
 // matches neither fs.ErrExist nor fs.ErrNotExist: package shm reports it as
 // a corrupt region (shm.ErrCorrupt), as it does a regular file whose
-// contents are not a region.
-var ErrForeign = errors.New("not a region's file")
+// contents are not a region. It is backend.ErrForeign.
+var ErrForeign = backend.ErrForeign
 
 // ForeignError says what Open found under a name instead of a regular file
 // with one link.
