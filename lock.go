@@ -44,7 +44,9 @@ func nextGen(cur uint32) uint32 { return (cur + lockGenOne) & lockGen }
 // starts short so that a dead holder is noticed fast, and backs off so that a
 // long critical section costs its waiters little), and how long a waiter
 // waits before the lock is handed to waiters rather than newcomers.
-const (
+// They are variables for the tests, which make the probes long to show
+// that no wake-up is lost without them.
+var (
 	probeMin    = time.Millisecond
 	probeMax    = 8 * time.Millisecond
 	starveAfter = time.Millisecond
@@ -88,12 +90,18 @@ type Lock struct {
 // Waiters are served roughly in order: once a waiter has waited about a
 // millisecond, the lock goes to waiters before a newcomer can take it.
 func (r *Region) Lock() (Lock, error) {
+	if l, ok := r.fastLock(); ok {
+		return l, nil
+	}
 	return r.lock(context.Background(), false)
 }
 
 // LockContext is Lock that gives up when ctx is done, returning an error
 // that wraps ctx.Err() (and matches ErrTimeout when its deadline passed).
 func (r *Region) LockContext(ctx context.Context) (Lock, error) {
+	if l, ok := r.fastLock(); ok {
+		return l, nil
+	}
 	return r.lock(ctx, false)
 }
 
@@ -102,15 +110,42 @@ func (r *Region) LockContext(ctx context.Context) (Lock, error) {
 // lock with ErrOwnerDead. It never waits: while waiters are being handed the
 // lock, TryLock reports ErrLocked.
 func (r *Region) TryLock() (Lock, error) {
+	if l, ok := r.fastLock(); ok {
+		return l, nil
+	}
 	return r.lock(context.Background(), true)
+}
+
+// fastLock takes the lock if it is free and carries no flag, pinned so that
+// Close cannot unmap between the check and the compare-and-swap (see
+// pin.go). It reports false, having done nothing, in every other case.
+func (r *Region) fastLock() (Lock, bool) {
+	if r.guardLock || raceEnabled {
+		return Lock{}, false
+	}
+	procPin()
+	if !r.closed.Load() {
+		w := r.word
+		cur := atomic.LoadUint32(w)
+		if cur&^lockGen == 0 && r.me != 0 {
+			v := nextGen(cur) | r.me
+			if atomic.CompareAndSwapUint32(w, cur, v) {
+				procUnpin()
+				return Lock{r: r, v: v}, true
+			}
+		}
+	}
+	procUnpin()
+	return Lock{}, false
 }
 
 // lock is Lock, LockContext and TryLock: the uncontended path, then the
 // waiting path.
 func (r *Region) lock(ctx context.Context, try bool) (Lock, error) {
-	if r.closed.Load() {
+	if !r.enter() {
 		return Lock{}, r.err("lock", ErrClosed)
 	}
+	defer r.leave()
 	if r.me == 0 {
 		return Lock{}, r.err("lock", because("this Region has no user slot (opened read-only?)", nil, ErrInvalidOption))
 	}
@@ -144,12 +179,9 @@ func (r *Region) lockFast() (Lock, bool) {
 }
 
 // lockSlow takes the lock when the uncontended path could not: it waits,
-// judges the holder, and takes the lock over from a dead one.
+// judges the holder, and takes the lock over from a dead one. The caller
+// has entered (see enter).
 func (r *Region) lockSlow(ctx context.Context, try bool) (Lock, error) {
-	if !r.enter() {
-		return Lock{}, r.err("lock", ErrClosed)
-	}
-	defer r.leave()
 	if r.shrinks || r.guardLock {
 		// The object may be truncated under us: a fault on the word here
 		// becomes ErrCorrupt (the uncontended path is guarded only with
@@ -376,9 +408,24 @@ func (l Lock) Unlock() error {
 	if r == nil {
 		return &Error{Op: "unlock", Err: ErrNotLocked}
 	}
-	if r.closed.Load() {
+	if !r.guardLock && !raceEnabled {
+		procPin() // see fastLock
+		if !r.closed.Load() && atomic.CompareAndSwapUint32(r.word, l.v, l.v&lockGen) {
+			procUnpin()
+			return nil
+		}
+		procUnpin()
+	}
+	return l.unlockEntered()
+}
+
+// unlockEntered is Unlock past the uncontended path.
+func (l Lock) unlockEntered() error {
+	r := l.r
+	if !r.enter() {
 		return r.err("unlock", ErrClosed)
 	}
+	defer r.leave()
 	if r.guardLock {
 		var err error
 		if ferr := guard(func() { err = l.unlock() }); ferr != nil {
@@ -449,9 +496,10 @@ func (l Lock) MarkConsistent() error {
 	if r == nil {
 		return &Error{Op: "markconsistent", Err: ErrNotLocked}
 	}
-	if r.closed.Load() {
+	if !r.enter() {
 		return r.err("markconsistent", ErrClosed)
 	}
+	defer r.leave()
 	var err error
 	if ferr := guard(func() {
 		w := r.word

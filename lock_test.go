@@ -7,12 +7,14 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/shmgo/shm/internal/sys"
 )
@@ -50,6 +52,34 @@ func lockChild(role, key string) error {
 		}
 		*(*uint64)(r.Pointer()) += 1000
 		fmt.Println("locked", os.Getpid(), r.armed.TID())
+		select {}
+	case "leaderexit":
+		// Lock from another thread, then end the main thread alone (we
+		// run in init, on it): the thread-group leader becomes a zombie
+		// while the process lives.
+		locked := make(chan error)
+		go func() {
+			_, err := r.Lock()
+			locked <- err
+			select {}
+		}()
+		if err := <-locked; err != nil {
+			return err
+		}
+		fmt.Println("locked", os.Getpid())
+		syscall.Syscall(syscall.SYS_EXIT, 0, 0, 0)
+		return errors.New("the main thread did not exit")
+	case "twoheld":
+		// Open a second region after key, hold key's lock, and wait.
+		r2, err := Open(key+"-b", 10*time.Second)
+		if err != nil {
+			return err
+		}
+		_ = r2
+		if _, err := r.Lock(); err != nil {
+			return err
+		}
+		fmt.Println("locked", os.Getpid())
 		select {}
 	case "count":
 		for range 50000 {
@@ -419,4 +449,238 @@ func TestWithFaultGuard(t *testing.T) {
 		t.Fatalf("TryLock through the unguarded mapping: %v", err)
 	}
 	l.Unlock()
+}
+
+// A holder whose main thread (the thread-group leader) exited while another
+// thread holds the lock shows state Z in /proc, but lives: never taken over.
+// It is recovered once it dies. With and without robust lists.
+func TestLockHolderLeaderExited(t *testing.T) {
+	for _, env := range [][]string{nil, {"SHMGO_LOCK_NOROBUST=1"}} {
+		t.Run(fmt.Sprint("norobust=", env != nil), func(t *testing.T) {
+			r, key := lockRegion(t, "leader")
+			cmd, out := startLockChild(t, "leaderexit", key, nil, env...)
+			out.Scan()
+			if !strings.HasPrefix(out.Text(), "locked") {
+				t.Fatalf("child said %q", out.Text())
+			}
+			pid := cmd.Process.Pid
+			for i := 0; ; i++ {
+				b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+				if f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+1:])); len(f) > 0 && f[0] == "Z" {
+					break
+				}
+				if i == 5000 {
+					t.Fatalf("the child's leader never became a zombie: %s", b)
+				}
+				time.Sleep(time.Millisecond)
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+			defer cancel()
+			if _, err := r.LockContext(ctx); !errors.Is(err, ErrTimeout) {
+				t.Fatalf("Lock while a holder with a zombie leader lives: %v, want ErrTimeout", err)
+			}
+			if _, err := r.TryLock(); !errors.Is(err, ErrLocked) {
+				t.Fatalf("TryLock: %v, want ErrLocked", err)
+			}
+			cmd.Process.Kill()
+			ctx, cancel = context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			l, err := r.LockContext(ctx)
+			if !errors.Is(err, ErrOwnerDead) {
+				t.Fatalf("Lock after the holder died: %v, want ErrOwnerDead", err)
+			}
+			l.MarkConsistent()
+			l.Unlock()
+		})
+	}
+}
+
+// A peer rewrites the robust-list links in this process's slots: Close
+// writes nothing through them (a variable the bad link points at stays
+// as it was), reports ErrCorrupt, and the list stays whole for the other
+// Regions.
+func TestLockLinksTampered(t *testing.T) {
+	var victim uint64 = 42
+	for _, link := range []uint64{0, 0xdeadbeef000, uint64(uintptr(unsafe.Pointer(&victim)))} {
+		_, key := lockRegion(t, fmt.Sprintf("tamper-%x", link))
+		a, err := Open(key, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, err := Open(key, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		atomic.StoreUint64(&a.slots[a.mine].Link, link)
+		if err := a.Close(); !errors.Is(err, ErrCorrupt) {
+			t.Fatalf("Close after a peer rewrote the link to %#x: %v, want ErrCorrupt", link, err)
+		}
+		if victim != 42 {
+			t.Fatalf("the variable the link pointed at changed to %d", victim)
+		}
+		l, err := b.Lock()
+		if err != nil {
+			t.Fatal(err)
+		}
+		l.Unlock()
+		if err := b.Close(); err != nil {
+			t.Fatalf("Close of an untouched Region: %v", err)
+		}
+	}
+}
+
+// A peer cuts the kernel's walk of a holder's list by rewriting a link:
+// when the holder dies, the lock of the region whose slot lies behind the
+// cut is not marked by the kernel, and the PID check recovers it.
+func TestLockKernelWalkCut(t *testing.T) {
+	r, key := lockRegion(t, "cut")
+	r2, err := Create(key+"-b", 64)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { r2.Unlink(); r2.Close() }()
+	cmd, out := startLockChild(t, "twoheld", key, nil)
+	out.Scan()
+	if !strings.HasPrefix(out.Text(), "locked") {
+		t.Fatalf("child said %q", out.Text())
+	}
+	// The child armed key's slot, then key-b's, which is first on its
+	// list: cut the walk there.
+	for i := range r2.slots {
+		if s := &r2.slots[i]; atomic.LoadUint32(&s.PID) == uint32(cmd.Process.Pid) {
+			atomic.StoreUint64(&s.Link, 0xdeadbeef000)
+		}
+	}
+	cmd.Process.Kill()
+	cmd.Wait()
+	owner := atomic.LoadUint32(r.word) & lockOwner
+	if lv := atomic.LoadUint32(&r.slots[owner-1].Live); lv&sys.FutexTIDMask == 0 {
+		t.Fatalf("the kernel marked the holder's slot (%#x): the walk was not cut", lv)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	l, err := r.LockContext(ctx)
+	if !errors.Is(err, ErrOwnerDead) {
+		t.Fatalf("Lock after the holder died behind a cut walk: %v, want ErrOwnerDead", err)
+	}
+	l.MarkConsistent()
+	l.Unlock()
+}
+
+// No wake-up is lost when a woken waiter leaves (its context ends as the
+// lock is released): with probes too long to rescue anyone, the other
+// waiter still gets the lock.
+func TestLockWakePassedOn(t *testing.T) {
+	oldMin, oldMax := probeMin, probeMax
+	probeMin, probeMax = time.Minute, time.Minute
+	defer func() { probeMin, probeMax = oldMin, oldMax }()
+	r, key := lockRegion(t, "passon")
+	a, err := Open(key, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	b, err := Open(key, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	var lat []time.Duration
+	for i := range 50 {
+		l, err := r.Lock()
+		if err != nil {
+			t.Fatal(err)
+		}
+		actx, acancel := context.WithCancel(context.Background())
+		aDone := make(chan struct{})
+		go func() {
+			defer close(aDone)
+			if l, err := a.LockContext(actx); err == nil {
+				l.Unlock()
+			}
+		}()
+		time.Sleep(time.Millisecond) // a sleeps first: the next wake-up is its
+		bGot := make(chan error, 1)
+		go func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
+			l, err := b.LockContext(ctx)
+			if err == nil {
+				l.Unlock()
+			}
+			bGot <- err
+		}()
+		time.Sleep(time.Millisecond)
+		released := time.Now()
+		if i%2 == 0 {
+			acancel()
+			l.Unlock()
+		} else {
+			l.Unlock()
+			acancel()
+		}
+		if err := <-bGot; err != nil {
+			t.Fatalf("round %d: the other waiter: %v (a wake-up was lost)", i, err)
+		}
+		lat = append(lat, time.Since(released))
+		<-aDone
+	}
+	slices.Sort(lat)
+	t.Logf("the other waiter got the lock %v after the release (p50), %v (p99)", lat[len(lat)/2], lat[len(lat)*99/100])
+}
+
+// A waiter is not starved by a hog that relocks at once: once it has waited
+// starveAfter, the lock goes to it. It logs the waits; it fails when one
+// wait saw more hog holdings than many times the hand-off's bound.
+func TestLockStarvation(t *testing.T) {
+	r, key := lockRegion(t, "starve")
+	w, err := Open(key, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	var hogs atomic.Int64
+	stop := make(chan struct{})
+	hogDone := make(chan struct{})
+	go func() {
+		defer close(hogDone)
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			l, err := r.Lock()
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			hogs.Add(1)
+			time.Sleep(100 * time.Microsecond)
+			l.Unlock()
+		}
+	}()
+	var waits []time.Duration
+	most := int64(0)
+	for range 100 {
+		h0, t0 := hogs.Load(), time.Now()
+		l, err := w.Lock()
+		if err != nil {
+			t.Fatal(err)
+		}
+		waits = append(waits, time.Since(t0))
+		most = max(most, hogs.Load()-h0)
+		l.Unlock()
+		time.Sleep(500 * time.Microsecond)
+	}
+	close(stop)
+	<-hogDone
+	slices.Sort(waits)
+	t.Logf("100 waits behind a hog with 100 us critical sections: p50 %v, p99 %v, max %v; at most %d hog holdings during one wait",
+		waits[50], waits[98], waits[99], most)
+	// Without the hand-off a wait saw thousands; with it, about
+	// starveAfter/100us plus scheduling delays.
+	if most > 1000 {
+		t.Fatalf("a wait saw %d hog holdings: the waiter starved", most)
+	}
 }

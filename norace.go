@@ -6,3 +6,5 @@ import "unsafe"
 
 func raceAcquire(unsafe.Pointer) {}
 func raceRelease(unsafe.Pointer) {}
+
+const raceEnabled = false

@@ -11,3 +11,5 @@ import (
 // the shared lock word: tell it that the lock orders goroutines.
 func raceAcquire(addr unsafe.Pointer) { runtime.RaceAcquire(addr) }
 func raceRelease(addr unsafe.Pointer) { runtime.RaceReleaseMerge(addr) }
+
+const raceEnabled = true

@@ -213,7 +213,7 @@ type Region struct {
 
 	closed    atomic.Bool
 	closing   chan struct{} // closed by Close: waiters leave
-	inflight  atomic.Int64  // lock waiters, which Close lets leave before it unmaps
+	inflight  atomic.Int64  // calls in the lock's code, which Close lets leave before it unmaps
 	shrinks   bool          // the object can shrink under us: fault-protect the slow paths
 	guardLock bool          // WithFaultGuard: fault-protect every lock path
 	mu        sync.Mutex    // Unlink, Chown, Close
@@ -224,7 +224,9 @@ type Region struct {
 	lk lockState
 }
 
-// enter registers a lock waiter; it reports false after Close.
+// enter registers a call that touches the mapping (the lock's), so that
+// Close waits for it to leave before it unmaps; it reports false after
+// Close.
 func (r *Region) enter() bool {
 	r.inflight.Add(1)
 	if r.closed.Load() {
@@ -822,8 +824,10 @@ func (r *Region) Close() error {
 	r.closed.Store(true)
 	close(r.closing)
 	// Wake this Region's waiters (and, spuriously, other processes'),
-	// and let them leave before the memory goes.
+	// and let them leave before the memory goes; the uncontended lock's
+	// pinned sections end too (see pin.go).
 	sys.FutexWake(r.word, 1<<30)
+	waitPinned()
 	for wait := time.Microsecond; r.inflight.Load() != 0; wait = min(2*wait, time.Millisecond) {
 		time.Sleep(wait)
 	}
