@@ -215,7 +215,7 @@ func cmdGc(c *cli, args []string) int {
 		}
 	} else {
 		for _, in := range done {
-			fmt.Fprintf(c.stdout, "%s %s: %s\n", verb, describe(in), in.Reason)
+			fmt.Fprintf(c.stdout, "%s %s: %s\n", verb, describe(in), escText(in.Reason))
 		}
 	}
 	if err != nil {
@@ -298,7 +298,7 @@ func cmdCreate(c *cli, args []string) int {
 			return c.fail("create", err)
 		}
 	}
-	fmt.Fprintf(c.stdout, "created %s %s (%d bytes, mode %04o)\n", be.Name(), r.Key(), r.Size(), perm)
+	fmt.Fprintf(c.stdout, "created %s %s (%d bytes, mode %04o)\n", be.Name(), esc(r.Key()), r.Size(), perm)
 	if f, ok := c.stdout.(*os.File); ok {
 		f.Sync()
 	}
@@ -340,7 +340,7 @@ func cmdDump(c *cli, args []string) int {
 	defer r.Close()
 	data := r.Bytes()
 	if *offset > int64(len(data)) {
-		return c.fail("dump", fmt.Errorf("%s (%s): offset %d is beyond the region's %d bytes", r.Key(), r.Backend(), *offset, len(data)))
+		return c.fail("dump", fmt.Errorf("%s (%s): offset %d is beyond the region's %d bytes", esc(r.Key()), r.Backend(), *offset, len(data)))
 	}
 	end := int64(len(data))
 	if *length >= 0 && *offset+*length < end {
@@ -396,7 +396,7 @@ func cmdLock(c *cli, args []string) int {
 	}
 	ownerDead := errors.Is(err, shm.ErrOwnerDead)
 	if errors.Is(err, shm.ErrTimeout) {
-		err = fmt.Errorf("%s (%s): timed out after %v waiting for the lock", r.Key(), r.Backend(), *timeout)
+		err = fmt.Errorf("%s (%s): timed out after %v waiting for the lock", esc(r.Key()), r.Backend(), *timeout)
 	}
 	if err != nil && !ownerDead {
 		return c.fail("lock", err)
@@ -405,7 +405,7 @@ func cmdLock(c *cli, args []string) int {
 	defer l.Unlock()
 	env := os.Environ()
 	if ownerDead {
-		fmt.Fprintf(c.stderr, "shmctl lock: %s (%s): the previous holder died holding the lock; the data may be inconsistent\n", r.Key(), r.Backend())
+		fmt.Fprintf(c.stderr, "shmctl lock: %s (%s): the previous holder died holding the lock; the data may be inconsistent\n", esc(r.Key()), r.Backend())
 		env = append(env, "SHMCTL_OWNER_DEAD=1")
 	}
 	cmd := exec.Command(cmdArgs[0], cmdArgs[1:]...)
@@ -505,7 +505,7 @@ func (c *cli) resolve(arg string, inspect bool) (found, error) {
 			names = append(names, f.be.Name())
 		}
 		return found{}, fmt.Errorf("%s: regions under this key on %s: choose one with --backend or a prefix (%s:%s)",
-			key, strings.Join(names, " and "), names[0], key)
+			esc(key), strings.Join(names, " and "), names[0], esc(key))
 	case len(bad) > 0:
 		return bad[0], nil
 	}
@@ -513,7 +513,7 @@ func (c *cli) resolve(arg string, inspect bool) (found, error) {
 	for _, b := range bs {
 		names = append(names, b.Name())
 	}
-	return found{}, fmt.Errorf("%s (%s): %w", key, strings.Join(names, ", "), shm.ErrNotExist)
+	return found{}, fmt.Errorf("%s (%s): %w", esc(key), strings.Join(names, ", "), shm.ErrNotExist)
 }
 
 // open attaches to the region arg names.

@@ -28,18 +28,18 @@ func errLines(err error) []string {
 	}
 	var se *shm.Error
 	if errors.As(err, &se) && se.Err != nil {
-		where := se.Key
+		where := esc(se.Key)
 		if se.Backend != "" {
 			if where != "" {
 				where += " "
 			}
-			where += "(" + se.Backend + ")"
+			where += "(" + esc(se.Backend) + ")"
 		}
 		if where != "" {
-			return []string{where + ": " + se.Err.Error()}
+			return []string{where + ": " + escText(se.Err.Error())}
 		}
 	}
-	return []string{err.Error()}
+	return []string{escText(err.Error())}
 }
 
 var (
@@ -159,7 +159,7 @@ func writeTable(w io.Writer, infos []shm.Info) error {
 			cpid, creator = strconv.Itoa(in.CreatorPID), in.Creator.String()
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%03o\t%d\t%s\t%s\t%s\t%s\t%s\t%s\n",
-			in.Backend, dash(in.Key), dash(in.ID), userName(in.UID), uint32(in.Mode.Perm()), in.Size,
+			escCell(in.Backend), dash(escCell(in.Key)), dash(escCell(in.ID)), escCell(userName(in.UID)), uint32(in.Mode.Perm()), in.Size,
 			attached(in), cpid, creator, status(in), lockCol(in), stale(in))
 	}
 	return tw.Flush()
@@ -169,20 +169,20 @@ func writeTable(w io.Writer, infos []shm.Info) error {
 func writeStat(w io.Writer, in shm.Info) error {
 	tw := tabwriter.NewWriter(w, 0, 8, 1, ' ', 0)
 	p := func(k string, v any) { fmt.Fprintf(tw, "%s:\t%v\n", k, v) }
-	p("key", dash(in.Key))
-	p("backend", in.Backend)
+	p("key", dash(esc(in.Key)))
+	p("backend", esc(in.Backend))
 	if in.Path != "" {
-		p("path", in.Path)
+		p("path", esc(in.Path))
 	}
 	if in.ID != "" {
-		p("id", in.ID)
+		p("id", esc(in.ID))
 	}
 	p("size", fmt.Sprintf("%d bytes of data (object %d bytes)", in.Size, in.ObjectSize))
 	p("mode", fmt.Sprintf("%04o", uint32(in.Mode.Perm())))
-	p("owner", fmt.Sprintf("%s (%d)", userName(in.UID), in.UID))
-	p("group", fmt.Sprintf("%s (%d)", groupName(in.GID), in.GID))
+	p("owner", fmt.Sprintf("%s (%d)", esc(userName(in.UID)), in.UID))
+	p("group", fmt.Sprintf("%s (%d)", esc(groupName(in.GID)), in.GID))
 	if in.Err != nil {
-		p("error", in.Err)
+		p("error", strings.Join(errLines(in.Err), "; "))
 	}
 	if in.CreatorPID != 0 {
 		p("creator", fmt.Sprintf("pid %d, %s", in.CreatorPID, in.Creator))
@@ -195,19 +195,19 @@ func writeStat(w io.Writer, in shm.Info) error {
 	p("attached", attached(in))
 	p("stale", stale(in))
 	if in.Reason != "" {
-		p("reason", in.Reason)
+		p("reason", escText(in.Reason))
 	}
 	return tw.Flush()
 }
 
 // describe names a region in gc and rm output.
 func describe(in shm.Info) string {
-	s := in.Backend + " " + dash(in.Key)
+	s := esc(in.Backend) + " " + dash(esc(in.Key))
 	if in.ID != "" {
-		s += " (id " + in.ID + ")"
+		s += " (id " + esc(in.ID) + ")"
 	}
 	if in.Temp && in.Path != "" {
-		s += " (" + in.Path + ")"
+		s += " (" + esc(in.Path) + ")"
 	}
 	return s
 }

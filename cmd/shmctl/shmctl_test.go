@@ -16,6 +16,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"golang.org/x/sys/unix"
 
@@ -702,5 +704,96 @@ func TestSplitKey(t *testing.T) {
 		if p != c.prefix || d != c.dir || k != c.key {
 			t.Errorf("splitKey(%q) = %q %q %q", c.in, p, d, k)
 		}
+	}
+}
+
+// hostile is the tail of a key that tries to take over the terminal of
+// whoever lists it: set the title, clear the screen, forge a line, a C1 CSI,
+// bytes that are not UTF-8, a right-to-left override, a backslash.
+const hostile = "esc\x1b]0;pwned\x07\x1b[2J\rposix\tforged\n\u009b31m\xff\xfe\u202eevil\\x"
+
+// checkSafe fails unless out is valid UTF-8 made of printable runes and
+// newlines only, in exactly lines lines (-1: any number).
+func checkSafe(t *testing.T, what, out string, lines int) {
+	t.Helper()
+	if !utf8.ValidString(out) {
+		t.Errorf("%s: output is not valid UTF-8: %q", what, out)
+	}
+	for _, r := range out {
+		if r != '\n' && !unicode.IsPrint(r) {
+			t.Errorf("%s: unescaped %U in output %q", what, r, out)
+			break
+		}
+	}
+	if lines >= 0 && strings.Count(out, "\n") != lines {
+		t.Errorf("%s: %d lines, want %d: %q", what, strings.Count(out, "\n"), lines, out)
+	}
+}
+
+// Keys chosen by other users reach no terminal raw (issue 11.15).
+func TestHostileKeysEscaped(t *testing.T) {
+	dir := privateDir(t)
+	args := []string{"--backend", "posix", "--shm-dir", dir}
+	k := key(hostile)
+	startChild(t, "create", k, "posix:"+dir).kill() // a stale region
+	// An object that is not a region, under a hostile name.
+	foreign := key("foreign-" + hostile)[1:]
+	if err := os.WriteFile(filepath.Join(dir, foreign), []byte("not a region\x1b[2J"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	// The escaped form, spelled out once.
+	const escaped = `esc\x1b]0;pwned\x07\x1b[2J\rposix\tforged\n\u009b31m\xff\xfe\u202eevil\\x`
+	if got := esc(hostile); got != escaped {
+		t.Fatalf("esc(hostile) = %s\nwant %s", got, escaped)
+	}
+
+	r := run(t, append([]string{"ls"}, args...)...)
+	checkSafe(t, "ls", r.stdout, 2)
+	if r.code != 0 || row(r.stdout, escCell(k)) == nil {
+		t.Errorf("ls: no row for the hostile key:\n%v", r)
+	}
+	r = run(t, append([]string{"ls", "--all"}, args...)...)
+	checkSafe(t, "ls --all", r.stdout, 3)
+	if !strings.Contains(r.stdout, escCell(foreign)) {
+		t.Errorf("ls --all: no row for the foreign object:\n%v", r)
+	}
+	r = run(t, append([]string{"stat", k}, args...)...)
+	checkSafe(t, "stat", r.stdout, -1)
+	if r.code != 0 || !strings.Contains(r.stdout, " "+esc(k)+"\n") {
+		t.Errorf("stat:\n%v", r)
+	}
+	r = run(t, append([]string{"stat", foreign}, args...)...)
+	checkSafe(t, "stat of a foreign object (stdout)", r.stdout, -1)
+	checkSafe(t, "stat of a foreign object (stderr)", r.stderr, 1)
+	if r.code != 1 || !strings.Contains(r.stderr, esc(foreign)) {
+		t.Errorf("stat of a foreign object:\n%v", r)
+	}
+	r = run(t, append([]string{"rm", k + "-missing"}, args...)...)
+	checkSafe(t, "rm of a missing key", r.stderr, 1)
+	if r.code != 1 || !strings.Contains(r.stderr, esc(k+"-missing")) {
+		t.Errorf("rm of a missing key:\n%v", r)
+	}
+	r = run(t, append([]string{"gc", "--dry-run"}, args...)...)
+	checkSafe(t, "gc --dry-run", r.stdout, 1)
+	r = run(t, append([]string{"rm", "-v", k}, args...)...)
+	checkSafe(t, "rm -v", r.stdout+r.stderr, 1)
+	if r.code != 0 || r.stdout != "removed posix "+esc(k)+"\n" {
+		t.Errorf("rm -v:\n%v", r)
+	}
+	startChild(t, "create", k, "posix:"+dir).kill()
+	r = run(t, append([]string{"gc"}, args...)...)
+	checkSafe(t, "gc", r.stdout+r.stderr, 1)
+	if r.code != 0 || !strings.HasPrefix(r.stdout, "removed posix "+esc(k)+": ") {
+		t.Errorf("gc:\n%v", r)
+	}
+	// JSON keeps the key exact where JSON can: valid UTF-8 is escaped by
+	// encoding/json.
+	okKey := key("json\x1b]0;x\x07\n")
+	startChild(t, "create", okKey, "posix:"+dir).kill()
+	r = run(t, append([]string{"ls", "--json"}, args...)...)
+	checkSafe(t, "ls --json", r.stdout, -1)
+	var infos []jsonInfo
+	if err := json.Unmarshal([]byte(r.stdout), &infos); err != nil || len(infos) != 1 || infos[0].Key != okKey {
+		t.Errorf("ls --json: %v, %+v\n%v", err, infos, r)
 	}
 }
