@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"os/user"
+	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -58,7 +59,12 @@ in the format of xxd(1): offset, 16 bytes in hex, and in ASCII.`,
 Takes the region's lock, runs CMD, and releases the lock when CMD exits,
 like flock(1); exits with CMD's status (128+N when killed by signal N), or
 1 when the lock or CMD cannot be had. SIGINT, SIGTERM, SIGHUP and SIGQUIT
-are passed on to CMD. When the previous holder died holding the lock, a
+are passed on to CMD. The lock belongs to shmctl, not to CMD (unlike
+flock(1), whose lock passes with the descriptor): if shmctl dies, even by
+SIGKILL, the kernel kills CMD too (SIGKILL, PR_SET_PDEATHSIG), so that CMD
+never runs unlocked; the next locker then gets the lock with "the previous
+holder died". Processes that CMD starts are not killed with it unless CMD
+arranges it. When the previous holder died holding the lock, a
 warning is printed and CMD runs with SHMCTL_OWNER_DEAD=1 in its
 environment; with --consistent, the data is then marked consistent if CMD
 succeeds (CMD is expected to have repaired it).`,
@@ -411,22 +417,20 @@ func cmdLock(c *cli, args []string) int {
 	cmd := exec.Command(cmdArgs[0], cmdArgs[1:]...)
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, c.stdout, c.stderr
 	cmd.Env = append(env, "SHMCTL_KEY="+r.Key(), "SHMCTL_BACKEND="+r.Backend())
-	if err := cmd.Start(); err != nil {
+	started, waited := startDying(cmd)
+	if err := <-started; err != nil {
 		return c.fail("lock", err)
 	}
-	done := make(chan struct{})
-	go func() {
-		for {
-			select {
-			case s := <-sigs:
-				cmd.Process.Signal(s)
-			case <-done:
-				return
-			}
+	var werr error
+wait:
+	for {
+		select {
+		case s := <-sigs:
+			cmd.Process.Signal(s)
+		case werr = <-waited:
+			break wait
 		}
-	}()
-	werr := cmd.Wait()
-	close(done)
+	}
 	status := exitOK
 	var ee *exec.ExitError
 	switch {
@@ -448,6 +452,32 @@ func cmdLock(c *cli, args []string) int {
 		return c.fail("lock", err)
 	}
 	return status
+}
+
+// startDying starts cmd so that the kernel kills it (SIGKILL) when shmctl
+// dies, whatever kills shmctl: otherwise a SIGKILLed "shmctl lock" would
+// leave CMD running unlocked while the next locker takes the lock. The
+// kernel sends a child's parent-death signal when the *thread* that forked
+// it exits, and Go ends idle threads: so the fork happens on a goroutine
+// locked to its OS thread, which stays in cmd.Wait until CMD is reaped.
+// started reports Start's error; waited, then, Wait's.
+func startDying(cmd *exec.Cmd) (started, waited <-chan error) {
+	s, w := make(chan error, 1), make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		// Never unlocked: the thread ends with the goroutine, after CMD.
+		if cmd.SysProcAttr == nil {
+			cmd.SysProcAttr = &syscall.SysProcAttr{}
+		}
+		cmd.SysProcAttr.Pdeathsig = syscall.SIGKILL
+		err := cmd.Start()
+		s <- err
+		if err != nil {
+			return
+		}
+		w <- cmd.Wait()
+	}()
+	return s, w
 }
 
 func (c *cli) usageFail(_ *flag.FlagSet, cmd, format string, a ...any) int {

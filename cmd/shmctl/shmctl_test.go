@@ -797,3 +797,84 @@ func TestHostileKeysEscaped(t *testing.T) {
 		t.Errorf("ls --json: %v, %+v\n%v", err, infos, r)
 	}
 }
+
+// procGone reports whether pid has exited (gone, or a zombie that its new
+// parent has not reaped yet).
+func procGone(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return true
+	}
+	s := string(b)
+	if i := strings.LastIndexByte(s, ')'); i >= 0 && i+2 < len(s) {
+		return s[i+2] == 'Z' || s[i+2] == 'X'
+	}
+	return false
+}
+
+// A SIGKILLed "shmctl lock" takes its command with it, so that the command
+// never runs while the next locker holds the lock (issue 11.16).
+func TestLockKilledTakesCommand(t *testing.T) {
+	dir := privateDir(t)
+	be := posix.NewDir(dir)
+	k := key("lock-kill")
+	reg, err := shm.Create(k, 64, shm.WithBackend(be))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer reg.Close()
+	cmd := exec.Command(bin, "lock", k, "--backend", "posix", "--shm-dir", dir, "--", "sh", "-c", "echo $$; exec sleep 1000")
+	p := startProc(t, cmd, "") // the command's first line: its PID
+	in, err := shm.Stat(k, shm.WithBackend(be))
+	if err != nil || in.Lock.State != shm.LockHeld || in.Lock.PID != p.pid {
+		t.Fatalf("lock while the command runs: %+v, %v", in.Lock, err)
+	}
+	child := cmdPID(t, p.pid)
+	t.Cleanup(func() { syscall.Kill(child, syscall.SIGKILL) })
+	if procGone(child) {
+		t.Fatalf("command %d is not running", child)
+	}
+	p.cmd.Process.Signal(syscall.SIGKILL)
+	p.cmd.Wait()
+	deadline := time.Now().Add(5 * time.Second)
+	for !procGone(child) {
+		if time.Now().After(deadline) {
+			t.Fatalf("command %d still runs 5 s after shmctl lock was killed", child)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	// The next locker gets the lock, told that its holder died.
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	l, err := reg.LockContext(ctx)
+	if !errors.Is(err, shm.ErrOwnerDead) {
+		t.Fatalf("Lock after shmctl lock was killed: %v, want ErrOwnerDead", err)
+	}
+	l.Unlock()
+}
+
+// cmdPID returns the PID of the only child of parent.
+func cmdPID(t *testing.T, parent int) int {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		var kids []int
+		// The children of every thread: the one that forked may be any.
+		tasks, _ := os.ReadDir(fmt.Sprintf("/proc/%d/task", parent))
+		for _, task := range tasks {
+			b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/children", parent, task.Name()))
+			for _, f := range strings.Fields(string(b)) {
+				if n, err := strconv.Atoi(f); err == nil {
+					kids = append(kids, n)
+				}
+			}
+		}
+		if len(kids) == 1 {
+			return kids[0]
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("shmctl %d has children %v, want one", parent, kids)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
