@@ -44,7 +44,12 @@ Removes every stale region on every backend (or --backend B), re-checking
 each just before removing it, and prints one line per region removed
 (--dry-run: would remove). Also removes regions whose creator died before
 publishing them (temporary files). Safe to run from cron or a systemd
-timer: a region in use is never removed.`,
+timer: a region in use is never removed.
+
+A stale region that this user may not remove (another user's, for a
+non-root gc) is reported on stderr ("may not remove ...") but does not make
+gc fail: the exit status is 0 unless a region that it was entitled to
+remove could not be removed, or a backend could not be listed (1).`,
 	"create": `
 Creates a region of SIZE data bytes (suffixes K, M, G: KiB, MiB, GiB) under
 KEY, with the exact mode --mode whatever the umask, owned by --owner when
@@ -220,14 +225,66 @@ func cmdGc(c *cli, args []string) int {
 			err = werr
 		}
 	} else {
+		euid := os.Geteuid()
 		for _, in := range done {
-			fmt.Fprintf(c.stdout, "%s %s: %s\n", verb, describe(in), escText(in.Reason))
+			note := ""
+			if *dry && euid != 0 && in.UID >= 0 && in.UID != euid {
+				note = " (owned by " + esc(userName(in.UID)) + ": may not be permitted)"
+			}
+			fmt.Fprintf(c.stdout, "%s %s: %s%s\n", verb, describe(in), escText(in.Reason), note)
 		}
 	}
-	if err != nil {
-		return c.fail("gc", err)
+	denied, failed := splitGcErrors(err)
+	for _, e := range denied {
+		for _, l := range errLines(e) {
+			fmt.Fprintf(c.stderr, "shmctl gc: may not remove %s\n", l)
+		}
+	}
+	if len(denied) > 0 {
+		what := "regions"
+		if len(denied) == 1 {
+			what = "region"
+		}
+		fmt.Fprintf(c.stderr, "shmctl gc: %d stale %s left that this user may not remove: run as root or as the owner to remove them\n", len(denied), what)
+	}
+	if failed != nil {
+		return c.fail("gc", failed)
 	}
 	return exitOK
+}
+
+// splitGcErrors separates, in what RemoveStale returned, the regions that
+// this user may not remove (another user's stale region: the error matches
+// fs.ErrPermission) from real failures (a region it was entitled to remove,
+// a backend that could not be listed). Only the latter fail gc: a non-root
+// gc run from cron must not fail forever because of other users' regions.
+func splitGcErrors(err error) (denied []error, failed error) {
+	var rest []error
+	for _, e := range flatten(err) {
+		var se *shm.Error
+		if errors.As(e, &se) && se.Op == "remove" && errors.Is(e, fs.ErrPermission) {
+			denied = append(denied, e)
+			continue
+		}
+		rest = append(rest, e)
+	}
+	return denied, errors.Join(rest...)
+}
+
+// flatten lists the errors that err joins (errors.Join, recursively),
+// down to *shm.Error values and other single errors.
+func flatten(err error) []error {
+	if err == nil {
+		return nil
+	}
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		var out []error
+		for _, e := range j.Unwrap() {
+			out = append(out, flatten(e)...)
+		}
+		return out
+	}
+	return []error{err}
 }
 
 func cmdCreate(c *cli, args []string) int {

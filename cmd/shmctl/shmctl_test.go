@@ -878,3 +878,63 @@ func cmdPID(t *testing.T, parent int) int {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// A non-root gc reports the stale regions of other users that it may not
+// remove, removes its own, and does not fail (issue 11.17).
+func TestGcAsOtherUser(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to run shmctl as another user")
+	}
+	if !inNewIPCNamespace(t) {
+		return
+	}
+	roots, nobodys := key("gc-root"), key("gc-nobody")
+	for _, a := range [][]string{{"sysv:" + roots, "100", "--mode", "0666"}, {"sysv:" + nobodys, "100", "--mode", "0666", "--owner", "65534:65534"}} {
+		if r := run(t, append([]string{"create"}, a...)...); r.code != 0 {
+			t.Fatal(r)
+		}
+	}
+	defer sysv.New().Unlink(roots[1:])
+	defer sysv.New().Unlink(nobodys[1:])
+	asNobody := func(a ...string) result {
+		cmd := exec.Command(bin, a...)
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+		return runCmd(t, cmd)
+	}
+	r := asNobody("gc", "--backend", "sysv", "--dry-run")
+	if r.code != 0 || !strings.Contains(r.stdout, "would remove sysv "+roots+" ") || !strings.Contains(r.stdout, "(owned by root: may not be permitted)") {
+		t.Errorf("gc --dry-run as nobody: %v", r)
+	}
+	for i := 0; i < 2; i++ { // every run, not only the first
+		r = asNobody("gc", "--backend", "sysv")
+		wantOut := ""
+		if i == 0 {
+			wantOut = "removed sysv " + nobodys
+		}
+		if r.code != 0 || !strings.HasPrefix(r.stdout, wantOut) || strings.Count(r.stdout, "\n") != min(1, 1-i) ||
+			!strings.Contains(r.stderr, "may not remove "+roots+" (sysv)") || !strings.Contains(r.stderr, "operation not permitted") ||
+			!strings.Contains(r.stderr, "1 stale region left that this user may not remove") {
+			t.Errorf("gc as nobody, run %d: %v", i+1, r)
+		}
+	}
+	if _, err := sysv.New().Stat(roots[1:]); err != nil {
+		t.Fatalf("root's region after gc as nobody: %v", err)
+	}
+	// root may.
+	if r = run(t, "gc", "--backend", "sysv"); r.code != 0 || !strings.HasPrefix(r.stdout, "removed sysv "+roots) || r.stderr != "" {
+		t.Errorf("gc as root: %v", r)
+	}
+}
+
+func TestSplitGcErrors(t *testing.T) {
+	denied := &shm.Error{Op: "remove", Key: "/a", Backend: "sysv", Err: fmt.Errorf("shmctl IPC_RMID: %w", syscall.EPERM)}
+	inUse := &shm.Error{Op: "remove", Key: "/b", Backend: "posix", Err: syscall.EIO}
+	listing := &shm.Error{Op: "list", Backend: "file", Err: syscall.EACCES}
+	d, f := splitGcErrors(errors.Join(errors.Join(listing), denied, inUse))
+	if len(d) != 1 || d[0] != denied || !errors.Is(f, syscall.EIO) || !errors.Is(f, syscall.EACCES) {
+		t.Errorf("splitGcErrors: denied %v, failed %v", d, f)
+	}
+	if d, f = splitGcErrors(errors.Join(nil, denied)); len(d) != 1 || f != nil {
+		t.Errorf("splitGcErrors(only denied): %v, %v", d, f)
+	}
+}
