@@ -253,13 +253,17 @@ func row(table, key string) []string {
 
 // Columns of the ls table.
 const (
-	colBackend = 0
-	colNattch  = 6
-	colCPID    = 7
-	colCreator = 8
-	colStatus  = 9
-	colLock    = 10
-	colStale   = 11
+	colBackend  = 0
+	colID       = 2
+	colOwner    = 3
+	colBytes    = 5
+	colObjBytes = 6
+	colNattch   = 7
+	colCPID     = 8
+	colCreator  = 9
+	colStatus   = 10
+	colLock     = 11
+	colStale    = 12
 )
 
 func TestUsage(t *testing.T) {
@@ -278,16 +282,16 @@ func TestUsage(t *testing.T) {
 		{[]string{"stat"}, 2, "", "want exactly one KEY"},
 		{[]string{"stat", "/a", "/b"}, 2, "", "want exactly one KEY"},
 		{[]string{"rm"}, 2, "", "want at least one KEY"},
-		{[]string{"ls", "extra"}, 2, "", "unexpected argument"},
-		{[]string{"ls", "--bogus"}, 2, "", "flag provided but not defined"},
-		{[]string{"ls", "--backend", "nope"}, 2, "", `unknown backend "nope"`},
+		{[]string{"gc", "extra"}, 2, "", "unexpected argument"},
+		{[]string{"ls", "--bogus"}, 2, "", "shmctl ls: unknown option --bogus\nRun 'shmctl help ls' for usage.\n"},
+		{[]string{"ls", "--backend", "nope"}, 2, "", `bad value "nope" for --backend: unknown backend`},
 		{[]string{"create", "/t-ops-x"}, 2, "", "want KEY and SIZE"},
 		{[]string{"create", "/t-ops-x", "0"}, 2, "", "bad SIZE"},
 		{[]string{"create", "/t-ops-x", "10", "--mode", "999"}, 2, "", "bad --mode"},
 		{[]string{"create", "memfd:/t-ops-x", "10"}, 2, "", "use --hold"},
 		{[]string{"create", "/t-ops-x", "10", "--owner", "no-such-user-here"}, 2, "", "bad --owner"},
 		{[]string{"dump", "/t-ops-x", "--offset", "-1"}, 2, "", "--offset"},
-		{[]string{"lock", "/t-ops-x"}, 2, "", "want KEY -- CMD"},
+		{[]string{"lock", "/t-ops-x"}, 2, "", "want KEY and CMD"},
 		{[]string{"stat", "//bad"}, 2, "", "shmctl stat: //bad: key may not contain '/'"},
 	}
 	for _, name := range []string{"ls", "stat", "rm", "gc", "create", "dump", "lock"} {
@@ -410,11 +414,11 @@ func TestGcSysv(t *testing.T) {
 
 	r := run(t, "ls", "--backend", "sysv")
 	rs, rl := row(r.stdout, stale), row(r.stdout, live)
-	if r.code != 0 || rs == nil || rl == nil || rs[colStale] != "yes" || rl[colStale] != "no" || rs[2] == "-" {
+	if r.code != 0 || rs == nil || rl == nil || rs[colStale] != "yes" || rl[colStale] != "no" || rs[colID] == "-" {
 		t.Fatalf("ls: %v", r)
 	}
 	r = run(t, "gc", "--backend", "sysv")
-	if r.code != 0 || !strings.HasPrefix(r.stdout, "removed sysv "+stale+" (id "+rs[2]+"):") || strings.Count(r.stdout, "\n") != 1 {
+	if r.code != 0 || !strings.HasPrefix(r.stdout, "removed sysv "+stale+" (id "+rs[colID]+"):") || strings.Count(r.stdout, "\n") != 1 {
 		t.Fatalf("gc: %v", r)
 	}
 	r = run(t, "ls", "--backend", "sysv")
@@ -422,8 +426,8 @@ func TestGcSysv(t *testing.T) {
 		t.Fatalf("ls after gc: %v", r)
 	}
 	// ipcs agrees.
-	if out, err := exec.Command("ipcs", "-m").Output(); err == nil && strings.Contains(string(out), " "+rs[2]+" ") {
-		t.Errorf("ipcs -m still shows shmid %s:\n%s", rs[2], out)
+	if out, err := exec.Command("ipcs", "-m").Output(); err == nil && strings.Contains(string(out), " "+rs[colID]+" ") {
+		t.Errorf("ipcs -m still shows shmid %s:\n%s", rs[colID], out)
 	}
 }
 
@@ -460,7 +464,8 @@ func TestStatAndRm(t *testing.T) {
 		t.Fatalf("stat --json: %v\n%v", err, r)
 	}
 	if in.Key != live || in.Backend != "posix" || in.Size != 1024 || in.Mode != "0640" || in.UID != 65534 || in.GID != 65534 ||
-		in.CreatorPID != holder.pid || in.Creator != "alive" || !in.Ready || in.Stale || in.Lock == nil || in.Lock.State != "free" {
+		in.CreatorPID == nil || *in.CreatorPID != holder.pid || in.Creator == nil || *in.Creator != "alive" || !in.Ready || in.Stale ||
+		in.Lock == nil || in.Lock.State != "free" {
 		t.Errorf("stat --json: %+v", in)
 	}
 	r = run(t, append([]string{"stat", live}, args...)...)
