@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -397,6 +398,98 @@ func TestDumpSqueezeAndHeader(t *testing.T) {
 			t.Errorf("dump --header: no %q in\n%v", w, r)
 		}
 	}
+}
+
+// Completion scripts parse, and complete; the manual page is current.
+func TestCompletionAndMan(t *testing.T) {
+	r := run(t, "completion", "bash")
+	if r.code != 0 {
+		t.Fatal(r)
+	}
+	script := filepath.Join(t.TempDir(), "shmctl.bash")
+	os.WriteFile(script, []byte(r.stdout), 0o644)
+	if _, err := exec.LookPath("bash"); err == nil {
+		dir := privateDir(t)
+		k := key("complete")
+		hold(t, k, "10", "--shm-dir", dir)
+		// shmctl in PATH, for the key completion.
+		os.Symlink(bin, filepath.Join(filepath.Dir(script), "shmctl"))
+		complete := func(words ...string) string {
+			sh := fmt.Sprintf(`source %s; COMP_WORDS=(%s); COMP_CWORD=%d; _shmctl; echo "${COMPREPLY[*]}"`,
+				script, shellWords(words), len(words)-1)
+			cmd := exec.Command("bash", "-c", sh)
+			cmd.Env = append(os.Environ(), "PATH="+filepath.Dir(script)+":"+os.Getenv("PATH"))
+			out, err := cmd.CombinedOutput()
+			if err != nil {
+				t.Errorf("bash completion of %q: %v\n%s", words, err, out)
+			}
+			return strings.TrimSpace(string(out))
+		}
+		for _, c := range []struct {
+			words []string
+			want  string
+		}{
+			{[]string{"shmctl", "st"}, "stat"},
+			{[]string{"shmctl", "ls", "--hu"}, "--human"},
+			{[]string{"shmctl", "lock", "--time"}, "--timeout"},
+			{[]string{"shmctl", "ls", "--backend", "sy"}, "sysv"},
+			{[]string{"shmctl", "ls", "--sort", "si"}, "size"},
+			{[]string{"shmctl", "help", "js"}, "json"},
+			{[]string{"shmctl", "completion", "z"}, "zsh"},
+		} {
+			if got := complete(c.words...); got != c.want {
+				t.Errorf("bash completion of %q: %q, want %q", c.words, got, c.want)
+			}
+		}
+		if got := complete("shmctl", "stat", "--shm-dir", dir, k[:len(k)-3]); got != k {
+			t.Errorf("bash completion of a key: %q, want %q", got, k)
+		}
+		if got := complete("shmctl", "lock", "-w", "5", k, "shmctl-no-such-comman"); got != "" {
+			t.Errorf("bash completion of lock's CMD: %q", got)
+		}
+		if got := complete("shmctl", "lock", k, "ech"); !strings.Contains(got, "echo") {
+			t.Errorf("bash completion of lock's CMD: %q, want echo", got)
+		}
+	}
+	r = run(t, "completion", "zsh")
+	if r.code != 0 || !strings.HasPrefix(r.stdout, "#compdef shmctl\n") || !strings.Contains(r.stdout, "'(-n --nonblock)'{-n,--nonblock}'[fail at once") {
+		t.Errorf("completion zsh: %v", r)
+	}
+	if _, err := exec.LookPath("zsh"); err == nil {
+		cmd := exec.Command("zsh", "-n")
+		cmd.Stdin = strings.NewReader(r.stdout)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Errorf("zsh -n: %v\n%s", err, out)
+		}
+	}
+
+	r = run(t, "man")
+	file, err := os.ReadFile("shmctl.1")
+	if r.code != 0 || err != nil || r.stdout != string(file) {
+		t.Errorf("shmctl man differs from shmctl.1 (%v): run 'go generate ./cmd/shmctl'", err)
+	}
+	for _, want := range []string{".TH SHMCTL 1", ".SH SYNOPSIS", ".SS \"shmctl lock [OPTIONS] KEY [\\-\\-] CMD [ARG...]\"", "\\fB\\-n\\fR, \\fB\\-\\-nonblock\\fR", ".SH JSON OUTPUT", ".SH EXIT STATUS"} {
+		if !strings.Contains(r.stdout, want) {
+			t.Errorf("shmctl man: no %q", want)
+		}
+	}
+	if _, err := exec.LookPath("groff"); err == nil {
+		cmd := exec.Command("groff", "-man", "-ww", "-z")
+		cmd.Stdin = strings.NewReader(r.stdout)
+		var stderr bytes.Buffer
+		cmd.Stderr = &stderr
+		if err := cmd.Run(); err != nil || stderr.Len() > 0 {
+			t.Errorf("groff -man -ww: %v\n%s", err, stderr.String())
+		}
+	}
+}
+
+func shellWords(words []string) string {
+	q := make([]string, len(words))
+	for i, w := range words {
+		q[i] = "'" + strings.ReplaceAll(w, "'", `'\''`) + "'"
+	}
+	return strings.Join(q, " ")
 }
 
 func TestParseOptions(t *testing.T) {

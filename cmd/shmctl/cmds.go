@@ -127,6 +127,17 @@ Exit status:
   126    CMD was found but could not be run
   127    CMD was not found (flock(1) exits with 69 here; shmctl does as
          sh(1), env(1) and timeout(1) do)`},
+		{name: "completion", args: "bash|zsh", summary: "print a shell completion script", maxPos: -1, define: defineCompletion, long: `
+Prints a completion script for bash or zsh, which completes commands,
+options, backends and the keys of existing regions. Load it with:
+
+  source <(shmctl completion bash)        # in ~/.bashrc
+  shmctl completion zsh > ~/.zsh/completions/_shmctl   # a directory of $fpath`},
+		{name: "man", args: "", summary: "print the manual page (roff)", maxPos: -1, define: defineMan, long: `
+Prints shmctl's manual page in roff, from the same text as its help:
+
+  shmctl man | man -l -
+  shmctl man > /usr/local/share/man/man1/shmctl.1`},
 		{name: "version", args: "", summary: "print shmctl's version (also --version)", maxPos: -1, define: defineVersion, long: `
 Prints the module version that shmctl was built from ("(devel)" for a
 build from a work tree), the VCS revision when recorded, and the Go

@@ -138,7 +138,7 @@ func (c *cli) help(w io.Writer) {
 	fmt.Fprintln(w, "Exit status: 0 success, 1 failure, 2 usage error; lock: see 'shmctl help lock'.")
 	fmt.Fprintln(w)
 	fmt.Fprintln(w, "Run 'shmctl help COMMAND' for a command's options; 'shmctl help keys', 'help")
-	fmt.Fprintln(w, "json' and 'help exit' for those topics.")
+	fmt.Fprintln(w, "json' and 'help exit' for those topics; 'shmctl man | man -l -' for the manual.")
 }
 
 // cmdHelp prints the help of one command.
