@@ -263,6 +263,12 @@ func TestSysvByID(t *testing.T) {
 		st.SysV.Key != int64(uint32(stl.Key)) || st.SysV.Nattch != 1 || st.Processes == nil || len(*st.Processes) != 1 {
 		t.Errorf("stat --json sysv:@ID: %v\n%+v", err, st)
 	}
+	if r := run(t, "dump", "-l", "16", "sysv:@"+lid); r.code != 0 || !strings.HasPrefix(r.stdout, "00000000: 0000 ") {
+		t.Errorf("dump sysv:@ID: %v", r)
+	}
+	if r := run(t, "lock", "sysv:@"+lid, "sh", "-c", "echo $SHMCTL_KEY"); r.code != 0 || r.stdout != live+"\n" {
+		t.Errorf("lock sysv:@ID: %v", r)
+	}
 	if r := run(t, "stat", "sysv:@999999"); r.code != 1 || !strings.Contains(r.stderr, "no segment with shmid 999999") {
 		t.Errorf("stat of a missing shmid: %v", r)
 	}

@@ -37,6 +37,9 @@ func (c *cli) dump(f found, offset, length int64, squeeze bool) error {
 			return err
 		}
 	default:
+		if err := f.sameSegment(); err != nil {
+			return err
+		}
 		r, err := shm.Open(f.key, 0, shm.WithBackend(f.be))
 		if err != nil {
 			return err
