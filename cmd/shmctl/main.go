@@ -1,37 +1,43 @@
-// Command shmctl lists, inspects, creates and cleans up the shared-memory
-// regions of package github.com/shmgo/shm on every backend (POSIX /dev/shm,
-// SysV, memfd, and files in the directories given with --dir). It tells a
-// live region from a stale one (its creator is dead and no process uses
-// it) and removes only stale ones, so that it can run from cron or a
-// systemd timer after crashes, instead of ipcrm or rm /dev/shm/* by hand.
+// Command shmctl lists, inspects, creates, locks and cleans up the
+// shared-memory regions of package github.com/shmgo/shm on every backend
+// (POSIX /dev/shm, SysV, memfd, and files in the directories given with
+// --dir). It tells a live region from a stale one (its creator is dead and
+// no process uses it) and removes only stale ones, so that it can run from
+// cron or a systemd timer after crashes, instead of ipcrm or rm /dev/shm/*
+// by hand.
 //
-//	shmctl ls [--backend B] [--all] [--json]
-//	shmctl stat KEY [--json]
-//	shmctl rm KEY...
-//	shmctl gc [--dry-run]
-//	shmctl create KEY SIZE [--mode 0600] [--backend B] [--owner U[:G]] [--hold]
-//	shmctl dump KEY [--offset N] [--len N]
-//	shmctl lock KEY [--timeout D] -- CMD [ARG...]
+//	shmctl ls [-a] [-h] [--json] [--stale] [--owner USER] [--sort FIELD] [PATTERN...]
+//	shmctl stat [--json] KEY | sysv:@SHMID
+//	shmctl rm [-v] KEY...
+//	shmctl gc [--dry-run] [--json]
+//	shmctl create [--mode 0600] [--owner USER[:GROUP]] [--hold] KEY SIZE
+//	shmctl dump [-s OFFSET] [-l LEN] [-v] [--header] KEY
+//	shmctl lock [-n] [-w SECONDS] [-E N] KEY CMD [ARG...]
+//	shmctl completion bash|zsh
+//	shmctl man
 //
 // A KEY may name its backend with a prefix ("sysv:/name"); otherwise
 // --backend chooses, and without either, every backend is searched (and
 // create uses posix). Exit status: 0 on success, 1 on failure, 2 on a usage
-// error; lock exits with the command's status.
+// error; lock exits with the command's status. "shmctl help" and "shmctl
+// man" say the rest.
 //
-// It parses its arguments with the standard library's flag package, one
-// FlagSet per subcommand: the flags are few and simple, flag gives -h and
-// --help, and the module takes no dependency for it. Flags may follow the
-// positional arguments ("stat /key --json").
+// It parses its arguments itself (opts.go), in the GNU style (--name,
+// --name=VALUE, -n, clusters such as -nv), with options and positional
+// arguments in any order: the standard library's flag package shows -name
+// in its help and has no one-letter aliases, and the module takes no
+// dependency for this.
 package main
 
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"os"
 	"path/filepath"
+	"runtime"
+	"runtime/debug"
 	"strings"
 
 	"github.com/shmgo/shm"
@@ -47,31 +53,32 @@ const (
 	exitOK    = 0
 	exitFail  = 1
 	exitUsage = 2
+	// lock: CMD found but not executable, and CMD not found, as sh(1),
+	// env(1) and timeout(1) report them.
+	exitCannotRun = 126
+	exitNotFound  = 127
 )
 
 // backendNames are the backends shmctl knows, in the order it searches.
 var backendNames = []string{"posix", "sysv", "memfd", "file"}
 
+// runner runs a command on its positional arguments; rest is what follows
+// the command's last positional argument (lock: CMD and its arguments).
+type runner func(pos, rest []string) int
+
 type command struct {
 	name    string
-	usage   string // after "shmctl NAME "
+	args    string // the arguments, after "shmctl NAME [OPTIONS] "
 	summary string
-	run     func(c *cli, args []string) int
+	long    string // the help's text, paragraphs separated by blank lines
+	// maxPos: the positional arguments after which the rest is returned
+	// as it is (lock: 1, KEY), or -1.
+	maxPos int
+	// define adds the command's options to s and returns its body.
+	define func(c *cli, s *optSet) runner
 }
 
 var commands []command
-
-func init() {
-	commands = []command{
-		{"ls", "[--backend B] [--all] [--json]", "list regions, with a STALE column", cmdLs},
-		{"stat", "KEY [--json]", "describe one region", cmdStat},
-		{"rm", "KEY...", "remove stale regions (never one in use)", cmdRm},
-		{"gc", "[--dry-run] [--json]", "remove every stale region, printing each", cmdGc},
-		{"create", "KEY SIZE [--mode 0600] [--backend B] [--owner USER[:GROUP]] [--hold]", "create a region", cmdCreate},
-		{"dump", "KEY [--offset N] [--len N]", "print a region's data in hex and ASCII, like xxd", cmdDump},
-		{"lock", "KEY [--timeout D] [--nonblock] [--consistent] -- CMD [ARG...]", "run a command while holding the region's lock, like flock(1)", cmdLock},
-	}
-}
 
 // cli is one run of the command: where it writes, and the options every
 // subcommand shares.
@@ -79,9 +86,9 @@ type cli struct {
 	stdout, stderr io.Writer
 	ctx            context.Context
 
-	backend string   // --backend
-	dirs    []string // --dir, repeatable: file backend directories
-	shmDir  string   // --shm-dir: the POSIX directory
+	sel    []string // --backend, repeatable: the backends chosen
+	dirs   []string // --dir, repeatable: file backend directories
+	shmDir string   // --shm-dir: the POSIX directory
 }
 
 func main() {
@@ -91,26 +98,47 @@ func main() {
 
 func (c *cli) main(args []string) int {
 	if len(args) == 0 {
-		c.usage(c.stderr)
+		fmt.Fprintln(c.stderr, "usage: shmctl COMMAND [OPTIONS] [ARGS]")
+		fmt.Fprintln(c.stderr, "Run 'shmctl help' for the commands.")
 		return exitUsage
 	}
 	switch args[0] {
 	case "-h", "-help", "--help", "help":
-		if len(args) > 1 && args[0] == "help" {
-			if cmd := lookup(args[1]); cmd != nil {
-				return cmd.run(c, []string{"--help"})
+		if args[0] == "help" && len(args) > 1 {
+			if topicHelp(c.stdout, args[1]) {
+				return exitOK
 			}
+			cmd := lookup(args[1])
+			if cmd == nil {
+				return c.usageErr("", "no help for %q: not a command nor a topic (keys, json, exit)", args[1])
+			}
+			c.cmdHelp(c.stdout, cmd)
+			return exitOK
 		}
-		c.usage(c.stdout)
+		c.help(c.stdout)
+		return exitOK
+	case "-V", "--version", "-version":
+		fmt.Fprintln(c.stdout, versionString())
 		return exitOK
 	}
 	cmd := lookup(args[0])
 	if cmd == nil {
-		fmt.Fprintf(c.stderr, "shmctl: unknown command %q\n", args[0])
-		c.usage(c.stderr)
-		return exitUsage
+		if strings.HasPrefix(args[0], "-") {
+			return c.usageErr("", "unknown option %s (options follow the command)", quoteArg(args[0]))
+		}
+		return c.usageErr("", "unknown command %q", args[0])
 	}
-	return cmd.run(c, args[1:])
+	s := newOptSet(cmd.name)
+	run := cmd.define(c, s)
+	pos, rest, err := s.parse(args[1:], cmd.maxPos)
+	if s.help {
+		c.cmdHelp(c.stdout, cmd)
+		return exitOK
+	}
+	if err != nil {
+		return c.fail(cmd.name, err)
+	}
+	return run(pos, rest)
 }
 
 func lookup(name string) *command {
@@ -122,18 +150,43 @@ func lookup(name string) *command {
 	return nil
 }
 
-func (c *cli) usage(w io.Writer) {
-	fmt.Fprintln(w, "usage: shmctl COMMAND [ARGS]")
-	fmt.Fprintln(w)
-	fmt.Fprintln(w, "Lists, inspects and cleans up shared-memory regions of github.com/shmgo/shm")
-	fmt.Fprintln(w, "on every backend (posix, sysv, memfd, file). Commands:")
-	fmt.Fprintln(w)
-	for _, cmd := range commands {
-		fmt.Fprintf(w, "  %-7s %s\n", cmd.name, cmd.summary)
+// quoteArg quotes a command-line argument for a message when it needs it.
+func quoteArg(a string) string {
+	if needsEscape(a, false, true) {
+		return fmt.Sprintf("%q", a)
 	}
-	fmt.Fprintln(w)
-	fmt.Fprintln(w, "Run 'shmctl COMMAND --help' for a command's arguments.")
-	fmt.Fprintln(w, "Exit status: 0 success, 1 failure, 2 usage error.")
+	return a
+}
+
+// versionString is shmctl's version: the module's, as "go install
+// ...@version" records it, or "(devel)"; with the VCS revision when the
+// build recorded one.
+func versionString() string {
+	v, rev, dirty := "(devel)", "", false
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		if bi.Main.Version != "" {
+			v = bi.Main.Version
+		}
+		for _, s := range bi.Settings {
+			switch s.Key {
+			case "vcs.revision":
+				rev = s.Value
+			case "vcs.modified":
+				dirty = s.Value == "true"
+			}
+		}
+	}
+	out := "shmctl " + v
+	if rev != "" && !strings.Contains(v, rev[:min(12, len(rev))]) {
+		if len(rev) > 12 {
+			rev = rev[:12]
+		}
+		if dirty {
+			rev += ", modified"
+		}
+		out += " (" + rev + ")"
+	}
+	return out + " " + runtime.Version() + " " + runtime.GOOS + "/" + runtime.GOARCH
 }
 
 // usageError is a bad command line: exit status 2.
@@ -143,91 +196,75 @@ func (e *usageError) Error() string { return e.msg }
 
 func usagef(format string, a ...any) error { return &usageError{fmt.Sprintf(format, a...)} }
 
-// flags makes the FlagSet of a subcommand, with the shared flags that it
-// takes.
-func (c *cli) flags(name string, shared ...string) *flag.FlagSet {
-	fs := flag.NewFlagSet("shmctl "+name, flag.ContinueOnError)
-	fs.SetOutput(io.Discard)
-	for _, s := range shared {
-		switch s {
-		case "backend":
-			fs.StringVar(&c.backend, "backend", "", "backend: "+strings.Join(backendNames, ", ")+" (default: all of them)")
-		case "dir":
-			fs.Func("dir", "a directory of file-backend regions (repeatable)", func(v string) error {
-				c.dirs = append(c.dirs, v)
-				return nil
-			})
-		case "shm-dir":
-			fs.StringVar(&c.shmDir, "shm-dir", posix.DefaultDir, "the directory of POSIX shared memory")
-		}
-	}
-	return fs
+// usageErr reports a bad command line in one line, with a hint, and
+// returns exit status 2.
+func (c *cli) usageErr(cmd, format string, a ...any) int {
+	return c.fail(cmd, usagef(format, a...))
 }
 
-// parse parses args for fs, flags and positional arguments in any order,
-// up to a "--"; what follows "--" is returned as rest. It prints the help
-// and returns (nil, nil, errHelp) for -h/--help.
-func (c *cli) parse(fs *flag.FlagSet, cmd string, args []string) (pos, rest []string, code int, ok bool) {
-	head := args
-	for i, a := range args {
-		if a == "--" {
-			head, rest = args[:i], args[i+1:]
-			if rest == nil {
-				rest = []string{}
-			}
-			break
-		}
-	}
-	for {
-		err := fs.Parse(head)
-		if errors.Is(err, flag.ErrHelp) {
-			c.cmdUsage(c.stdout, fs, cmd)
-			return nil, nil, exitOK, false
-		}
-		if err != nil {
-			fmt.Fprintf(c.stderr, "shmctl %s: %v\n", cmd, err)
-			c.cmdUsage(c.stderr, fs, cmd)
-			return nil, nil, exitUsage, false
-		}
-		head = fs.Args()
-		if len(head) == 0 {
-			break
-		}
-		pos = append(pos, head[0])
-		head = head[1:]
-	}
-	return pos, rest, 0, true
-}
-
-func (c *cli) cmdUsage(w io.Writer, fs *flag.FlagSet, name string) {
-	cmd := lookup(name)
-	fmt.Fprintf(w, "usage: shmctl %s %s\n\n%s.\n", name, cmd.usage, upperFirst(cmd.summary))
-	if help := longHelp[name]; help != "" {
-		fmt.Fprintf(w, "\n%s\n", strings.TrimSpace(help))
-	}
-	fmt.Fprintln(w, "\nflags:")
-	fs.SetOutput(w)
-	fs.PrintDefaults()
-	fs.SetOutput(io.Discard)
-}
-
-func upperFirst(s string) string {
-	if s == "" {
-		return s
-	}
-	return strings.ToUpper(s[:1]) + s[1:]
-}
-
-// fail reports err on stderr and returns its exit status.
+// fail reports err on stderr and returns its exit status: 2, with a hint,
+// for a usage error, else 1.
 func (c *cli) fail(cmd string, err error) int {
+	prefix := "shmctl: "
+	if cmd != "" {
+		prefix = "shmctl " + cmd + ": "
+	}
 	for _, l := range errLines(err) {
-		fmt.Fprintf(c.stderr, "shmctl %s: %s\n", cmd, l)
+		fmt.Fprintf(c.stderr, "%s%s\n", prefix, l)
 	}
 	var ue *usageError
 	if errors.As(err, &ue) {
+		if cmd == "" {
+			fmt.Fprintln(c.stderr, "Run 'shmctl help' for usage.")
+		} else {
+			fmt.Fprintf(c.stderr, "Run 'shmctl help %s' for usage.\n", cmd)
+		}
 		return exitUsage
 	}
 	return exitFail
+}
+
+// Which shared options a command takes.
+const (
+	optsSearch = iota // --backend chooses where to look
+	optsCreate        // --backend chooses the one to create on
+)
+
+// common adds the options that select backends and their directories.
+func (c *cli) common(s *optSet, kind int) {
+	help := "only look at backend B: " + strings.Join(backendNames, ", ") + " (repeatable, or B,B; default: all)"
+	if kind == optsCreate {
+		help = "create the region on backend B: " + strings.Join(backendNames, ", ") + " (default posix)"
+	}
+	s.Func("backend", 0, "B", help, func(v string) error {
+		for _, b := range strings.Split(v, ",") {
+			if b = strings.TrimSpace(b); b == "" {
+				continue
+			}
+			if !known(b) {
+				return fmt.Errorf("unknown backend (want one of %s)", strings.Join(backendNames, ", "))
+			}
+			c.sel = append(c.sel, b)
+		}
+		return nil
+	})
+	s.Func("dir", 0, "DIR", "a directory of file-backend regions (repeatable; default: the library's default ones)", func(v string) error {
+		c.dirs = append(c.dirs, v)
+		return nil
+	})
+	s.Func("shm-dir", 0, "DIR", "the directory of POSIX shared memory (default "+posix.DefaultDir+")", func(v string) error {
+		c.shmDir = v
+		return nil
+	})
+}
+
+func known(name string) bool {
+	for _, n := range backendNames {
+		if n == name {
+			return true
+		}
+	}
+	return false
 }
 
 // newBackend makes the backend called name. inspect selects a memfd
@@ -260,21 +297,23 @@ func (c *cli) newBackend(name string, dir string, inspect bool) (backend.Backend
 // prefix (prefix may be ""): all of them when none is chosen. The file
 // backend is included once per directory of fileDirs.
 func (c *cli) backends(prefix string, inspect bool) ([]backend.Backend, error) {
-	sel := c.backend
+	names := c.sel
 	if prefix != "" {
-		if sel != "" && sel != prefix {
-			return nil, usagef("key names backend %s but --backend is %s", prefix, sel)
+		if len(c.sel) > 0 && !contains(c.sel, prefix) {
+			return nil, usagef("key names backend %s but --backend is %s", prefix, strings.Join(c.sel, ","))
 		}
-		sel = prefix
+		names = []string{prefix}
 	}
-	var names []string
-	if sel == "" {
+	if len(names) == 0 {
 		names = backendNames
-	} else {
-		names = []string{sel}
 	}
 	var out []backend.Backend
+	seen := map[string]bool{}
 	for _, n := range names {
+		if seen[n] {
+			continue
+		}
+		seen[n] = true
 		if n == "file" {
 			for _, d := range c.fileDirs() {
 				b, err := c.newBackend("file", d, inspect)
@@ -292,6 +331,15 @@ func (c *cli) backends(prefix string, inspect bool) ([]backend.Backend, error) {
 		out = append(out, b)
 	}
 	return out, nil
+}
+
+func contains(list []string, s string) bool {
+	for _, e := range list {
+		if e == s {
+			return true
+		}
+	}
+	return false
 }
 
 // fileDirs returns the directories of the file backend to look at: the

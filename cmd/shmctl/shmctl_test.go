@@ -16,6 +16,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"golang.org/x/sys/unix"
 
@@ -251,13 +253,17 @@ func row(table, key string) []string {
 
 // Columns of the ls table.
 const (
-	colBackend = 0
-	colNattch  = 6
-	colCPID    = 7
-	colCreator = 8
-	colStatus  = 9
-	colLock    = 10
-	colStale   = 11
+	colBackend  = 0
+	colID       = 2
+	colOwner    = 3
+	colBytes    = 5
+	colObjBytes = 6
+	colNattch   = 7
+	colCPID     = 8
+	colCreator  = 9
+	colStatus   = 10
+	colLock     = 11
+	colStale    = 12
 )
 
 func TestUsage(t *testing.T) {
@@ -276,16 +282,16 @@ func TestUsage(t *testing.T) {
 		{[]string{"stat"}, 2, "", "want exactly one KEY"},
 		{[]string{"stat", "/a", "/b"}, 2, "", "want exactly one KEY"},
 		{[]string{"rm"}, 2, "", "want at least one KEY"},
-		{[]string{"ls", "extra"}, 2, "", "unexpected argument"},
-		{[]string{"ls", "--bogus"}, 2, "", "flag provided but not defined"},
-		{[]string{"ls", "--backend", "nope"}, 2, "", `unknown backend "nope"`},
+		{[]string{"gc", "extra"}, 2, "", "unexpected argument"},
+		{[]string{"ls", "--bogus"}, 2, "", "shmctl ls: unknown option --bogus\nRun 'shmctl help ls' for usage.\n"},
+		{[]string{"ls", "--backend", "nope"}, 2, "", `bad value "nope" for --backend: unknown backend`},
 		{[]string{"create", "/t-ops-x"}, 2, "", "want KEY and SIZE"},
 		{[]string{"create", "/t-ops-x", "0"}, 2, "", "bad SIZE"},
 		{[]string{"create", "/t-ops-x", "10", "--mode", "999"}, 2, "", "bad --mode"},
 		{[]string{"create", "memfd:/t-ops-x", "10"}, 2, "", "use --hold"},
 		{[]string{"create", "/t-ops-x", "10", "--owner", "no-such-user-here"}, 2, "", "bad --owner"},
 		{[]string{"dump", "/t-ops-x", "--offset", "-1"}, 2, "", "--offset"},
-		{[]string{"lock", "/t-ops-x"}, 2, "", "want KEY -- CMD"},
+		{[]string{"lock", "/t-ops-x"}, 2, "", "want KEY and CMD"},
 		{[]string{"stat", "//bad"}, 2, "", "shmctl stat: //bad: key may not contain '/'"},
 	}
 	for _, name := range []string{"ls", "stat", "rm", "gc", "create", "dump", "lock"} {
@@ -408,11 +414,11 @@ func TestGcSysv(t *testing.T) {
 
 	r := run(t, "ls", "--backend", "sysv")
 	rs, rl := row(r.stdout, stale), row(r.stdout, live)
-	if r.code != 0 || rs == nil || rl == nil || rs[colStale] != "yes" || rl[colStale] != "no" || rs[2] == "-" {
+	if r.code != 0 || rs == nil || rl == nil || rs[colStale] != "yes" || rl[colStale] != "no" || rs[colID] == "-" {
 		t.Fatalf("ls: %v", r)
 	}
 	r = run(t, "gc", "--backend", "sysv")
-	if r.code != 0 || !strings.HasPrefix(r.stdout, "removed sysv "+stale+" (id "+rs[2]+"):") || strings.Count(r.stdout, "\n") != 1 {
+	if r.code != 0 || !strings.HasPrefix(r.stdout, "removed sysv "+stale+" (id "+rs[colID]+"):") || strings.Count(r.stdout, "\n") != 1 {
 		t.Fatalf("gc: %v", r)
 	}
 	r = run(t, "ls", "--backend", "sysv")
@@ -420,8 +426,8 @@ func TestGcSysv(t *testing.T) {
 		t.Fatalf("ls after gc: %v", r)
 	}
 	// ipcs agrees.
-	if out, err := exec.Command("ipcs", "-m").Output(); err == nil && strings.Contains(string(out), " "+rs[2]+" ") {
-		t.Errorf("ipcs -m still shows shmid %s:\n%s", rs[2], out)
+	if out, err := exec.Command("ipcs", "-m").Output(); err == nil && strings.Contains(string(out), " "+rs[colID]+" ") {
+		t.Errorf("ipcs -m still shows shmid %s:\n%s", rs[colID], out)
 	}
 }
 
@@ -458,7 +464,8 @@ func TestStatAndRm(t *testing.T) {
 		t.Fatalf("stat --json: %v\n%v", err, r)
 	}
 	if in.Key != live || in.Backend != "posix" || in.Size != 1024 || in.Mode != "0640" || in.UID != 65534 || in.GID != 65534 ||
-		in.CreatorPID != holder.pid || in.Creator != "alive" || !in.Ready || in.Stale || in.Lock == nil || in.Lock.State != "free" {
+		in.CreatorPID == nil || *in.CreatorPID != holder.pid || in.Creator == nil || *in.Creator != "alive" || !in.Ready || in.Stale ||
+		in.Lock == nil || in.Lock.State != "free" {
 		t.Errorf("stat --json: %+v", in)
 	}
 	r = run(t, append([]string{"stat", live}, args...)...)
@@ -702,5 +709,237 @@ func TestSplitKey(t *testing.T) {
 		if p != c.prefix || d != c.dir || k != c.key {
 			t.Errorf("splitKey(%q) = %q %q %q", c.in, p, d, k)
 		}
+	}
+}
+
+// hostile is the tail of a key that tries to take over the terminal of
+// whoever lists it: set the title, clear the screen, forge a line, a C1 CSI,
+// bytes that are not UTF-8, a right-to-left override, a backslash.
+const hostile = "esc\x1b]0;pwned\x07\x1b[2J\rposix\tforged\n\u009b31m\xff\xfe\u202eevil\\x"
+
+// checkSafe fails unless out is valid UTF-8 made of printable runes and
+// newlines only, in exactly lines lines (-1: any number).
+func checkSafe(t *testing.T, what, out string, lines int) {
+	t.Helper()
+	if !utf8.ValidString(out) {
+		t.Errorf("%s: output is not valid UTF-8: %q", what, out)
+	}
+	for _, r := range out {
+		if r != '\n' && !unicode.IsPrint(r) {
+			t.Errorf("%s: unescaped %U in output %q", what, r, out)
+			break
+		}
+	}
+	if lines >= 0 && strings.Count(out, "\n") != lines {
+		t.Errorf("%s: %d lines, want %d: %q", what, strings.Count(out, "\n"), lines, out)
+	}
+}
+
+// Keys chosen by other users reach no terminal raw (issue 11.15).
+func TestHostileKeysEscaped(t *testing.T) {
+	dir := privateDir(t)
+	args := []string{"--backend", "posix", "--shm-dir", dir}
+	k := key(hostile)
+	startChild(t, "create", k, "posix:"+dir).kill() // a stale region
+	// An object that is not a region, under a hostile name.
+	foreign := key("foreign-" + hostile)[1:]
+	if err := os.WriteFile(filepath.Join(dir, foreign), []byte("not a region\x1b[2J"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	// The escaped form, spelled out once.
+	const escaped = `esc\x1b]0;pwned\x07\x1b[2J\rposix\tforged\n\u009b31m\xff\xfe\u202eevil\\x`
+	if got := esc(hostile); got != escaped {
+		t.Fatalf("esc(hostile) = %s\nwant %s", got, escaped)
+	}
+
+	r := run(t, append([]string{"ls"}, args...)...)
+	checkSafe(t, "ls", r.stdout, 2)
+	if r.code != 0 || row(r.stdout, escCell(k)) == nil {
+		t.Errorf("ls: no row for the hostile key:\n%v", r)
+	}
+	r = run(t, append([]string{"ls", "--all"}, args...)...)
+	checkSafe(t, "ls --all", r.stdout, 3)
+	if !strings.Contains(r.stdout, escCell(foreign)) {
+		t.Errorf("ls --all: no row for the foreign object:\n%v", r)
+	}
+	r = run(t, append([]string{"stat", k}, args...)...)
+	checkSafe(t, "stat", r.stdout, -1)
+	if r.code != 0 || !strings.Contains(r.stdout, " "+esc(k)+"\n") {
+		t.Errorf("stat:\n%v", r)
+	}
+	r = run(t, append([]string{"stat", foreign}, args...)...)
+	checkSafe(t, "stat of a foreign object (stdout)", r.stdout, -1)
+	checkSafe(t, "stat of a foreign object (stderr)", r.stderr, 1)
+	if r.code != 1 || !strings.Contains(r.stderr, esc(foreign)) {
+		t.Errorf("stat of a foreign object:\n%v", r)
+	}
+	r = run(t, append([]string{"rm", k + "-missing"}, args...)...)
+	checkSafe(t, "rm of a missing key", r.stderr, 1)
+	if r.code != 1 || !strings.Contains(r.stderr, esc(k+"-missing")) {
+		t.Errorf("rm of a missing key:\n%v", r)
+	}
+	r = run(t, append([]string{"gc", "--dry-run"}, args...)...)
+	checkSafe(t, "gc --dry-run", r.stdout, 1)
+	r = run(t, append([]string{"rm", "-v", k}, args...)...)
+	checkSafe(t, "rm -v", r.stdout+r.stderr, 1)
+	if r.code != 0 || r.stdout != "removed posix "+esc(k)+"\n" {
+		t.Errorf("rm -v:\n%v", r)
+	}
+	startChild(t, "create", k, "posix:"+dir).kill()
+	r = run(t, append([]string{"gc"}, args...)...)
+	checkSafe(t, "gc", r.stdout+r.stderr, 1)
+	if r.code != 0 || !strings.HasPrefix(r.stdout, "removed posix "+esc(k)+": ") {
+		t.Errorf("gc:\n%v", r)
+	}
+	// JSON keeps the key exact where JSON can: valid UTF-8 is escaped by
+	// encoding/json.
+	okKey := key("json\x1b]0;x\x07\n")
+	startChild(t, "create", okKey, "posix:"+dir).kill()
+	r = run(t, append([]string{"ls", "--json"}, args...)...)
+	checkSafe(t, "ls --json", r.stdout, -1)
+	var infos []jsonInfo
+	if err := json.Unmarshal([]byte(r.stdout), &infos); err != nil || len(infos) != 1 || infos[0].Key != okKey {
+		t.Errorf("ls --json: %v, %+v\n%v", err, infos, r)
+	}
+}
+
+// procGone reports whether pid has exited (gone, or a zombie that its new
+// parent has not reaped yet).
+func procGone(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return true
+	}
+	s := string(b)
+	if i := strings.LastIndexByte(s, ')'); i >= 0 && i+2 < len(s) {
+		return s[i+2] == 'Z' || s[i+2] == 'X'
+	}
+	return false
+}
+
+// A SIGKILLed "shmctl lock" takes its command with it, so that the command
+// never runs while the next locker holds the lock (issue 11.16).
+func TestLockKilledTakesCommand(t *testing.T) {
+	dir := privateDir(t)
+	be := posix.NewDir(dir)
+	k := key("lock-kill")
+	reg, err := shm.Create(k, 64, shm.WithBackend(be))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer reg.Close()
+	cmd := exec.Command(bin, "lock", k, "--backend", "posix", "--shm-dir", dir, "--", "sh", "-c", "echo $$; exec sleep 1000")
+	p := startProc(t, cmd, "") // the command's first line: its PID
+	in, err := shm.Stat(k, shm.WithBackend(be))
+	if err != nil || in.Lock.State != shm.LockHeld || in.Lock.PID != p.pid {
+		t.Fatalf("lock while the command runs: %+v, %v", in.Lock, err)
+	}
+	child := cmdPID(t, p.pid)
+	t.Cleanup(func() { syscall.Kill(child, syscall.SIGKILL) })
+	if procGone(child) {
+		t.Fatalf("command %d is not running", child)
+	}
+	p.cmd.Process.Signal(syscall.SIGKILL)
+	p.cmd.Wait()
+	deadline := time.Now().Add(5 * time.Second)
+	for !procGone(child) {
+		if time.Now().After(deadline) {
+			t.Fatalf("command %d still runs 5 s after shmctl lock was killed", child)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	// The next locker gets the lock, told that its holder died.
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	l, err := reg.LockContext(ctx)
+	if !errors.Is(err, shm.ErrOwnerDead) {
+		t.Fatalf("Lock after shmctl lock was killed: %v, want ErrOwnerDead", err)
+	}
+	l.Unlock()
+}
+
+// cmdPID returns the PID of the only child of parent.
+func cmdPID(t *testing.T, parent int) int {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		var kids []int
+		// The children of every thread: the one that forked may be any.
+		tasks, _ := os.ReadDir(fmt.Sprintf("/proc/%d/task", parent))
+		for _, task := range tasks {
+			b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/children", parent, task.Name()))
+			for _, f := range strings.Fields(string(b)) {
+				if n, err := strconv.Atoi(f); err == nil {
+					kids = append(kids, n)
+				}
+			}
+		}
+		if len(kids) == 1 {
+			return kids[0]
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("shmctl %d has children %v, want one", parent, kids)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// A non-root gc reports the stale regions of other users that it may not
+// remove, removes its own, and does not fail (issue 11.17).
+func TestGcAsOtherUser(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to run shmctl as another user")
+	}
+	if !inNewIPCNamespace(t) {
+		return
+	}
+	roots, nobodys := key("gc-root"), key("gc-nobody")
+	for _, a := range [][]string{{"sysv:" + roots, "100", "--mode", "0666"}, {"sysv:" + nobodys, "100", "--mode", "0666", "--owner", "65534:65534"}} {
+		if r := run(t, append([]string{"create"}, a...)...); r.code != 0 {
+			t.Fatal(r)
+		}
+	}
+	defer sysv.New().Unlink(roots[1:])
+	defer sysv.New().Unlink(nobodys[1:])
+	asNobody := func(a ...string) result {
+		cmd := exec.Command(bin, a...)
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+		return runCmd(t, cmd)
+	}
+	r := asNobody("gc", "--backend", "sysv", "--dry-run")
+	if r.code != 0 || !strings.Contains(r.stdout, "would remove sysv "+roots+" ") || !strings.Contains(r.stdout, "(owned by root: may not be permitted)") {
+		t.Errorf("gc --dry-run as nobody: %v", r)
+	}
+	for i := 0; i < 2; i++ { // every run, not only the first
+		r = asNobody("gc", "--backend", "sysv")
+		wantOut := ""
+		if i == 0 {
+			wantOut = "removed sysv " + nobodys
+		}
+		if r.code != 0 || !strings.HasPrefix(r.stdout, wantOut) || strings.Count(r.stdout, "\n") != min(1, 1-i) ||
+			!strings.Contains(r.stderr, "may not remove "+roots+" (sysv)") || !strings.Contains(r.stderr, "operation not permitted") ||
+			!strings.Contains(r.stderr, "1 stale region left that this user may not remove") {
+			t.Errorf("gc as nobody, run %d: %v", i+1, r)
+		}
+	}
+	if _, err := sysv.New().Stat(roots[1:]); err != nil {
+		t.Fatalf("root's region after gc as nobody: %v", err)
+	}
+	// root may.
+	if r = run(t, "gc", "--backend", "sysv"); r.code != 0 || !strings.HasPrefix(r.stdout, "removed sysv "+roots) || r.stderr != "" {
+		t.Errorf("gc as root: %v", r)
+	}
+}
+
+func TestSplitGcErrors(t *testing.T) {
+	denied := &shm.Error{Op: "remove", Key: "/a", Backend: "sysv", Err: fmt.Errorf("shmctl IPC_RMID: %w", syscall.EPERM)}
+	inUse := &shm.Error{Op: "remove", Key: "/b", Backend: "posix", Err: syscall.EIO}
+	listing := &shm.Error{Op: "list", Backend: "file", Err: syscall.EACCES}
+	d, f := splitGcErrors(errors.Join(errors.Join(listing), denied, inUse))
+	if len(d) != 1 || d[0] != denied || !errors.Is(f, syscall.EIO) || !errors.Is(f, syscall.EACCES) {
+		t.Errorf("splitGcErrors: denied %v, failed %v", d, f)
+	}
+	if d, f = splitGcErrors(errors.Join(nil, denied)); len(d) != 1 || f != nil {
+		t.Errorf("splitGcErrors(only denied): %v, %v", d, f)
 	}
 }
