@@ -187,6 +187,9 @@ type Info struct {
 	Size int64
 	// ObjectSize is the size of the whole object: the header and the data.
 	ObjectSize int64
+	// HeaderSize is where the data starts in the object: the header and
+	// the table of users (0 for objects that are not regions).
+	HeaderSize int64
 	// Mode holds the permission bits; UID and GID the owner (-1 when
 	// unknown).
 	Mode     fs.FileMode
@@ -203,7 +206,8 @@ type Info struct {
 	// Lock is the state of the region's lock.
 	Lock LockInfo
 	// Users are the Regions that have the region open, one per slot of its
-	// user table (a process that opened it twice appears twice), and
+	// user table (a process that opened it twice appears twice; slots of
+	// processes known to be dead are left out), and
 	// MaxUsers is the size of that table (WithMaxUsers).
 	Users    []User
 	MaxUsers int
@@ -688,6 +692,7 @@ func (o *object) setHeader(h *header, n int, name string) {
 	o.Created = time.Unix(0, h.Created)
 	o.Ready = h.State == stateReady
 	o.MaxUsers = int(h.Users)
+	o.HeaderSize = int64(h.HeaderSize)
 	o.Lock = lockInfo(h, nil)
 }
 
@@ -745,7 +750,11 @@ func usersOf(t []slot) []User {
 		if s.Live == slotFree || s.Live == slotClaiming {
 			continue
 		}
-		us = append(us, User{PID: int(s.PID), Alive: liveness(slotLiveness(s))})
+		l := slotLiveness(s)
+		if l == sys.Dead {
+			continue // a slot its dead user left, free for the next
+		}
+		us = append(us, User{PID: int(s.PID), Alive: liveness(l)})
 	}
 	return us
 }

@@ -103,7 +103,7 @@ func TestLsOptions(t *testing.T) {
 
 	r := run(t, append([]string{"ls"}, dirs...)...)
 	rs := row(r.stdout, small)
-	if r.code != 0 || rs == nil || rs[colBytes] != "100" || rs[colObjBytes] != "612" || rs[colOwner] != "root" {
+	if r.code != 0 || rs == nil || rs[colBytes] != "100" || rs[colObjBytes] != "8804" || rs[colOwner] != "root" {
 		t.Fatalf("ls: %v", r)
 	}
 	if r := run(t, append([]string{"ls", "-h"}, dirs...)...); row(r.stdout, big)[colBytes] != "3M" ||
@@ -170,7 +170,7 @@ func TestLsOptions(t *testing.T) {
 	if len(raw[0]) != len(want) {
 		t.Errorf("ls --json: %d fields, want %d: %v", len(raw[0]), len(want), raw[0])
 	}
-	if raw[0]["size"] != 100.0 || raw[0]["creator_pid"] != float64(h1.pid) || raw[0]["object_size"] != 612.0 {
+	if raw[0]["size"] != 100.0 || raw[0]["creator_pid"] != float64(h1.pid) || raw[0]["object_size"] != 8804.0 {
 		t.Errorf("ls --json: %v", raw[0])
 	}
 
@@ -399,7 +399,7 @@ func TestDumpSqueezeAndHeader(t *testing.T) {
 		}
 	}
 	r = run(t, append([]string{"dump", "--header", k}, args...)...)
-	for _, w := range []string{"key:", k, "header:     512 bytes", "data:       200 bytes, at offset 512", "object:     712 bytes", "state:      ready", "lock:       free", "waiters:    no"} {
+	for _, w := range []string{"key:", k, "header:     8704 bytes", "data:       200 bytes, at offset 8704", "object:     8904 bytes", "users:      0 of 256 slots", "state:      ready", "lock:       free", "waiters:    no"} {
 		if !strings.Contains(r.stdout, w) {
 			t.Errorf("dump --header: no %q in\n%v", w, r)
 		}

@@ -33,12 +33,13 @@ keeps the regions whose key matches it, with or without its leading '/',
 and may name a backend (sysv:/app-*).
 
 Columns: BYTES is the size of the data, OBJBYTES that of the whole object
-(the 512-byte header and the data). NATTCH is the number of processes that
-map the region ("N+" when some processes could not be inspected, "?" when
-unknown). CPID and CREATOR: the creator's PID and whether it lives. STATUS:
-ready, init (being initialised), temp (never published), foreign (not a
-region of ours, with --all), unreadable (with --all). LOCK: free, held:PID,
-dead:PID (its holder died; the next locker repairs). A region is STALE
+(the header, its table of users, and the data). NATTCH is the number of
+processes that map the region ("N+" when some processes could not be
+inspected, "?" when unknown). CPID and CREATOR: the creator's PID and
+whether it lives. STATUS: ready, init (being initialised), temp (never
+published), foreign (not a region of ours, with --all), unreadable (with
+--all). LOCK: free, held:PID, dead:PID (its holder died; the next locker
+repairs). A region is STALE
 when its creator is dead and no process has it open or mapped: 'shmctl gc'
 removes those.
 
@@ -95,8 +96,9 @@ xxd -a and hexdump(1) do; --verbose prints every line.
 
 POSIX and file regions are read with pread(2) from a read-only descriptor:
 read permission suffices, and the region is neither mapped nor written
-(their data starts after the 512-byte header). SysV and memfd regions have
-no file to read: they are attached (read-write, as the library maps them).
+(their data starts after the header, at the offset it records). SysV and
+memfd regions have no file to read: they are attached (read-write, as the
+library maps them).
 
 --header prints the header instead, decoded as far as the library tells it
 (shm.Stat): key, sizes, creator, creation time, ready state and lock word.`},

@@ -14,12 +14,6 @@ import (
 	"github.com/shmgo/shm"
 )
 
-// headerBytes is the size of a region's header: the data starts at this
-// offset of the object (the README's "The region"; layout version 1). The
-// public API does not export it; see the needed API additions in the
-// README.
-const headerBytes = 512
-
 // dump prints length bytes (-1: to the end) of f's data from offset.
 func (c *cli) dump(f found, offset, length int64, squeeze bool) error {
 	size := f.info.Size
@@ -67,7 +61,7 @@ func (c *cli) dumpFile(f found, offset, end int64, h *hexdumper) error {
 	buf := make([]byte, 64<<10)
 	for pos := offset; pos < end; {
 		n := int(min(int64(len(buf)), end-pos))
-		m, err := unix.Pread(fd, buf[:n], headerBytes+pos)
+		m, err := unix.Pread(fd, buf[:n], f.info.HeaderSize+pos)
 		if err == unix.EINTR {
 			continue
 		}
@@ -189,8 +183,8 @@ func writeHeader(w io.Writer, in shm.Info) error {
 	p := func(k, v string) { fmt.Fprintf(tw, "%s:\t%s\n", k, v) }
 	p("key", dash(esc(in.Key)))
 	p("backend", esc(in.Backend))
-	p("header", fmt.Sprintf("%d bytes, at offset 0", headerBytes))
-	p("data", fmt.Sprintf("%d bytes, at offset %d", in.Size, headerBytes))
+	p("header", fmt.Sprintf("%d bytes, at offset 0 (a table of %d users included)", in.HeaderSize, in.MaxUsers))
+	p("data", fmt.Sprintf("%d bytes, at offset %d", in.Size, in.HeaderSize))
 	p("object", fmt.Sprintf("%d bytes", in.ObjectSize))
 	if in.CreatorPID != 0 {
 		p("creator", fmt.Sprintf("pid %d (%s in this PID namespace)", in.CreatorPID, in.Creator))
@@ -207,12 +201,12 @@ func writeHeader(w io.Writer, in shm.Info) error {
 	word := l.State.String()
 	if l.PID != 0 {
 		word += ", holder " + strconv.Itoa(l.PID)
-		if l.Robust {
-			word += " (a thread ID)"
+		if !l.Robust {
+			word += " (judged by PID: its kernel refused a robust list)"
 		}
 	}
 	p("lock", word)
-	p("lock mode", map[bool]string{true: "robust (kernel robust futex list)", false: "PID probe"}[l.Robust])
+	p("users", fmt.Sprintf("%d of %d slots", len(in.Users), in.MaxUsers))
 	p("owner died", map[bool]string{true: "yes: inconsistent until a holder calls MarkConsistent", false: "no"}[l.Inconsistent])
 	p("waiters", map[bool]string{true: "yes", false: "no"}[l.Waiters])
 	return tw.Flush()
