@@ -37,6 +37,11 @@ var (
 	ErrLocked = errors.New("lock is held")
 	// ErrNotLocked: Unlock or MarkConsistent on a Lock that is not held.
 	ErrNotLocked = errors.New("lock is not held")
+	// ErrInvalidView: View or Slice cannot give the view asked for: T
+	// holds a pointer (at any depth) or has size 0, the offset is not
+	// aligned for T, or the view does not fit in the region's data. The
+	// message says which.
+	ErrInvalidView = errors.New("invalid view")
 	// ErrTooManyUsers: Open found every slot of the region's user table
 	// taken (see WithMaxUsers).
 	ErrTooManyUsers = errors.New("too many users")

@@ -31,6 +31,9 @@ import (
 //	              384  4  lock word: holder's slot+1 (bits 0-12, 0 = free),
 //	                      generation (bits 13-28), hand-off 1<<29,
 //	                      inconsistent 1<<30, waiters 1<<31
+//	   448   64  the condition (Lock.Wait, Signal, Broadcast):
+//	              448  4  sequence, advanced by every Signal and Broadcast (futex word)
+//	              452  4  waiters: how many Lock.Waits may sleep
 //	   512   32  user slot 0, then 1, ... (see slot)
 //	  HSIZE       data
 //
@@ -64,12 +67,18 @@ type header struct {
 	Users        uint32 // slots in the user table
 	_            [116]byte
 	Lock         lockLine
-	_            [64]byte
+	Cond         condLine
 }
 
 type lockLine struct {
 	Word uint32
 	_    [60]byte
+}
+
+type condLine struct {
+	Seq     uint32
+	Waiters uint32
+	_       [56]byte
 }
 
 // slot is one entry of the user table: one Region, in some process, that
@@ -122,6 +131,7 @@ var (
 	_ [0]struct{} = [unsafe.Sizeof(header{}) - headerSize]struct{}{}
 	_ [0]struct{} = [unsafe.Offsetof(header{}.Lock) - 384]struct{}{}
 	_ [0]struct{} = [unsafe.Offsetof(header{}.Users) - 264]struct{}{}
+	_ [0]struct{} = [unsafe.Offsetof(header{}.Cond) - 448]struct{}{}
 	_ [0]struct{} = [unsafe.Sizeof(slot{}) - slotSize]struct{}{}
 	_ [0]struct{} = [unsafe.Offsetof(slot{}.Link) - unsafe.Offsetof(slot{}.Live) - sys.RobustEntryOffset]struct{}{}
 )

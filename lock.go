@@ -182,28 +182,34 @@ func (r *Region) lockFast() (Lock, bool) {
 // judges the holder, and takes the lock over from a dead one. The caller
 // has entered (see enter).
 func (r *Region) lockSlow(ctx context.Context, try bool) (Lock, error) {
+	return r.lockAs(ctx, try, 0)
+}
+
+// lockAs is lockSlow that takes the lock as the holding want (the holder
+// and generation of a Lock; 0: a new holding).
+func (r *Region) lockAs(ctx context.Context, try bool, want uint32) (Lock, error) {
 	if r.shrinks || r.guardLock {
 		// The object may be truncated under us: a fault on the word here
 		// becomes ErrCorrupt (the uncontended path is guarded only with
 		// WithFaultGuard).
 		var l Lock
 		var err error
-		if ferr := guard(func() { l, err = r.waitLock(ctx, try) }); ferr != nil {
+		if ferr := guard(func() { l, err = r.waitLock(ctx, try, want) }); ferr != nil {
 			return Lock{}, r.err("lock", ferr)
 		}
 		return l, err
 	}
-	return r.waitLock(ctx, try)
+	return r.waitLock(ctx, try, want)
 }
 
-func (r *Region) waitLock(ctx context.Context, try bool) (Lock, error) {
+func (r *Region) waitLock(ctx context.Context, try bool, want uint32) (Lock, error) {
 	w := r.word
 	if try {
 		for {
 			cur := atomic.LoadUint32(w)
 			switch owner := cur & lockOwner; {
 			case owner == 0 && cur&lockHandoff == 0:
-				if l, ok := r.take(cur, cur&lockWaiters); ok {
+				if l, ok := r.take(cur, cur&lockWaiters, want); ok {
 					return r.acquired(l, cur&lockDied != 0)
 				}
 			case owner == 0:
@@ -221,7 +227,7 @@ func (r *Region) waitLock(ctx context.Context, try bool) (Lock, error) {
 					}
 					return Lock{}, r.err("lock", ErrLocked)
 				}
-				if l, ok := r.takeOver(cur); ok {
+				if l, ok := r.takeOver(cur, want); ok {
 					return r.acquired(l, true)
 				}
 			}
@@ -268,7 +274,7 @@ func (r *Region) waitLock(ctx context.Context, try bool) (Lock, error) {
 			if slept {
 				keep = lockWaiters
 			}
-			if l, ok := r.take(cur, keep); ok {
+			if l, ok := r.take(cur, keep, want); ok {
 				return r.acquired(l, cur&lockDied != 0)
 			}
 			continue
@@ -278,7 +284,7 @@ func (r *Region) waitLock(ctx context.Context, try bool) (Lock, error) {
 				return Lock{}, err
 			}
 			if st == holderDead {
-				if l, ok := r.takeOver(cur); ok {
+				if l, ok := r.takeOver(cur, want); ok {
 					return r.acquired(l, true)
 				}
 				continue
@@ -321,19 +327,28 @@ func (r *Region) waitLock(ctx context.Context, try bool) (Lock, error) {
 
 // take acquires the free lock whose word is cur, setting the flags in keep,
 // and clears the hand-off.
-func (r *Region) take(cur, keep uint32) (Lock, bool) {
-	v := nextGen(cur) | r.me
+func (r *Region) take(cur, keep, want uint32) (Lock, bool) {
+	v := holding(cur, r.me, want)
 	if !atomic.CompareAndSwapUint32(r.word, cur, v|cur&lockDied|keep) {
 		return Lock{}, false
 	}
 	return Lock{r: r, v: v}, true
 }
 
+// holding is the holder and generation a new holding puts in the word cur:
+// want, or the next generation for the slot+1 me.
+func holding(cur, me, want uint32) uint32 {
+	if want != 0 {
+		return want
+	}
+	return nextGen(cur) | me
+}
+
 // takeOver takes the lock from the dead holder that the word cur names.
 // While it does, this Region's slot names the holder's as a hazard, so that
 // no process reuses the dead holder's slot between the judgement and the
 // compare-and-swap.
-func (r *Region) takeOver(cur uint32) (Lock, bool) {
+func (r *Region) takeOver(cur, want uint32) (Lock, bool) {
 	hz := &r.slots[r.mine].Hazard
 	atomic.StoreUint32(hz, cur&lockOwner)
 	defer atomic.StoreUint32(hz, 0)
@@ -343,7 +358,7 @@ func (r *Region) takeOver(cur uint32) (Lock, bool) {
 	if st, _ := r.judge(cur & lockOwner); st != holderDead {
 		return Lock{}, false
 	}
-	v := nextGen(cur) | r.me
+	v := holding(cur, r.me, want)
 	if !atomic.CompareAndSwapUint32(r.word, cur, v|lockDied|cur&lockWaiters) {
 		return Lock{}, false
 	}

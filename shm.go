@@ -216,6 +216,7 @@ type Region struct {
 	inflight  atomic.Int64  // calls in the lock's code, which Close lets leave before it unmaps
 	shrinks   bool          // the object can shrink under us: fault-protect the slow paths
 	guardLock bool          // WithFaultGuard: fault-protect every lock path
+	readOnly  bool          // WithReadOnly: mapped PROT_READ, no user slot
 	mu        sync.Mutex    // Unlink, Chown, Close
 	unlinked  bool
 	created   int64        // header's creation stamp, to recognise our object
@@ -827,6 +828,7 @@ func (r *Region) Close() error {
 	// and let them leave before the memory goes; the uncontended lock's
 	// pinned sections end too (see pin.go).
 	sys.FutexWake(r.word, 1<<30)
+	cancelWatchers(r.seg.Bytes())
 	waitPinned()
 	for wait := time.Microsecond; r.inflight.Load() != 0; wait = min(2*wait, time.Millisecond) {
 		time.Sleep(wait)
