@@ -52,7 +52,7 @@ func TestRobustLockAcrossPIDNamespaces(t *testing.T) {
 		r, k := newRobustRegion(t, "rob-killout")
 		h := start(t, "holder", "holder", k, "", nsPID1)
 		h.expect("locked", time.Minute)
-		h.cmd.Process.Kill()
+		h.kill()
 		if err := h.wait(time.Minute); !killed(err) {
 			t.Fatalf("holder: %v, want killed", err)
 		}
@@ -76,7 +76,7 @@ func TestRobustLockAcrossPIDNamespaces(t *testing.T) {
 		r, k := newRobustRegion(t, "rob-killhost")
 		h := start(t, "holder", "holder", k, "", nsOpts{})
 		h.expect("locked", time.Minute)
-		h.cmd.Process.Kill()
+		h.kill()
 		if err := h.wait(time.Minute); !killed(err) {
 			t.Fatalf("holder: %v, want killed", err)
 		}
@@ -101,7 +101,7 @@ func TestRobustLockAcrossPIDNamespaces(t *testing.T) {
 			t.Fatalf("holder locks from thread %s, waiter from thread %s: want 1 for both", ht, wt)
 		}
 		waitInFutex(t, w.cmd.Process.Pid)
-		w.cmd.Process.Kill()
+		w.kill()
 		if err := w.wait(time.Minute); !killed(err) {
 			t.Fatalf("waiter: %v, want killed", err)
 		}
