@@ -44,7 +44,9 @@ func TestMain(m *testing.M) {
 	}
 	code := m.Run()
 	removeDemo()
-	if left, _ := filepath.Glob("/dev/shm/*" + keyPrefix + "*"); len(left) > 0 {
+	// Only this process's keys: another copy of the suite may be running,
+	// and a copy that was killed may have left its files.
+	if left, _ := filepath.Glob("/dev/shm/*" + keyPrefix + strconv.Itoa(os.Getpid()) + "-*"); len(left) > 0 {
 		fmt.Fprintf(os.Stderr, "nstest: left behind in /dev/shm: %v\n", left)
 		if code == 0 {
 			code = 1
@@ -53,9 +55,11 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// key returns a fresh key for this test process.
+// key returns a fresh key for this test process. The PID comes first, so
+// that TestMain can tell this process's files from those of another copy
+// of the suite.
 func key(what string) string {
-	return fmt.Sprintf("/%s%s-%d-%d", keyPrefix, what, os.Getpid(), seq.Add(1))
+	return fmt.Sprintf("/%s%d-%s-%d", keyPrefix, os.Getpid(), what, seq.Add(1))
 }
 
 var seq atomic.Int64
