@@ -92,7 +92,10 @@ func TestDemoWithoutDevShm(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			k := key("demo-" + tc.name)
-			script := "set -e\n" + tc.script + "\nexec \"$DEMO\" -key \"$KEY\" -events 300\n"
+			// -timeout: how long the controller waits for the application
+			// (another process) to create the region; its default, 5 s, is
+			// short for a loaded machine.
+			script := "set -e\n" + tc.script + "\nexec \"$DEMO\" -key \"$KEY\" -events 300 -timeout 1m\n"
 			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 			defer cancel()
 			cmd := exec.CommandContext(ctx, unshare, "--mount", "--propagation", "private", "sh", "-c", script)

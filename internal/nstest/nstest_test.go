@@ -28,6 +28,7 @@ const (
 	envSetup = "SHMGO_NSTEST_SETUP" // comma-separated mount steps, see setup
 	envKey   = "SHMGO_NSTEST_KEY"   // the region's key
 	envArg   = "SHMGO_NSTEST_ARG"   // role-specific
+	envPID   = "SHMGO_NSTEST_PID"   // the PID the child must have (startWithPID)
 )
 
 // keyPrefix starts every key these tests use (and every file they leave in
@@ -43,7 +44,9 @@ func TestMain(m *testing.M) {
 	}
 	code := m.Run()
 	removeDemo()
-	if left, _ := filepath.Glob("/dev/shm/*" + keyPrefix + "*"); len(left) > 0 {
+	// Only this process's keys: another copy of the suite may be running,
+	// and a copy that was killed may have left its files.
+	if left, _ := filepath.Glob("/dev/shm/*" + keyPrefix + strconv.Itoa(os.Getpid()) + "-*"); len(left) > 0 {
 		fmt.Fprintf(os.Stderr, "nstest: left behind in /dev/shm: %v\n", left)
 		if code == 0 {
 			code = 1
@@ -52,9 +55,11 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// key returns a fresh key for this test process.
+// key returns a fresh key for this test process. The PID comes first, so
+// that TestMain can tell this process's files from those of another copy
+// of the suite.
 func key(what string) string {
-	return fmt.Sprintf("/%s%s-%d-%d", keyPrefix, what, os.Getpid(), seq.Add(1))
+	return fmt.Sprintf("/%s%d-%s-%d", keyPrefix, os.Getpid(), what, seq.Add(1))
 }
 
 var seq atomic.Int64
@@ -98,6 +103,10 @@ type proc struct {
 	stdin io.WriteCloser
 	lines chan string // the child's report lines, without linePrefix
 
+	// kill kills the child: cmd's process, or for a child that cmd only
+	// starts in a namespace (startWithPID), that child.
+	kill func() error
+
 	mu     sync.Mutex
 	output bytes.Buffer // everything the child wrote, for failure messages
 	done   chan struct{}
@@ -118,20 +127,44 @@ func childEnv() []string {
 	return env
 }
 
+// testBinary returns the absolute path of this test binary, which the
+// children run as well (from any working directory or mount namespace).
+func testBinary(t *testing.T) string {
+	t.Helper()
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatalf("path of the test binary: %v", err)
+	}
+	return exe
+}
+
+// roleEnv is the environment of a child that plays role.
+func roleEnv(role, key, arg string, o nsOpts) []string {
+	env := append(childEnv(),
+		envRole+"="+role, envKey+"="+key, envArg+"="+arg,
+		envSetup+"="+strings.Join(o.setup, ","))
+	return append(env, o.env...)
+}
+
 // start runs the test binary as role in a child process, in the namespaces
 // o asks for. It skips the test when the namespaces cannot be created.
 func start(t *testing.T, name, role, key, arg string, o nsOpts) *proc {
 	t.Helper()
-	args := append(append([]string(nil), o.prefix...), os.Args[0], "-test.run=^$")
-	cmd := exec.Command(args[0], args[1:]...)
-	cmd.Env = append(childEnv(),
-		envRole+"="+role, envKey+"="+key, envArg+"="+arg,
-		envSetup+"="+strings.Join(o.setup, ","))
-	cmd.Env = append(cmd.Env, o.env...)
+	args := append(append([]string(nil), o.prefix...), testBinary(t), "-test.run=^$")
+	return startArgv(t, name, args, roleEnv(role, key, arg, o), o.flags)
+}
+
+// startArgv runs argv with the environment env, in new namespaces when
+// flags asks for them, and collects its report lines.
+func startArgv(t *testing.T, name string, argv, env []string, flags uintptr) *proc {
+	t.Helper()
+	cmd := exec.Command(argv[0], argv[1:]...)
+	cmd.Env = env
 	// Pdeathsig: if this test process dies, so do its children and, with
 	// them, their namespaces.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: o.flags, Pdeathsig: syscall.SIGKILL}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: flags, Pdeathsig: syscall.SIGKILL}
 	p := &proc{t: t, name: name, cmd: cmd, lines: make(chan string, 64), done: make(chan struct{})}
+	p.kill = func() error { return cmd.Process.Kill() }
 	var err error
 	if p.stdin, err = cmd.StdinPipe(); err != nil {
 		t.Fatal(err)
@@ -142,8 +175,8 @@ func start(t *testing.T, name, role, key, arg string, o nsOpts) *proc {
 	}
 	cmd.Stderr = &lockedWriter{p}
 	if err := cmd.Start(); err != nil {
-		if o.flags != 0 && (errors.Is(err, syscall.EPERM) || errors.Is(err, syscall.EINVAL)) {
-			t.Skipf("skipped: cannot create namespaces (clone flags %#x) here: %v", o.flags, err)
+		if flags != 0 && (errors.Is(err, syscall.EPERM) || errors.Is(err, syscall.EINVAL)) {
+			t.Skipf("skipped: cannot create namespaces (clone flags %#x) here: %v", flags, err)
 		}
 		t.Fatalf("start %s: %v", name, err)
 	}
@@ -167,6 +200,7 @@ func start(t *testing.T, name, role, key, arg string, o nsOpts) *proc {
 		select {
 		case <-p.done:
 		case <-time.After(5 * time.Second):
+			p.kill()
 			cmd.Process.Kill()
 			<-p.done
 		}
@@ -226,6 +260,7 @@ func (p *proc) wait(d time.Duration) error {
 	select {
 	case <-p.done:
 	case <-time.After(d):
+		p.kill()
 		p.cmd.Process.Kill()
 		<-p.done
 		p.t.Errorf("%s did not exit within %v; killed it; output:\n%s", p.name, d, p.Output())
@@ -273,6 +308,20 @@ func runChild(role string) int {
 		return 3
 	}
 	c := &child{key: os.Getenv(envKey), arg: os.Getenv(envArg), in: bufio.NewReader(os.Stdin)}
+	if want := os.Getenv(envPID); want != "" {
+		// Started by startWithPID, which checks this line.
+		if got := strconv.Itoa(os.Getpid()); got != want {
+			c.say("error started with PID %s, want %s: another process or thread of the namespace took PID %s first", got, want, want)
+			return 1
+		}
+		c.say("started pid=%d", os.Getpid())
+		// Until the parent holds this process (a pidfd), its PID must
+		// stay ours.
+		if got := c.hear(); got != "go" {
+			fmt.Fprintf(os.Stderr, "nstest child %s: told %q, want go\n", role, got)
+			return 1
+		}
+	}
 	if err := f(c); err != nil {
 		fmt.Fprintf(os.Stderr, "nstest child %s: %v\n", role, err)
 		c.say("error %v", err)

@@ -49,26 +49,9 @@ func unshareOpts(t *testing.T) nsOpts {
 	return nsOpts{prefix: []string{requireUnshare(t), "--pid", "--fork", "--mount-proc", "--kill-child"}}
 }
 
-// unusedHostPID returns a PID that no process of this namespace has now,
-// so that a holder given it in another namespace is, judged by its PID
-// alone, dead here.
-func unusedHostPID(t *testing.T) int {
-	t.Helper()
-	max := 32768
-	if b, err := os.ReadFile("/proc/sys/kernel/pid_max"); err == nil {
-		max, _ = strconv.Atoi(strings.TrimSpace(string(b)))
-	}
-	for p := max / 2; p < max; p++ {
-		if _, err := os.Stat("/proc/" + strconv.Itoa(p)); errors.Is(err, os.ErrNotExist) {
-			return p
-		}
-	}
-	t.Fatal("no unused PID")
-	return 0
-}
-
 // lastPIDWorks skips the test when PIDs cannot be chosen in a new namespace.
 func lastPIDWorks(t *testing.T) {
+	t.Helper()
 	if _, err := os.Stat("/proc/sys/kernel/ns_last_pid"); err != nil {
 		t.Skipf("skipped: kernel without /proc/sys/kernel/ns_last_pid (CONFIG_CHECKPOINT_RESTORE), cannot choose a PID: %v", err)
 	}
@@ -138,47 +121,82 @@ func mustLock(t *testing.T, r *shm.Region) {
 func TestPIDNamespaceHolderExcludes(t *testing.T) {
 	requireRoot(t)
 	for _, tc := range []struct {
-		name    string
-		role    string
-		opts    func(*testing.T) nsOpts
-		lastPID bool // the holder gets a PID that no process here has
+		name string
+		opts func(*testing.T) nsOpts
 	}{
-		{"pid1", "holder", func(*testing.T) nsOpts { return nsPID1 }, false},
-		{"pid1-host-proc", "holder", func(*testing.T) nsOpts { return nsPID1HostProc }, false},
-		{"pid-unused-here", "init", func(*testing.T) nsOpts { return nsPID1 }, true},
-		{"unshare-cmd", "holder", unshareOpts, false},
+		{"pid1", func(*testing.T) nsOpts { return nsPID1 }},
+		{"pid1-host-proc", func(*testing.T) nsOpts { return nsPID1HostProc }},
+		{"unshare-cmd", unshareOpts},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			o := tc.opts(t)
 			r, k := newRegion(t, "excl")
-			wantPID, arg := 1, ""
-			if tc.lastPID {
-				lastPIDWorks(t)
-				wantPID = unusedHostPID(t)
-				arg = fmt.Sprintf("inner=holder lastpid=%d", wantPID)
+			h := start(t, "holder", "holder", k, "", o)
+			line := holderLocked(t, h, 1)
+			if unusedHere(1) {
+				t.Fatal("no PID 1 in this test's PID namespace")
 			}
-			h := start(t, "holder", tc.role, k, arg, o)
-			line := h.expect("locked", time.Minute)
-			pid := atoi(t, field(t, line, "pid"))
-			if pid != wantPID {
-				t.Fatalf("holder has PID %d in its namespace, want %d", pid, wantPID)
-			}
-			if ns := field(t, line, "pidns"); ns == fmt.Sprint(nsInode("self", "pid")) {
-				t.Fatalf("holder is in this test's PID namespace (%s)", ns)
-			}
-			here := "exists"
-			if _, err := os.Stat(fmt.Sprint("/proc/", pid)); err != nil {
-				here = "does not exist"
-			}
-			t.Logf("holder: %s; PID %d %s in this namespace", line, pid, here)
-
-			mustTimeOut(t, r, time.Second, fmt.Sprintf("a live holder, PID %d in another PID namespace", pid))
-			h.send("unlock")
-			h.expect("unlocked", time.Minute)
-			mustLock(t, r)
-			h.mustSucceed(time.Minute)
+			mustTimeOut(t, r, time.Second, "a live holder, PID 1 in another PID namespace")
+			release(t, h, r)
+			t.Logf("holder: %s", line)
 		})
 	}
+
+	// The holder's PID is one that no process here has: judged by its PID
+	// alone, it would be dead.
+	t.Run("pid-unused-here", func(t *testing.T) {
+		r, k := newRegion(t, "excl")
+		ns := newPIDNS(t)
+		tried := map[int]bool{}
+		const attempts = 5
+		for attempt := 1; ; attempt++ {
+			pid, sure := ns.pidUnusedHere(t, tried)
+			tried[pid] = true
+			h := ns.startWithPID(t, "holder", "holder", k, "", pid)
+			line := holderLocked(t, h, pid)
+			before := unusedHere(pid)
+			mustTimeOut(t, r, time.Second, fmt.Sprintf("a live holder, PID %d in another PID namespace and unused here", pid))
+			after := unusedHere(pid)
+			release(t, h, r)
+			if before && after {
+				t.Logf("holder: %s; PID %d unused here (for certain: %v)", line, pid, sure)
+				return
+			}
+			// The premise failed: a process here took the PID (possible
+			// only when all namespaces share one pid_max), so the waiter
+			// may have seen a live process. Try another PID.
+			msg := fmt.Sprintf("attempt %d: PID %d came into use here while the holder had it (unused before the wait: %v, after: %v; certain: %v)", attempt, pid, before, after, sure)
+			if attempt == attempts {
+				t.Fatal(msg)
+			}
+			t.Log(msg + "; again with another PID")
+		}
+	})
+}
+
+// holderLocked waits for holder h to report the lock taken, checks that it
+// has PID pid in a PID namespace other than this test's, and returns its
+// report.
+func holderLocked(t *testing.T, h *proc, pid int) string {
+	t.Helper()
+	line := h.expect("locked", time.Minute)
+	if got := atoi(t, field(t, line, "pid")); got != pid {
+		t.Fatalf("holder has PID %d in its namespace, want %d", got, pid)
+	}
+	if ns := field(t, line, "pidns"); ns == fmt.Sprint(nsInode("self", "pid")) {
+		t.Fatalf("holder is in this test's PID namespace (%s)", ns)
+	}
+	return line
+}
+
+// release tells holder h to unlock, then takes the lock here (it must come
+// with no ErrOwnerDead), and waits for h to exit.
+func release(t *testing.T, h *proc, r *shm.Region) {
+	t.Helper()
+	h.send("unlock")
+	h.expect("unlocked", time.Minute)
+	mustLock(t, r)
+	h.mustSucceed(time.Minute)
 }
 
 // TestPIDNamespaceWaiterExcluded: this process holds the lock; a waiter in
@@ -268,7 +286,7 @@ func TestPIDNamespaceHolderKilled(t *testing.T) {
 		r, k := newRegion(t, "killout")
 		h := start(t, "holder", "holder", k, "", nsPID1)
 		h.expect("locked", time.Minute)
-		h.cmd.Process.Kill()
+		h.kill()
 		if err := h.wait(time.Minute); !killed(err) {
 			t.Fatalf("holder: %v, want killed", err)
 		}
@@ -299,7 +317,7 @@ func TestPIDNamespaceHolderKilled(t *testing.T) {
 		r, k := newRegion(t, "killhost")
 		h := start(t, "holder", "holder", k, "", nsOpts{})
 		h.expect("locked", time.Minute)
-		h.cmd.Process.Kill()
+		h.kill()
 		if err := h.wait(time.Minute); !killed(err) {
 			t.Fatalf("holder: %v, want killed", err)
 		}
@@ -451,15 +469,15 @@ func counterRole(c *child) error {
 }
 
 // nsInit is PID 1 of a new PID namespace. It runs the role "inner=ROLE" as
-// its child, with the PID "lastpid=N" when given. On SIGUSR1 it kills that
-// child and, with "onusr1=recover", takes the lock over in this namespace.
+// its child. On SIGUSR1 it kills that child and, with "onusr1=recover",
+// takes the lock over in this namespace. (A Go process cannot choose its
+// child's PID: see withpid_test.go.)
 func nsInit(c *child) error {
 	opts := map[string]string{}
 	for _, f := range strings.Fields(c.arg) {
 		k, v, _ := strings.Cut(f, "=")
 		opts[k] = v
 	}
-	lastPID, _ := strconv.Atoi(opts["lastpid"])
 	usr1 := make(chan os.Signal, 1)
 	signal.Notify(usr1, syscall.SIGUSR1)
 
@@ -470,29 +488,11 @@ func nsInit(c *child) error {
 		}
 	}
 	env = append(env, envRole+"="+opts["inner"])
-	var cmd *exec.Cmd
-	for try := 0; ; try++ {
-		if lastPID > 0 {
-			// The next PID this namespace hands out; a thread of the Go
-			// runtime may take it first, hence the retries.
-			if err := os.WriteFile("/proc/sys/kernel/ns_last_pid", []byte(strconv.Itoa(lastPID-1)), 0); err != nil {
-				return err
-			}
-		}
-		cmd = exec.Command(os.Args[0], "-test.run=^$")
-		cmd.Env = env
-		cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
-		if err := cmd.Start(); err != nil {
-			return err
-		}
-		if lastPID == 0 || cmd.Process.Pid == lastPID {
-			break
-		}
-		cmd.Process.Kill()
-		cmd.Wait()
-		if try == 10 {
-			return fmt.Errorf("could not give the child PID %d", lastPID)
-		}
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = env
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
+	if err := cmd.Start(); err != nil {
+		return err
 	}
 	exited := make(chan error, 1)
 	go func() { exited <- cmd.Wait() }()

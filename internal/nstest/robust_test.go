@@ -8,9 +8,12 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/shmgo/shm"
 	"github.com/shmgo/shm/backend/posix"
@@ -52,7 +55,7 @@ func TestRobustLockAcrossPIDNamespaces(t *testing.T) {
 		r, k := newRobustRegion(t, "rob-killout")
 		h := start(t, "holder", "holder", k, "", nsPID1)
 		h.expect("locked", time.Minute)
-		h.cmd.Process.Kill()
+		h.kill()
 		if err := h.wait(time.Minute); !killed(err) {
 			t.Fatalf("holder: %v, want killed", err)
 		}
@@ -76,7 +79,7 @@ func TestRobustLockAcrossPIDNamespaces(t *testing.T) {
 		r, k := newRobustRegion(t, "rob-killhost")
 		h := start(t, "holder", "holder", k, "", nsOpts{})
 		h.expect("locked", time.Minute)
-		h.cmd.Process.Kill()
+		h.kill()
 		if err := h.wait(time.Minute); !killed(err) {
 			t.Fatalf("holder: %v, want killed", err)
 		}
@@ -100,8 +103,8 @@ func TestRobustLockAcrossPIDNamespaces(t *testing.T) {
 		if ht, wt := field(t, hl, "tid"), field(t, wl, "tid"); ht != "1" || wt != "1" {
 			t.Fatalf("holder locks from thread %s, waiter from thread %s: want 1 for both", ht, wt)
 		}
-		waitInFutex(t, w.cmd.Process.Pid)
-		w.cmd.Process.Kill()
+		waitInFutex(t, w.cmd.Process.Pid, "/dev/shm"+k)
+		w.kill()
 		if err := w.wait(time.Minute); !killed(err) {
 			t.Fatalf("waiter: %v, want killed", err)
 		}
@@ -114,23 +117,63 @@ func TestRobustLockAcrossPIDNamespaces(t *testing.T) {
 }
 
 // waitInFutex waits until the main thread of process pid (in this PID
-// namespace) sleeps in a futex wait: the waiter role has entered Lock.
-func waitInFutex(t *testing.T, pid int) {
+// namespace) sleeps in a futex call on a word of the region file at path:
+// the waiter role has entered Lock and waits there. A futex wait of the Go
+// runtime's own (a goroutine parked with its locked thread) does not
+// count: its word is not in the region.
+func waitInFutex(t *testing.T, pid int, path string) {
 	t.Helper()
-	path := fmt.Sprintf("/proc/%d/task/%d/wchan", pid, pid)
+	var st unix.Stat_t
+	if err := unix.Stat(path, &st); err != nil {
+		t.Fatal(err)
+	}
 	deadline := time.Now().Add(time.Minute)
 	var b backoff
+	var last string
 	for {
-		wchan, err := os.ReadFile(path)
+		// "NR ARG1 ... SP PC" while in a system call.
+		sc, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/syscall", pid, pid))
 		if err != nil {
 			t.Fatal(err)
 		}
-		if strings.Contains(string(wchan), "futex") {
-			return
+		last = strings.TrimSpace(string(sc))
+		f := strings.Fields(last)
+		if len(f) > 1 && f[0] == strconv.Itoa(unix.SYS_FUTEX) {
+			addr, err := strconv.ParseUint(strings.TrimPrefix(f[1], "0x"), 16, 64)
+			if err != nil {
+				t.Fatalf("/proc/%d/task/%d/syscall: %q: %v", pid, pid, last, err)
+			}
+			if mapsFile(t, pid, addr, &st) {
+				return
+			}
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("the waiter's main thread is not in a futex wait (wchan %q)", wchan)
+			t.Fatalf("the waiter's main thread is not in a futex wait on %s (syscall %q)", path, last)
 		}
 		b.sleep()
 	}
+}
+
+// mapsFile tells whether process pid maps the file st at address addr.
+func mapsFile(t *testing.T, pid int, addr uint64, st *unix.Stat_t) bool {
+	t.Helper()
+	maps, err := os.ReadFile(fmt.Sprintf("/proc/%d/maps", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dev := fmt.Sprintf("%02x:%02x", unix.Major(uint64(st.Dev)), unix.Minor(uint64(st.Dev)))
+	for _, line := range strings.Split(string(maps), "\n") {
+		// START-END PERMS OFFSET MAJOR:MINOR INODE PATH
+		f := strings.Fields(line)
+		if len(f) < 5 || f[3] != dev || f[4] != strconv.FormatUint(st.Ino, 10) {
+			continue
+		}
+		lo, hi, _ := strings.Cut(f[0], "-")
+		l, err1 := strconv.ParseUint(lo, 16, 64)
+		h, err2 := strconv.ParseUint(hi, 16, 64)
+		if err1 == nil && err2 == nil && l <= addr && addr < h {
+			return true
+		}
+	}
+	return false
 }
