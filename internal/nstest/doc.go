@@ -18,26 +18,26 @@
 //
 // # PID namespaces
 //
-// A lock holder records its PID, start time and PID namespace. A waiter
-// judges a holder's PID only when the holder recorded the waiter's own PID
-// namespace and /proc shows that namespace; any other holder is "unknown",
-// and an unknown holder is never taken over. So, across PID namespaces:
+// A lock holder is named in the lock word by its slot in the region's user
+// table, and the slot's liveness word is marked by the kernel when the
+// holder's process dies, in any PID namespace (package shm's lock doc). So,
+// across PID namespaces:
 //
 //   - The lock excludes as everywhere: a live holder in another namespace
 //     is never taken over, even when its PID means another process (or no
-//     process) in the waiter's namespace, and two namespaces' PID 1s can
-//     share a lock.
-//   - A holder that dies is recovered (the next Lock returns ErrOwnerDead)
-//     only by a waiter in the holder's own PID namespace, with /proc
-//     mounted for that namespace. A waiter in another namespace, parent or
-//     child, keeps waiting until its timeout or context ends: use
-//     LockContext with a deadline there. When a whole container's PID
-//     namespace dies holding a default lock, no process outside it can
-//     recover the lock; the region must be recreated.
-//   - A region created WithRobustLock is recovered from any namespace: the
-//     kernel marks the dead holder's lock itself, and the next Lock, here
-//     or in another container, returns ErrOwnerDead. Its lock word holds a
-//     thread ID, which is per namespace too: two containers' PID 1s lock
-//     from the same thread ID 1, so a waiter must not leave its entry
-//     pending with the kernel while it sleeps (see robust_test.go).
+//     process) in the waiter's namespace, and two namespaces' PID 1s share
+//     a lock.
+//   - A holder that dies is recovered by a waiter in any namespace, parent
+//     or child: the next Lock returns ErrOwnerDead.
+//   - A waiter that got the dead holder's PID (PIDs wrap) recovers the lock
+//     too, and so does a waiter of another uid to which /proc hides the
+//     holder (hidepid), which never takes a live holder's lock over.
+//   - Where the kernel refuses robust lists (envNoRobust in these tests),
+//     slots are judged by PID, start time and PID namespace: a holder in
+//     another namespace is then never judged, and a waiter there waits
+//     until its context ends.
+//
+// The tests choose PIDs with ns_last_pid from a single-threaded sh
+// (withpid_test.go: a Go process creates threads and processes of its own
+// at moments it chooses, which take the PID first).
 package nstest

@@ -18,6 +18,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/shmgo/shm/internal/sys"
 )
 
 // Cross-process tests re-execute this test binary. TestMain sees envRole,
@@ -29,6 +31,10 @@ const (
 	envKey   = "SHMGO_NSTEST_KEY"   // the region's key
 	envArg   = "SHMGO_NSTEST_ARG"   // role-specific
 	envPID   = "SHMGO_NSTEST_PID"   // the PID the child must have (startWithPID)
+	// envNoRobust makes the child's kernel refuse robust futex lists, so
+	// that its lock slots are judged by PID. Unlike the others it passes
+	// to grandchildren (childEnv keeps it).
+	envNoRobust = "SHMGO_LOCK_NOROBUST"
 )
 
 // keyPrefix starts every key these tests use (and every file they leave in
@@ -298,6 +304,9 @@ func (c *child) hear() string {
 var roles = map[string]func(*child) error{}
 
 func runChild(role string) int {
+	if os.Getenv(envNoRobust) != "" {
+		sys.RefuseRobustLists() // as where a seccomp filter refuses them
+	}
 	if err := setup(os.Getenv(envSetup)); err != nil {
 		fmt.Fprintf(os.Stderr, "nstest child %s: setup: %v\n", role, err)
 		return 2
@@ -347,6 +356,14 @@ func setup(steps string) error {
 			err = unix.Mount("tmpfs", "/dev/shm", "tmpfs", nodev|unix.MS_RDONLY, "size=4k,mode=1777")
 		case "smallshm": // a 1 MiB /dev/shm
 			err = unix.Mount("tmpfs", "/dev/shm", "tmpfs", nodev, "size=1m,mode=1777")
+		case "hidepid1", "hidepid2": // /proc hides other users' processes (noaccess, invisible)
+			err = unix.Mount("proc", "/proc", "proc", nodev, "hidepid="+step[len(step)-1:])
+		case "nobody": // from now on, another user
+			if err = unix.Setgroups(nil); err == nil {
+				if err = unix.Setgid(65534); err == nil {
+					err = unix.Setuid(65534)
+				}
+			}
 		default:
 			err = fmt.Errorf("unknown step %q", step)
 		}
