@@ -81,6 +81,56 @@ func lockChild(role, key string) error {
 		}
 		fmt.Println("locked", os.Getpid())
 		select {}
+	case "futexwait":
+		// Wait on the Futex at offset 8 until it leaves 0, and say so.
+		f, err := View[Futex](r, 8)
+		if err != nil {
+			return err
+		}
+		fmt.Println("waiting")
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		for f.Load() == 0 {
+			if err := f.Wait(ctx, 0); err != nil {
+				return err
+			}
+		}
+		fmt.Println("woke", f.Load())
+		return nil
+	case "condwait":
+		// Under the lock, wait until the counter at 0 is odd, make it
+		// even, and signal back; 100 rounds.
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		l, err := r.Lock()
+		if err != nil {
+			return err
+		}
+		fmt.Println("waiting")
+		c := (*uint64)(r.Pointer())
+		for round := 0; round < 100; round++ {
+			for *c%2 == 0 {
+				if err := l.Wait(ctx); err != nil {
+					return err
+				}
+			}
+			*c++
+			if err := r.Signal(); err != nil {
+				return err
+			}
+		}
+		fmt.Println("done")
+		return l.Unlock()
+	case "condsleep":
+		// Wait on the condition forever (to be killed while waiting).
+		l, err := r.Lock()
+		if err != nil {
+			return err
+		}
+		fmt.Println("waiting")
+		for {
+			l.Wait(context.Background())
+		}
 	case "count":
 		for range 50000 {
 			l, err := r.Lock()

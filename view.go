@@ -64,8 +64,8 @@ func view(r *Region, op string, offset, n int, t reflect.Type, size, align uintp
 	if uintptr(offset)%align != 0 {
 		return nil, r.err(op, because("offset "+strconv.Itoa(offset)+" is not a multiple of "+t.String()+"'s alignment, "+strconv.Itoa(int(align)), nil, ErrInvalidView))
 	}
-	// In uint64: n*size may not fit an int.
-	if uint64(n)*uint64(size) > uint64(r.size-offset) {
+	// Divide rather than multiply: n*size may overflow.
+	if uint64(n) > uint64(r.size-offset)/uint64(size) {
 		return nil, r.err(op, because(strconv.Itoa(n)+" x "+strconv.Itoa(int(size))+" bytes of "+t.String()+
 			" at offset "+strconv.Itoa(offset)+" do not fit in the region's "+strconv.Itoa(r.size)+" bytes", nil, ErrInvalidView))
 	}

@@ -1,0 +1,106 @@
+package shm
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"testing"
+	"unsafe"
+)
+
+func viewRegion(t *testing.T, size int) *Region {
+	t.Helper()
+	key := fmt.Sprintf("/t-view-%d-%s", os.Getpid(), strings.ReplaceAll(t.Name(), "/", "-"))
+	r, err := Create(key, size)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { r.Unlink(); r.Close() })
+	return r
+}
+
+type counters struct {
+	A, B   uint64
+	Flags  [4]uint32
+	Inner  struct{ X, Y int32 }
+	Signal Futex
+}
+
+func TestView(t *testing.T) {
+	r := viewRegion(t, 4096)
+	c, err := View[counters](r, 64)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.A, c.Inner.Y = 7, -3
+	if got := *(*uint64)(unsafe.Pointer(&r.Bytes()[64])); got != 7 {
+		t.Fatalf("the view does not alias the data: %d", got)
+	}
+	c2, err := View[counters](r, 64)
+	if err != nil || c2 != c {
+		t.Fatalf("a second view: %p, %v; want %p", c2, err, c)
+	}
+	s, err := Slice[uint32](r, 128, 10)
+	if err != nil || len(s) != 10 || cap(s) != 10 {
+		t.Fatalf("Slice: %d/%d, %v", len(s), cap(s), err)
+	}
+	s[9] = 42
+	if got := *(*uint32)(unsafe.Pointer(&r.Bytes()[128+36])); got != 42 {
+		t.Fatalf("the slice does not alias the data: %d", got)
+	}
+	for _, off := range []int{0, 4096} {
+		if s, err := Slice[uint64](r, off, 0); err != nil || s == nil || len(s) != 0 {
+			t.Fatalf("Slice(n=0) at %d: %v, %v; want an empty slice", off, s, err)
+		}
+	}
+	whole, err := Slice[byte](r, 0, 4096)
+	if err != nil || len(whole) != 4096 {
+		t.Fatalf("Slice of all the data: %d, %v", len(whole), err)
+	}
+}
+
+func TestViewBadInputs(t *testing.T) {
+	r := viewRegion(t, 4096)
+	type withString struct {
+		N int
+		S string
+	}
+	type withSlice struct{ B []byte }
+	type withIface struct{ E error }
+	type deep struct {
+		A [2]struct{ P *int }
+	}
+	cases := []struct {
+		name string
+		f    func() error
+		msg  string
+	}{
+		{"string field", func() error { _, err := View[withString](r, 0); return err }, "holds a string (S)"},
+		{"slice field", func() error { _, err := View[withSlice](r, 0); return err }, "holds a slice (B)"},
+		{"interface field", func() error { _, err := View[withIface](r, 0); return err }, "holds a interface (E)"},
+		{"pointer deep inside", func() error { _, err := View[deep](r, 0); return err }, "holds a ptr (A[0].P)"},
+		{"pointer", func() error { _, err := View[*int](r, 0); return err }, "holds a ptr"},
+		{"map", func() error { _, err := Slice[map[int]int](r, 0, 1); return err }, "holds a map"},
+		{"unsafe.Pointer", func() error { _, err := View[unsafe.Pointer](r, 0); return err }, "holds a unsafe.Pointer"},
+		{"zero-size type", func() error { _, err := View[struct{}](r, 0); return err }, "has size 0"},
+		{"misaligned", func() error { _, err := View[uint64](r, 4); return err }, "not a multiple of uint64's alignment, 8"},
+		{"negative offset", func() error { _, err := View[uint32](r, -4); return err }, "outside"},
+		{"offset beyond", func() error { _, err := View[byte](r, 4097); return err }, "outside"},
+		{"one byte too long", func() error { _, err := View[[4097]byte](r, 0); return err }, "do not fit"},
+		{"at the end", func() error { _, err := View[uint32](r, 4096); return err }, "do not fit"},
+		{"slice too long", func() error { _, err := Slice[uint64](r, 8, 512); return err }, "do not fit"},
+		{"huge n", func() error { _, err := Slice[uint64](r, 0, 1<<61); return err }, "do not fit"},
+		{"negative n", func() error { _, err := Slice[uint64](r, 0, -1); return err }, "negative length"},
+	}
+	for _, c := range cases {
+		err := c.f()
+		if !errors.Is(err, ErrInvalidView) || !strings.Contains(err.Error(), c.msg) {
+			t.Errorf("%s: %v, want ErrInvalidView saying %q", c.name, err, c.msg)
+		}
+	}
+	r.Close()
+	if _, err := View[uint64](r, 0); !errors.Is(err, ErrClosed) {
+		t.Errorf("View after Close: %v, want ErrClosed", err)
+	}
+}
