@@ -250,6 +250,9 @@ func TestCondWaiterKilledAndHolderDied(t *testing.T) {
 	r, key := lockRegion(t, "condkill")
 	cmd, out := startLockChild(t, "condsleep", key, nil)
 	out.Scan()
+	for atomic.LoadUint32(&r.hdr.Cond.Waiters) == 0 {
+		time.Sleep(time.Millisecond) // until it waits, the lock released
+	}
 	cmd.Process.Kill()
 	cmd.Wait()
 	l, err := r.Lock()

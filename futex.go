@@ -99,167 +99,272 @@ func (f *Futex) Wake(n int) int {
 // atomics on memory outside the Go heap.
 var raceFutex byte
 
-// Waiting for a word of shared memory to change. Each waited word has one
-// watcher per process: a goroutine that sleeps in FUTEX_WAIT (one OS thread)
-// and wakes the goroutines waiting on the word, so that a thousand waiting
-// goroutines cost one thread. Close cancels the watchers of its mapping
+// Waiting for a word of shared memory to change. The goroutines of one
+// process that wait on one word form a group; one of them, the leader,
+// sleeps in FUTEX_WAIT (one OS thread for the group) and, when it wakes,
+// wakes the others through channels; when it leaves (its context ended),
+// it hands the lead to another. Close cancels the groups of its mapping
 // before the memory goes.
 
-type watcher struct {
+type group struct {
 	addr      *uint32
-	waiters   map[*waiter]struct{}
-	cancelled bool
-	done      chan struct{}
+	waiters   map[*waiter]struct{} // the leader too
+	leader    *waiter              // asleep in the kernel, or about to be
+	cancelled error                // set by Close: ErrClosed
 }
 
 type waiter struct {
 	old uint32
-	ch  chan error // buffered: nil when the word changed or was woken, ErrClosed
-	w   *watcher
+	ch  chan waitMsg // buffered
+	g   *group       // nil when satisfied at once
 }
 
-var watchers struct {
+type waitMsg struct {
+	lead bool  // become the leader
+	err  error // with lead false: nil when woken, or why the wait ended
+}
+
+var groups struct {
 	mu sync.Mutex
-	m  map[*uint32]*watcher
+	m  map[*uint32]*group
 }
 
-// watchTimeout bounds a watcher's sleep, so that it looks at the word again
+// watchTimeout bounds a leader's sleep, so that it looks at the word again
 // now and then even if a wake-up went to another process.
 const watchTimeout = time.Second
 
-// waitWord waits, through the word's watcher, until *addr does not hold old,
-// a FUTEX_WAKE woke the watcher, or ctx ends.
+// waitWord waits until *addr does not hold old, a FUTEX_WAKE woke the
+// group's leader, or ctx ends.
 func waitWord(ctx context.Context, addr *uint32, old uint32) error {
 	return watch(addr, old).wait(ctx)
 }
 
-// watch registers a wait for *addr to change from old (it is already
-// satisfied when *addr does not hold old); wait blocks for it. In between,
-// a change or a wake-up is not lost.
+// watch registers a wait for *addr to change from old (satisfied at once
+// when *addr does not hold old); wait blocks for it. In between, a change
+// or a wake-up is not lost.
 func watch(addr *uint32, old uint32) *waiter {
-	wt := &waiter{old: old, ch: make(chan error, 1)}
-	watchers.mu.Lock()
-	defer watchers.mu.Unlock()
+	wt := &waiter{old: old, ch: make(chan waitMsg, 1)}
+	groups.mu.Lock()
+	defer groups.mu.Unlock()
 	if atomic.LoadUint32(addr) != old {
-		wt.ch <- nil
+		wt.ch <- waitMsg{}
 		return wt
 	}
-	if watchers.m == nil {
-		watchers.m = map[*uint32]*watcher{}
+	if groups.m == nil {
+		groups.m = map[*uint32]*group{}
 	}
-	w := watchers.m[addr]
-	if w == nil || w.cancelled {
-		w = &watcher{addr: addr, waiters: map[*waiter]struct{}{}, done: make(chan struct{})}
-		watchers.m[addr] = w
-		go w.run()
+	g := groups.m[addr]
+	if g == nil {
+		g = &group{addr: addr, waiters: map[*waiter]struct{}{}}
+		groups.m[addr] = g
 	}
-	wt.w = w
-	w.waiters[wt] = struct{}{}
+	wt.g = g
+	g.waiters[wt] = struct{}{}
 	return wt
 }
 
-// wait blocks until the waiter is woken or ctx ends.
+// wait blocks until the waiter is woken or ctx ends. The caller does not
+// hold groups.mu.
 func (wt *waiter) wait(ctx context.Context) error {
-	select {
-	case err := <-wt.ch:
-		return err
-	case <-ctx.Done():
-		if wt.w != nil {
-			watchers.mu.Lock()
-			delete(wt.w.waiters, wt)
-			watchers.mu.Unlock()
-		}
+	g := wt.g
+	if g == nil {
+		return (<-wt.ch).err
+	}
+	for {
+		groups.mu.Lock()
 		select {
-		case err := <-wt.ch: // woken meanwhile: that counts
-			return err
+		case m := <-wt.ch:
+			groups.mu.Unlock()
+			if !m.lead {
+				return m.err
+			}
+			groups.mu.Lock() // take the lead
 		default:
 		}
-		err := ctx.Err()
-		if errors.Is(err, context.DeadlineExceeded) {
-			return because("", err, ErrTimeout)
+		if g.cancelled == nil && g.leader == nil {
+			g.leader = wt
 		}
-		return err
+		lead := g.leader == wt
+		groups.mu.Unlock()
+		if lead {
+			return wt.lead(ctx)
+		}
+		select {
+		case m := <-wt.ch:
+			if !m.lead {
+				return m.err
+			}
+			// The lead came to us: loop to take it.
+		case <-ctx.Done():
+			groups.mu.Lock()
+			delete(g.waiters, wt)
+			var m waitMsg
+			got := false
+			select {
+			case m = <-wt.ch:
+				got = true
+			default:
+			}
+			if got && m.lead {
+				g.leader = nil
+				g.handOff()
+			}
+			g.drop()
+			groups.mu.Unlock()
+			if got && !m.lead {
+				return m.err // woken meanwhile: that counts
+			}
+			return ctxError(ctx)
+		}
 	}
 }
 
-func (w *watcher) run() {
+// lead sleeps in the kernel for the group, wakes the others when it wakes,
+// and returns for itself.
+func (wt *waiter) lead(ctx context.Context) error {
+	g := wt.g
+	if ctx.Done() != nil {
+		// Cancellation wakes the sleeper (and, spuriously, other
+		// processes' sleepers on the word, which look again).
+		stop := context.AfterFunc(ctx, func() { sys.FutexWake(g.addr, 1<<30) })
+		defer stop()
+	}
 	for {
-		watchers.mu.Lock()
-		if w.cancelled || len(w.waiters) == 0 {
-			if watchers.m[w.addr] == w {
-				delete(watchers.m, w.addr)
+		groups.mu.Lock()
+		if g.cancelled != nil {
+			err := g.cancelled
+			g.leader = nil
+			delete(g.waiters, wt)
+			g.drop()
+			groups.mu.Unlock()
+			return err
+		}
+		cur := atomic.LoadUint32(g.addr) // mapped: Close cancels us first
+		if wt.old != cur {
+			g.wakeAll(nil)
+			groups.mu.Unlock()
+			return nil
+		}
+		for w := range g.waiters {
+			if w.old != cur {
+				delete(g.waiters, w)
+				w.ch <- waitMsg{}
 			}
-			watchers.mu.Unlock()
-			close(w.done)
-			return
 		}
-		cur := atomic.LoadUint32(w.addr) // mapped: Close cancels us first
-		for wt := range w.waiters {
-			if wt.old != cur {
-				delete(w.waiters, wt)
-				wt.ch <- nil
-			}
+		if ctx.Err() != nil {
+			g.leader = nil
+			delete(g.waiters, wt)
+			g.handOff()
+			g.drop()
+			groups.mu.Unlock()
+			return ctxError(ctx)
 		}
-		if len(w.waiters) == 0 {
-			watchers.mu.Unlock()
-			continue
-		}
-		watchers.mu.Unlock()
-		err := sys.FutexWait(w.addr, cur, watchTimeout)
+		groups.mu.Unlock()
+		err := sys.FutexWait(g.addr, cur, watchTimeout)
 		if err == nil {
-			// Woken: by a Wake that may not have changed the word. Every
-			// waiter wakes (it checks its own condition again).
-			watchers.mu.Lock()
-			for wt := range w.waiters {
-				delete(w.waiters, wt)
-				wt.ch <- nil
+			// Woken, by a Wake that need not have changed the word (or by
+			// our context's end): every waiter wakes and checks its own
+			// condition.
+			groups.mu.Lock()
+			if g.cancelled == nil {
+				g.wakeAll(nil)
+				groups.mu.Unlock()
+				if ctx.Err() != nil && atomic.LoadUint32(g.addr) == wt.old {
+					return ctxError(ctx)
+				}
+				return nil
 			}
-			watchers.mu.Unlock()
+			groups.mu.Unlock()
 		} else if err == unix.EFAULT {
-			w.cancel(because("the word is no longer mapped", err, ErrClosed))
+			groups.mu.Lock()
+			g.cancel(because("the word is no longer mapped", err, ErrClosed))
+			groups.mu.Unlock()
 		}
 	}
 }
 
-// cancel ends every wait on w with err. The caller does not hold the lock.
-func (w *watcher) cancel(err error) {
-	watchers.mu.Lock()
-	w.cancelled = true
-	for wt := range w.waiters {
-		delete(w.waiters, wt)
-		wt.ch <- err
+// wakeAll ends every wait of the group (the leader's too) with err. The
+// caller holds groups.mu.
+func (g *group) wakeAll(err error) {
+	for w := range g.waiters {
+		delete(g.waiters, w)
+		if w != g.leader {
+			w.ch <- waitMsg{err: err}
+		}
 	}
-	watchers.mu.Unlock()
+	g.leader = nil
+	g.drop()
+}
+
+// handOff gives the lead to a waiter, if any is left. The caller holds
+// groups.mu and has cleared g.leader.
+func (g *group) handOff() {
+	for w := range g.waiters {
+		g.leader = w
+		w.ch <- waitMsg{lead: true}
+		return
+	}
+}
+
+// drop forgets an empty group. The caller holds groups.mu.
+func (g *group) drop() {
+	if len(g.waiters) == 0 && g.leader == nil && groups.m[g.addr] == g {
+		delete(groups.m, g.addr)
+	}
+}
+
+// cancel ends every wait of the group but the leader's with err, and makes
+// the leader leave when it wakes. The caller holds groups.mu.
+func (g *group) cancel(err error) {
+	g.cancelled = err
+	for w := range g.waiters {
+		if w != g.leader {
+			delete(g.waiters, w)
+			w.ch <- waitMsg{err: err}
+		}
+	}
+	if groups.m[g.addr] == g {
+		delete(groups.m, g.addr) // later waits start a new group
+	}
+}
+
+func ctxError(ctx context.Context) error {
+	err := ctx.Err()
+	if errors.Is(err, context.DeadlineExceeded) {
+		return because("", err, ErrTimeout)
+	}
+	return err
 }
 
 // cancelWatchers ends the waits on words within mem, with ErrClosed, and
-// returns once their watchers no longer touch it.
+// returns once no leader sleeps on them or may touch them.
 func cancelWatchers(mem []byte) {
 	if len(mem) == 0 {
 		return
 	}
 	lo := uintptr(unsafe.Pointer(&mem[0]))
 	hi := lo + uintptr(len(mem))
-	var ws []*watcher
-	watchers.mu.Lock()
-	for a, w := range watchers.m {
+	var gs []*group
+	groups.mu.Lock()
+	for a, g := range groups.m {
 		if p := uintptr(unsafe.Pointer(a)); p >= lo && p < hi {
-			ws = append(ws, w)
+			g.cancel(ErrClosed)
+			gs = append(gs, g)
 		}
 	}
-	watchers.mu.Unlock()
-	for _, w := range ws {
-		w.cancel(ErrClosed)
-		// The watcher may be on its way into FUTEX_WAIT: wake it until it
+	groups.mu.Unlock()
+	for _, g := range gs {
+		// The leader may be on its way into FUTEX_WAIT: wake it until it
 		// has left.
 		for wait := 20 * time.Microsecond; ; wait = min(2*wait, time.Millisecond) {
-			sys.FutexWake(w.addr, 1<<30)
-			select {
-			case <-w.done:
-			case <-time.After(wait):
-				continue
+			groups.mu.Lock()
+			gone := g.leader == nil
+			groups.mu.Unlock()
+			if gone {
+				break
 			}
-			break
+			sys.FutexWake(g.addr, 1<<30)
+			time.Sleep(wait)
 		}
 	}
 }

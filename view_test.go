@@ -99,6 +99,7 @@ func TestViewBadInputs(t *testing.T) {
 			t.Errorf("%s: %v, want ErrInvalidView saying %q", c.name, err, c.msg)
 		}
 	}
+	r.Unlink()
 	r.Close()
 	if _, err := View[uint64](r, 0); !errors.Is(err, ErrClosed) {
 		t.Errorf("View after Close: %v, want ErrClosed", err)
