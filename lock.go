@@ -3,6 +3,7 @@ package shm
 import (
 	"context"
 	"errors"
+	"io/fs"
 	"runtime/debug"
 	"strconv"
 	"sync/atomic"
@@ -147,7 +148,10 @@ func (r *Region) lock(ctx context.Context, try bool) (Lock, error) {
 	}
 	defer r.leave()
 	if r.me == 0 {
-		return Lock{}, r.err("lock", because("this Region has no user slot (opened read-only?)", nil, ErrInvalidOption))
+		if r.readOnly {
+			return Lock{}, r.err("lock", because("a read-only Region cannot lock", nil, fs.ErrPermission))
+		}
+		return Lock{}, r.err("lock", because("this Region has no user slot", nil, ErrInvalidOption))
 	}
 	if r.guardLock {
 		var l Lock
@@ -537,6 +541,9 @@ func (l Lock) MarkConsistent() error {
 // releaseHeld frees the lock if this Region holds it, at Close: the holding
 // ends as Unlock would end it.
 func (r *Region) releaseHeld() {
+	if r.me == 0 {
+		return
+	}
 	w := r.word
 	for {
 		cur := atomic.LoadUint32(w)

@@ -2,6 +2,7 @@ package shm
 
 import (
 	"bufio"
+	"io/fs"
 	"context"
 	"errors"
 	"fmt"
@@ -40,6 +41,9 @@ func init() {
 // counter, says "locked" and waits to be killed; for "count" does 50,000
 // locked increments.
 func lockChild(role, key string) error {
+	if role == "readonly" {
+		return readOnlyChild(key)
+	}
 	r, err := Open(key, 10*time.Second)
 	if err != nil {
 		return err
@@ -733,4 +737,118 @@ func TestLockStarvation(t *testing.T) {
 	if most > 1000 {
 		t.Fatalf("a wait saw %d hog holdings: the waiter starved", most)
 	}
+}
+
+// readOnlyChild opens key read-only (as another user, who may only read
+// it), checks what such a Region may and may not do, then waits on the
+// Futex at offset 8 for the owner's wake-up.
+func readOnlyChild(key string) error {
+	if _, err := Open(key, 0); !errors.Is(err, fs.ErrPermission) {
+		return fmt.Errorf("read-write Open by a user who may only read: %v, want fs.ErrPermission", err)
+	}
+	r, err := Open(key, 10*time.Second, WithReadOnly())
+	if err != nil {
+		return err
+	}
+	defer r.Close()
+	if got := string(r.Bytes()[16:21]); got != "hello" {
+		return fmt.Errorf("read %q", got)
+	}
+	if _, err := r.Lock(); !errors.Is(err, fs.ErrPermission) {
+		return fmt.Errorf("Lock: %v, want fs.ErrPermission", err)
+	}
+	if _, err := r.TryLock(); !errors.Is(err, fs.ErrPermission) {
+		return fmt.Errorf("TryLock: %v, want fs.ErrPermission", err)
+	}
+	if err := r.Signal(); !errors.Is(err, fs.ErrPermission) {
+		return fmt.Errorf("Signal: %v, want fs.ErrPermission", err)
+	}
+	maps, _ := os.ReadFile("/proc/self/maps")
+	found := false
+	for _, line := range strings.Split(string(maps), "\n") {
+		if strings.HasSuffix(line, strings.TrimPrefix(key, "/")) {
+			found = true
+			if !strings.Contains(line, " r--s ") {
+				return fmt.Errorf("mapped %q, want read-only", line)
+			}
+		}
+	}
+	if !found {
+		return fmt.Errorf("the region is not in /proc/self/maps")
+	}
+	f, err := View[Futex](r, 8)
+	if err != nil {
+		return err
+	}
+	fmt.Println("waiting")
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	for f.Load() == 0 {
+		if err := f.Wait(ctx, 0); err != nil {
+			return err
+		}
+	}
+	fmt.Println("woke")
+	return nil
+}
+
+// A user who may only read a region opens it WithReadOnly, reads it, waits
+// on a Futex in it, and may not lock.
+func TestReadOnlyUser(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("skipped: needs root to run a child as another user (CI runs as root)")
+	}
+	r, key := lockRegion(t, "readonly", WithMode(0o644))
+	copy(r.Bytes()[16:], "hello")
+	if _, err := Create(key+"-x", 64, WithReadOnly()); !errors.Is(err, ErrInvalidOption) {
+		t.Fatalf("Create WithReadOnly: %v, want ErrInvalidOption", err)
+	}
+	exe := copyForOthers(t)
+	cmd := exec.Command(exe, "-test.run=^$")
+	cmd.Env = append(os.Environ(), "SHMGO_LOCK_CHILD=readonly:"+key, "GORACE=atexit_sleep_ms=0")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+	cmd.Dir = "/"
+	cmd.Stderr = os.Stderr
+	out, _ := cmd.StdoutPipe()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	sc := bufio.NewScanner(out)
+	sc.Scan()
+	if sc.Text() != "waiting" {
+		cmd.Wait()
+		t.Fatalf("read-only child said %q", sc.Text())
+	}
+	f, _ := View[Futex](r, 8)
+	f.Store(1)
+	f.Wake(1)
+	sc.Scan()
+	if sc.Text() != "woke" {
+		t.Fatalf("read-only child said %q", sc.Text())
+	}
+	if err := cmd.Wait(); err != nil {
+		t.Fatal(err)
+	}
+	if info, _ := Stat(key); len(info.Users) != 1 {
+		t.Fatalf("%d users after a read-only user left, want the owner alone", len(info.Users))
+	}
+}
+
+// copyForOthers copies the test binary where any user may run it.
+func copyForOthers(t *testing.T) string {
+	dir, err := os.MkdirTemp("/tmp", "shm-exe-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	os.Chmod(dir, 0o755)
+	data, err := os.ReadFile(os.Args[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	exe := dir + "/shm.test"
+	if err := os.WriteFile(exe, data, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return exe
 }

@@ -81,9 +81,10 @@ type options struct {
 	backend backend.Backend
 	mode    fs.FileMode
 	init    func([]byte) error
-	users   int
-	replace bool
-	guard   bool
+	users    int
+	replace  bool
+	guard    bool
+	readOnly bool
 }
 
 // WithBackend chooses the backend that holds the region. Without it, the
@@ -155,6 +156,19 @@ func WithRobustLock() Option {
 func WithFaultGuard() Option {
 	return func(o *options) error {
 		o.guard = true
+		return nil
+	}
+}
+
+// WithReadOnly makes Open map the region for reading only: read permission
+// on the region suffices, and Bytes is read-only memory (a write to it
+// faults, which kills the process). A read-only Region takes no slot of the
+// user table and cannot lock: Lock, TryLock, LockContext, Signal and
+// Broadcast fail with an error matching fs.ErrPermission. It can Wait on a
+// Futex and Wake one. Create rejects it with ErrInvalidOption.
+func WithReadOnly() Option {
+	return func(o *options) error {
+		o.readOnly = true
 		return nil
 	}
 }
@@ -265,6 +279,9 @@ func Create(key string, size int, opts ...Option) (*Region, error) {
 	o, err := buildOptions(opts)
 	if err != nil {
 		return nil, &Error{Op: "create", Key: key, Err: err}
+	}
+	if o.readOnly {
+		return nil, &Error{Op: "create", Key: key, Err: because("Create makes a region read-write; WithReadOnly is for Open", nil, ErrInvalidOption)}
 	}
 	if err := checkSize(size, o.users); err != nil {
 		return nil, &Error{Op: "create", Key: key, Err: err}
@@ -490,9 +507,13 @@ func open(ctx context.Context, key string, deadline time.Time, once bool, opts [
 	for {
 		last = nil
 		for _, be := range bes {
-			r, err, retry := tryOpen(ctx, deadline, be, key, name)
+			r, err, retry := tryOpen(ctx, deadline, be, key, name, o.readOnly)
 			if r != nil {
 				r.guardLock = o.guard
+				if o.readOnly {
+					r.readOnly = true
+					return r, nil
+				}
 				if err := r.claimSlot(); err != nil {
 					r.seg.Close()
 					return fail(err)
@@ -539,11 +560,15 @@ func open(ctx context.Context, key string, deadline time.Time, once bool, opts [
 // or an error and whether waiting may help: retry with a nil error means
 // the key is not there; retry with an error means an object is there but
 // not (yet) a ready region.
-func tryOpen(ctx context.Context, deadline time.Time, be backend.Backend, key, name string) (r *Region, err error, retry bool) {
+func tryOpen(ctx context.Context, deadline time.Time, be backend.Backend, key, name string, readOnly bool) (r *Region, err error, retry bool) {
 	var seg backend.Segment
 	so, sized := be.(backend.SizedOpener)
 	co, waits := be.(backend.ContextOpener)
-	if sized || waits {
+	ro, canRO := be.(backend.ReadOnlyOpener)
+	if readOnly && !canRO {
+		return nil, because("backend "+be.Name()+" cannot map a region read-only", nil, ErrInvalidOption), false
+	}
+	if sized || waits || readOnly {
 		if !deadline.IsZero() {
 			if !time.Now().Before(deadline) {
 				return nil, nil, true // no time left to ask
@@ -554,6 +579,8 @@ func tryOpen(ctx context.Context, deadline time.Time, be backend.Backend, key, n
 		}
 	}
 	switch {
+	case readOnly:
+		seg, err = ro.OpenReadOnly(ctx, name, headerSize, regionLen)
 	case sized:
 		seg, err = so.OpenSized(ctx, name, headerSize, regionLen)
 	case waits:

@@ -109,6 +109,15 @@ type SizedOpener interface {
 	OpenSized(ctx context.Context, name string, n int, size func(head []byte) (int64, error)) (Segment, error)
 }
 
+// ReadOnlyOpener is implemented by backends that can map an object for
+// reading only, for users that may only read it (shm.WithReadOnly). The
+// segment's Bytes is then read-only memory: writing it faults.
+type ReadOnlyOpener interface {
+	// OpenReadOnly is OpenContext for reading only: read permission on
+	// the object suffices. With size not nil it maps as OpenSized does.
+	OpenReadOnly(ctx context.Context, name string, n int, size func(head []byte) (int64, error)) (Segment, error)
+}
+
 // Unlinker is implemented by segments that can remove their own object's
 // name and never a successor's (SysV: IPC_RMID by shmid). It fails with an
 // error matching fs.ErrNotExist when the name no longer leads to the

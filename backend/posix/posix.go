@@ -120,7 +120,14 @@ func (b *Backend) Open(name string) (backend.Segment, error) {
 // matching os.ErrDeadlineExceeded (or wrapping context.Canceled) and
 // syscall.EWOULDBLOCK.
 func (b *Backend) OpenContext(ctx context.Context, name string) (backend.Segment, error) {
-	return b.open(ctx, name, 0, nil)
+	return b.open(ctx, name, 0, nil, false)
+}
+
+// OpenReadOnly implements backend.ReadOnlyOpener: OpenContext (or
+// OpenSized, with size) that opens the file O_RDONLY and maps it
+// PROT_READ, so that read permission on the file suffices.
+func (b *Backend) OpenReadOnly(ctx context.Context, name string, n int, size func(head []byte) (int64, error)) (backend.Segment, error) {
+	return b.open(ctx, name, n, size, true)
 }
 
 // OpenSized is OpenContext that maps only part of the object: it reads the
@@ -137,11 +144,17 @@ func (b *Backend) OpenSized(ctx context.Context, name string, n int, size func(h
 	if size == nil {
 		return nil, &fs.PathError{Op: "open", Path: b.path(name), Err: unix.EINVAL}
 	}
-	return b.open(ctx, name, n, size)
+	return b.open(ctx, name, n, size, false)
 }
 
-func (b *Backend) open(ctx context.Context, name string, n int, size func([]byte) (int64, error)) (backend.Segment, error) {
-	fd, st, err := b.objs().OpenContext(ctx, name, openWait)
+func (b *Backend) open(ctx context.Context, name string, n int, size func([]byte) (int64, error), readOnly bool) (backend.Segment, error) {
+	d := b.objs()
+	d.ReadOnly = readOnly
+	prot := unix.PROT_READ | unix.PROT_WRITE
+	if readOnly {
+		prot = unix.PROT_READ
+	}
+	fd, st, err := d.OpenContext(ctx, name, openWait)
 	if err != nil {
 		return nil, err
 	}
@@ -155,7 +168,7 @@ func (b *Backend) open(ctx context.Context, name string, n int, size func([]byte
 	}
 	s := &segment{fd: fd, final: p}
 	if length > 0 {
-		s.mem, err = unix.Mmap(fd, 0, int(length), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+		s.mem, err = unix.Mmap(fd, 0, int(length), prot, unix.MAP_SHARED)
 		if err != nil {
 			unix.Close(fd)
 			return nil, &fs.PathError{Op: "mmap", Path: p, Err: err}

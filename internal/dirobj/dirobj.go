@@ -27,6 +27,9 @@ import (
 type Dir struct {
 	Path       string
 	TempPrefix string
+	// ReadOnly makes Open and OpenContext open objects for reading only
+	// (read permission suffices).
+	ReadOnly bool
 }
 
 // Join returns the path of the object name.

@@ -154,7 +154,11 @@ func (d Dir) open(name string) (int, *unix.Stat_t, error) {
 	var fd int
 	var err error
 	for {
-		fd, err = unix.Open(p, openFlags, 0)
+		flags := openFlags
+		if d.ReadOnly {
+			flags = flags&^unix.O_RDWR | unix.O_RDONLY
+		}
+		fd, err = unix.Open(p, flags, 0)
 		if err != unix.EINTR {
 			break
 		}
