@@ -207,7 +207,15 @@ func (b *Backend) Open(name string) (backend.Segment, error) {
 // matching os.ErrDeadlineExceeded (or wrapping context.Canceled) and
 // syscall.EWOULDBLOCK.
 func (b *Backend) OpenContext(ctx context.Context, name string) (backend.Segment, error) {
-	return b.open(ctx, name, 0, nil)
+	return b.open(ctx, name, 0, nil, false)
+}
+
+// OpenReadOnly implements backend.ReadOnlyOpener: OpenContext (or
+// OpenSized, with size) that opens the file O_RDONLY, holds its shared lock
+// through a read-only descriptor, and maps it PROT_READ, so that read
+// permission on the file suffices.
+func (b *Backend) OpenReadOnly(ctx context.Context, name string, n int, size func(head []byte) (int64, error)) (backend.Segment, error) {
+	return b.open(ctx, name, n, size, true)
 }
 
 // OpenSized is OpenContext that maps only part of the object, as
@@ -217,10 +225,10 @@ func (b *Backend) OpenSized(ctx context.Context, name string, n int, size func(h
 	if size == nil {
 		return nil, &fs.PathError{Op: "open", Path: b.path(name), Err: unix.EINVAL}
 	}
-	return b.open(ctx, name, n, size)
+	return b.open(ctx, name, n, size, false)
 }
 
-func (b *Backend) open(ctx context.Context, name string, n int, size func([]byte) (int64, error)) (backend.Segment, error) {
+func (b *Backend) open(ctx context.Context, name string, n int, size func([]byte) (int64, error), readOnly bool) (backend.Segment, error) {
 	if _, ok := ctx.Deadline(); !ok {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, lockWait)
@@ -228,13 +236,15 @@ func (b *Backend) open(ctx context.Context, name string, n int, size func([]byte
 	}
 	p := b.path(name)
 	for try := 0; ; try++ {
-		fd, _, err := b.objs().OpenContext(ctx, name, lockWait)
+		d := b.objs()
+		d.ReadOnly = readOnly
+		fd, _, err := d.OpenContext(ctx, name, lockWait)
 		if err != nil {
 			return nil, err
 		}
 		// The size is read once the lock is held: no owner changes it
 		// after Publish.
-		lk, st, err := lockFile(ctx, p, fd, false)
+		lk, st, err := lockFileAs(ctx, p, fd, false, readOnly)
 		if err == unix.ESTALE && try < 3 {
 			unix.Close(fd) // the name was replaced between two opens
 			continue
@@ -251,17 +261,21 @@ func (b *Backend) open(ctx context.Context, name string, n int, size func([]byte
 				return nil, err
 			}
 		}
-		return mapOpened(p, fd, length, lk)
+		return mapOpened(p, fd, length, lk, readOnly)
 	}
 }
 
-// mapOpened maps size bytes of fd, opened at p and locked with lk, into a
-// segment that owns both; on failure it releases them.
-func mapOpened(p string, fd int, size int64, lk *flock.Flock) (backend.Segment, error) {
+// mapOpened maps size bytes of fd (read-only when readOnly), opened at p
+// and locked with lk, into a segment that owns both; on failure it releases them.
+func mapOpened(p string, fd int, size int64, lk *flock.Flock, readOnly bool) (backend.Segment, error) {
 	var err error
 	s := &segment{f: os.NewFile(uintptr(fd), p), lk: lk, final: p}
+	prot := mmap.RDWR
+	if readOnly {
+		prot = mmap.RDONLY
+	}
 	if size > 0 {
-		s.mem, err = mmap.MapRegion(s.f, int(size), mmap.RDWR, 0, 0)
+		s.mem, err = mmap.MapRegion(s.f, int(size), prot, 0, 0)
 		if err != nil {
 			s.f.Close()
 			lk.Unlock()
@@ -280,7 +294,17 @@ func mapOpened(p string, fd int, size int64, lk *flock.Flock) (backend.Segment, 
 // *dirobj.BusyError (EWOULDBLOCK; os.ErrDeadlineExceeded when the time ran
 // out) when it gave up waiting.
 func lockFile(ctx context.Context, path string, fd int, exclusive bool) (*flock.Flock, *unix.Stat_t, error) {
-	lk := flock.New(path, flock.SetFlag(lockFlags))
+	return lockFileAs(ctx, path, fd, exclusive, false)
+}
+
+// lockFileAs is lockFile whose own descriptor is read-only when readOnly
+// (a shared flock needs read access only).
+func lockFileAs(ctx context.Context, path string, fd int, exclusive, readOnly bool) (*flock.Flock, *unix.Stat_t, error) {
+	flags := lockFlags
+	if readOnly {
+		flags = flags&^os.O_RDWR | os.O_RDONLY
+	}
+	lk := flock.New(path, flock.SetFlag(flags))
 	try := lk.TryRLock
 	if exclusive {
 		try = lk.TryLock

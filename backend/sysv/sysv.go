@@ -94,6 +94,7 @@ package sysv
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"hash/fnv"
@@ -250,13 +251,24 @@ func populate(mem []byte) error {
 // Open implements backend.Backend: shmget(key, 0, 0) and shmat read-write.
 // The segment may still be being created (see VisibleBeforePublish).
 func (b *Backend) Open(name string) (backend.Segment, error) {
+	return b.open(name, 0)
+}
+
+// OpenReadOnly implements backend.ReadOnlyOpener: Open that attaches the
+// segment SHM_RDONLY, so that read permission suffices. A segment's size
+// is fixed at its creation: n and size are not needed, and ignored.
+func (b *Backend) OpenReadOnly(ctx context.Context, name string, n int, size func(head []byte) (int64, error)) (backend.Segment, error) {
+	return b.open(name, unix.SHM_RDONLY)
+}
+
+func (b *Backend) open(name string, flags int) (backend.Segment, error) {
 	key := b.key(name)
 	path := keyPath(name, key)
 	id, err := unix.SysvShmGet(key, 0, 0)
 	if err != nil {
 		return nil, &fs.PathError{Op: "shmget", Path: path, Err: err}
 	}
-	s, err := attach(id, path, 0)
+	s, err := attach(id, path, flags)
 	if err != nil {
 		return nil, err
 	}
