@@ -2,10 +2,10 @@ package shm
 
 import (
 	"bufio"
-	"io/fs"
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"os/exec"
 	"slices"

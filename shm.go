@@ -78,9 +78,9 @@ const DefaultMode fs.FileMode = 0o600
 type Option func(*options) error
 
 type options struct {
-	backend backend.Backend
-	mode    fs.FileMode
-	init    func([]byte) error
+	backend  backend.Backend
+	mode     fs.FileMode
+	init     func([]byte) error
 	users    int
 	replace  bool
 	guard    bool
