@@ -42,6 +42,9 @@ var (
 	// aligned for T, or the view does not fit in the region's data. The
 	// message says which.
 	ErrInvalidView = errors.New("invalid view")
+	// ErrUntrustedOwner: Open found a region owned by a uid it does not
+	// trust (see WithTrustedUIDs). It matches fs.ErrPermission.
+	ErrUntrustedOwner error = &sentinel{"region's owner is not trusted", fs.ErrPermission}
 	// ErrTooManyUsers: Open found every slot of the region's user table
 	// taken (see WithMaxUsers).
 	ErrTooManyUsers = errors.New("too many users")

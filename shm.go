@@ -53,6 +53,7 @@ import (
 	"errors"
 	"io/fs"
 	"math"
+	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -85,6 +86,13 @@ type options struct {
 	replace  bool
 	guard    bool
 	readOnly bool
+	trusted  map[int]bool // owners Open accepts besides this process's uid and root
+	anyOwner bool
+}
+
+// trusts tells whether Open accepts a region owned by uid.
+func (o *options) trusts(uid int) bool {
+	return o.anyOwner || uid == 0 || uid == os.Geteuid() || o.trusted[uid]
 }
 
 // WithBackend chooses the backend that holds the region. Without it, the
@@ -169,6 +177,39 @@ func WithFaultGuard() Option {
 func WithReadOnly() Option {
 	return func(o *options) error {
 		o.readOnly = true
+		return nil
+	}
+}
+
+// WithTrustedUIDs makes Open accept regions owned by these uids too. By
+// default Open accepts only a region whose object belongs to this
+// process's effective uid or to root, on every backend (a file's owner, a
+// SysV segment's owner, the uid of the process serving a memfd): anyone
+// may create an object under a key first, and a process that attached to
+// a squatter's region would trust data and a lock the squatter controls.
+// A region owned by another uid fails with an error matching
+// ErrUntrustedOwner. A root controller attaching to the regions of a user's
+// application (GEOPM's case) names that user here. Create ignores it.
+func WithTrustedUIDs(uids ...int) Option {
+	return func(o *options) error {
+		if o.trusted == nil {
+			o.trusted = map[int]bool{}
+		}
+		for _, u := range uids {
+			if u < 0 {
+				return because("negative uid "+strconv.Itoa(u), nil, ErrInvalidOption)
+			}
+			o.trusted[u] = true
+		}
+		return nil
+	}
+}
+
+// WithAnyOwner makes Open accept a region whoever owns it: for data that
+// this process does not trust anyway.
+func WithAnyOwner() Option {
+	return func(o *options) error {
+		o.anyOwner = true
 		return nil
 	}
 }
@@ -507,7 +548,7 @@ func open(ctx context.Context, key string, deadline time.Time, once bool, opts [
 	for {
 		last = nil
 		for _, be := range bes {
-			r, err, retry := tryOpen(ctx, deadline, be, key, name, o.readOnly)
+			r, err, retry := tryOpen(ctx, deadline, be, key, name, &o)
 			if r != nil {
 				r.guardLock = o.guard
 				if o.readOnly {
@@ -560,7 +601,8 @@ func open(ctx context.Context, key string, deadline time.Time, once bool, opts [
 // or an error and whether waiting may help: retry with a nil error means
 // the key is not there; retry with an error means an object is there but
 // not (yet) a ready region.
-func tryOpen(ctx context.Context, deadline time.Time, be backend.Backend, key, name string, readOnly bool) (r *Region, err error, retry bool) {
+func tryOpen(ctx context.Context, deadline time.Time, be backend.Backend, key, name string, o *options) (r *Region, err error, retry bool) {
+	readOnly := o.readOnly
 	var seg backend.Segment
 	so, sized := be.(backend.SizedOpener)
 	co, waits := be.(backend.ContextOpener)
@@ -591,13 +633,18 @@ func tryOpen(ctx context.Context, deadline time.Time, be backend.Backend, key, n
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
 			if p, ok := be.(backend.Pender); ok {
-				if why := abandoned(p, name); why != "" {
+				if why := abandoned(p, name, o); why != "" {
 					return nil, because(why, nil, ErrOwnerDead), false
 				}
 			}
 			return nil, nil, true
 		}
 		return nil, classify(err), false
+	}
+	if ow, ok := seg.(backend.Owned); ok && !o.trusts(ow.Owner()) {
+		seg.Close()
+		return nil, because("the region belongs to uid "+strconv.Itoa(ow.Owner())+
+			", which this process does not trust (WithTrustedUIDs)", nil, ErrUntrustedOwner), false
 	}
 	mem := seg.Bytes()
 	var st headerState
@@ -782,13 +829,20 @@ func (r *Region) stillNamed() bool {
 // abandoned tells, for a key that does not exist, whether someone began to
 // create it and died before publishing it: some objects are being created
 // for name, and the creator of each is dead. It returns why, or "".
-func abandoned(p backend.Pender, name string) string {
+//
+// Only objects of trusted owners count: anyone may create a file under a
+// temporary name and die, and that must not make the key's real users give
+// up.
+func abandoned(p backend.Pender, name string, opt *options) string {
 	objs, err := p.Pending(name, headerSize)
 	if err != nil || len(objs) == 0 {
 		return ""
 	}
 	why := ""
 	for _, o := range objs {
+		if o.UID < 0 || !opt.trusts(o.UID) {
+			continue
+		}
 		if len(o.Head) < headerSize {
 			return "" // too young to tell
 		}

@@ -134,6 +134,15 @@ type Namer interface {
 	StillNamed() (bool, error)
 }
 
+// Owned is implemented by segments that know who owns their object: the
+// file's owner (POSIX, file), the SysV segment's owner (shm_perm.uid), the
+// uid of the process that serves a memfd. Package shm uses it to refuse a
+// region that someone it does not trust put under a key (a squatter); see
+// shm.WithTrustedUIDs.
+type Owned interface {
+	Owner() int
+}
+
 // Chowner is implemented by segments whose object can change owner.
 type Chowner interface {
 	Chown(uid, gid int) error
@@ -184,6 +193,7 @@ type Pender interface {
 type PendingObject struct {
 	ID   string // for RemovePending: the temporary name
 	Head []byte // the object's first bytes
+	UID  int    // the object's owner, -1 when unknown
 }
 
 // Info describes a named object as a Lister sees it, before package shm

@@ -261,15 +261,16 @@ func (b *Backend) open(ctx context.Context, name string, n int, size func([]byte
 				return nil, err
 			}
 		}
-		return mapOpened(p, fd, length, lk, readOnly)
+		return mapOpened(p, fd, length, lk, readOnly, int(st.Uid))
 	}
 }
 
-// mapOpened maps size bytes of fd (read-only when readOnly), opened at p
-// and locked with lk, into a segment that owns both; on failure it releases them.
-func mapOpened(p string, fd int, size int64, lk *flock.Flock, readOnly bool) (backend.Segment, error) {
+// mapOpened maps size bytes of fd (read-only when readOnly), opened at p,
+// owned by uid and locked with lk, into a segment that owns both; on
+// failure it releases them.
+func mapOpened(p string, fd int, size int64, lk *flock.Flock, readOnly bool, uid int) (backend.Segment, error) {
 	var err error
-	s := &segment{f: os.NewFile(uintptr(fd), p), lk: lk, final: p}
+	s := &segment{f: os.NewFile(uintptr(fd), p), lk: lk, final: p, uid: uid}
 	prot := mmap.RDWR
 	if readOnly {
 		prot = mmap.RDONLY
@@ -411,7 +412,11 @@ type segment struct {
 	lk    *flock.Flock // gofrs/flock's own descriptor, locked
 	tmp   string       // non-empty until published
 	final string
+	uid   int // the file's owner when opened (0 for a created one: unused)
 }
+
+// Owner implements backend.Owned: the file's owner when it was opened.
+func (s *segment) Owner() int { return s.uid }
 
 func (s *segment) Bytes() []byte { return s.mem }
 

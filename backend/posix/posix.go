@@ -166,7 +166,7 @@ func (b *Backend) open(ctx context.Context, name string, n int, size func([]byte
 			return nil, err
 		}
 	}
-	s := &segment{fd: fd, final: p}
+	s := &segment{fd: fd, final: p, uid: int(st.Uid)}
 	if length > 0 {
 		s.mem, err = unix.Mmap(fd, 0, int(length), prot, unix.MAP_SHARED)
 		if err != nil {
@@ -189,7 +189,11 @@ type segment struct {
 	mem   []byte
 	tmp   string // non-empty until published
 	final string
+	uid   int // the file's owner when opened, or this process's
 }
+
+// Owner implements backend.Owned: the file's owner when it was opened.
+func (s *segment) Owner() int { return s.uid }
 
 func (s *segment) Bytes() []byte { return s.mem }
 func (s *segment) Fd() uintptr   { return uintptr(s.fd) }

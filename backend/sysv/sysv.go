@@ -534,12 +534,18 @@ type segment struct {
 	hasIdent bool
 	cpid     int32
 	cuid     uint32
+	uid      int // shm_perm.uid at attach
 	segsz    uint64
 }
 
 func (s *segment) recordIdentity(ds *unix.SysvShmDesc) {
 	s.hasIdent, s.cpid, s.cuid, s.segsz = true, ds.Cpid, ds.Perm.Cuid, ds.Segsz
+	s.uid = int(ds.Perm.Uid)
 }
+
+// Owner implements backend.Owned: the segment's owner (shm_perm.uid) when
+// it was attached.
+func (s *segment) Owner() int { return s.uid }
 
 // StillNamed implements backend.Namer: whether the segment's key still
 // leads to this very segment. It rests on the shmid, never on the

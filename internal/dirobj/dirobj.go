@@ -224,7 +224,7 @@ func (d Dir) Pending(name string, n int) ([]backend.PendingObject, error) {
 		if err != nil {
 			continue
 		}
-		out = append(out, backend.PendingObject{ID: tmp, Head: head[:m]})
+		out = append(out, backend.PendingObject{ID: tmp, Head: head[:m], UID: int(st.Uid)})
 	}
 	return out, nil
 }
