@@ -238,6 +238,8 @@ func runRole(role string, args []string) int {
 		copy(r.Bytes(), "child data")
 		r.Close()
 		return 0
+	case "grow": // args: size; on "go", creates memfd regions of size bytes until one fails, then says "refused N <enomem> <msg>"
+		return growUntilRefused(args[0], hear, say)
 	case "unlink": // args: key
 		err := b.Unlink(strings.TrimPrefix(args[0], "/"))
 		if err != nil {

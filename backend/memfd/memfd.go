@@ -78,6 +78,13 @@
 // the key's socket until the key is unlinked or closed (the Go runtime
 // allows 10000 threads by default; see runtime/debug.SetMaxThreads).
 //
+// Create refuses, with an error matching ENOMEM, a region that does not fit
+// in the memory available (MemAvailable and free swap) or in the memory
+// cgroup of the process (v2 memory.max, v1 memory.limit_in_bytes, less what
+// is used), and reserves big regions in chunks, checking again before each:
+// reserving memory that is not there would get a process killed by the OOM
+// killer rather than give an error.
+//
 // Unlink in the owner process stops serving; in a user process it asks the
 // owner to stop. The owner's Close stops serving too. In each case the
 // region lives on for the processes that have it mapped.
@@ -99,7 +106,6 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/shmgo/shm/backend"
-	"github.com/shmgo/shm/internal/sys"
 )
 
 // AddrPrefix starts the abstract socket name of every memfd key (after the
@@ -226,7 +232,10 @@ func (b *Backend) Create(name string, size int64, perm fs.FileMode) (backend.Pen
 	if err := unix.Fchmod(fd, uint32(perm.Perm())); err != nil {
 		return fail("fchmod", err)
 	}
-	if err := sys.Reserve(fd, size); err != nil {
+	if err := reserve(fd, size); err != nil {
+		if _, ok := err.(*roomError); ok {
+			return fail("reserve", err)
+		}
 		return fail("fallocate", err)
 	}
 	mem, err := unix.Mmap(fd, 0, int(size), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
