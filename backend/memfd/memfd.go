@@ -53,10 +53,15 @@
 //     kernel vouches for its credentials.) The user also checks that the
 //     file is sealed against shrinking and growing, so that no peer can
 //     truncate it under the user.
-//   - Both sides bound every read and write with a short deadline
-//     (WithIOTimeout, default DefaultIOTimeout), so that a hung or hostile
-//     peer cannot hang either; the owner serves at most a few connections
-//     at once and drops those that do not send their request in time.
+//   - The owner cannot be held by a peer. It reads each peer's credentials
+//     as soon as it accepts the connection and answers with system calls
+//     that never wait; a connection whose request is not there yet is set
+//     aside until it comes, for at most 250 ms (or the I/O timeout), and
+//     each uid may have only a few such connections (8, and 128 in all):
+//     the others are closed at once. So a thousand idle connections from
+//     another uid cost the owner a few descriptors, and every user is
+//     still served. The user bounds its exchanges with a short deadline
+//     (WithIOTimeout, default DefaultIOTimeout).
 //
 // Removing a key (Unlink) is allowed, as in /dev/shm whose sticky bit
 // applies, to the uid that owns the region, to the uid of the owner process
@@ -74,9 +79,11 @@
 // So there is nothing to clean up after a crash: no file, no socket, no
 // segment outlives the processes that use it.
 //
-// Each published key costs its owner one thread, blocked in accept(2) on
-// the key's socket until the key is unlinked or closed (the Go runtime
-// allows 10000 threads by default; see runtime/debug.SetMaxThreads).
+// The sockets of all the keys a process serves are in one epoll set that a
+// single goroutine waits on (in epoll_wait, so one thread, while any key is
+// served): a published key costs its owner two descriptors (the memfd and
+// the socket) but no thread and no goroutine of its own. (Raise
+// RLIMIT_NOFILE for tens of thousands of keys.)
 //
 // Create refuses, with an error matching ENOMEM, a region that does not fit
 // in the memory available (MemAvailable and free swap) or in the memory
@@ -205,7 +212,7 @@ func sockaddr(addr string) *unix.SockaddrUnix { return &unix.SockaddrUnix{Name: 
 func (b *Backend) Create(name string, size int64, perm fs.FileMode) (backend.Pending, error) {
 	addr := Addr(name)
 	path := "@" + addr
-	lfd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
+	lfd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		return nil, &fs.PathError{Op: "socket", Path: path, Err: err}
 	}

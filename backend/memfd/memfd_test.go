@@ -562,7 +562,7 @@ func TestHostileServers(t *testing.T) {
 // the owner from serving others or from closing.
 func TestHostileClients(t *testing.T) {
 	g, fds := runtime.NumGoroutine(), countFDs(t)
-	b := memfd.New(memfd.WithIOTimeout(time.Hour)) // only Close can drop the mute clients
+	b := memfd.New(memfd.WithIOTimeout(time.Hour)) // the owner drops mute clients after 250 ms, or at Close
 	n := name(testKey("clients"))
 	p, err := b.Create(n, 4096, 0o600)
 	if err != nil {
@@ -685,10 +685,10 @@ func TestNoLeaks(t *testing.T) {
 	}
 }
 
-// TestLateRequests: a request sent a while after connecting (served by a
-// goroutine of its own rather than by the accept loop) is answered, an
-// unlink sent that way stops the server, and a client that never sends is
-// dropped once the I/O timeout has passed.
+// TestLateRequests: a request sent a while after connecting (the owner has
+// accepted the connection by then, and waits for the request) is answered,
+// an unlink sent that way stops the server, and a client that never sends
+// is dropped once the I/O timeout has passed.
 func TestLateRequests(t *testing.T) {
 	b := memfd.New(memfd.WithIOTimeout(200 * time.Millisecond))
 	n := name(testKey("late"))
