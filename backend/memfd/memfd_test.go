@@ -9,6 +9,7 @@ import (
 	"os"
 	"runtime"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -505,7 +506,10 @@ func TestHostileServers(t *testing.T) {
 	// Accepts and never answers.
 	mute := name(testKey("mute"))
 	release := make(chan struct{})
+	var releaseOnce sync.Once
+	free := func() { releaseOnce.Do(func() { close(release) }) }
 	fakeServer(t, mute, func(c *net.UnixConn) { <-release })
+	t.Cleanup(free) // before the fake server's cleanup, which waits for it
 	// Sends a memfd that is not sealed: it could truncate it under us.
 	unsealed := name(testKey("unsealed"))
 	fakeServer(t, unsealed, func(c *net.UnixConn) {
@@ -543,7 +547,7 @@ func TestHostileServers(t *testing.T) {
 	if _, err := b.OpenContext(ctx, mute); !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("OpenContext with an ended context: %v", err)
 	}
-	close(release)
+	free()
 	if _, err := b.Open(unsealed); err == nil || !strings.Contains(err.Error(), "not sealed") {
 		t.Fatalf("Open of an unsealed memfd: %v", err)
 	}
