@@ -238,6 +238,10 @@ func runRole(role string, args []string) int {
 		copy(r.Bytes(), "child data")
 		r.Close()
 		return 0
+	case "idle": // args: key count [refill]; opens count connections that send nothing, says "connected N", holds them (with refill, connecting again each one the owner closes) until stdin closes
+		return idleClient(args[0], args[1], len(args) > 2 && args[2] == "refill", hear, say)
+	case "grow": // args: size; on "go", creates memfd regions of size bytes until one fails, then says "refused N <enomem> <msg>"
+		return growUntilRefused(args[0], hear, say)
 	case "unlink": // args: key
 		err := b.Unlink(strings.TrimPrefix(args[0], "/"))
 		if err != nil {

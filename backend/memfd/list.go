@@ -1,11 +1,13 @@
 package memfd
 
 import (
+	"context"
 	"errors"
 	"io/fs"
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -17,41 +19,137 @@ import (
 // socket listens.
 const soAcceptCon = 0x10000
 
+const (
+	// listTimeout bounds each owner's answer to a listing (or the I/O
+	// timeout, if shorter): a live owner answers in microseconds.
+	listTimeout = 250 * time.Millisecond
+	// listParallel is how many owners a listing asks at once. Waiting
+	// exchanges hold no OS thread (they wait in the runtime's poller).
+	listParallel = 128
+)
+
 // List implements backend.Lister: the keys served in this network
-// namespace, from /proc/net/unix. It asks each owner for its region's size,
-// mode, owner and group, as the owner reports them (any local user may
-// answer for a key it serves); when an owner does not answer, they are 0,
-// 0, -1 and -1. Attached is always -1. A key whose socket name is hashed
-// (see Addr) and whose owner does not answer has no Name but an ID, which
-// OpenID and UnlinkID take.
+// namespace whose owners answer, as ListContext finds them. The sockets
+// whose servers do not answer in time are left out (ListContext reports
+// them), so that no socket can stall a listing; List takes at most about
+// ListContext's time.
 func (b *Backend) List() ([]backend.Info, error) {
+	infos, err := b.ListContext(context.Background())
+	if infos == nil && err != nil {
+		return nil, err
+	}
+	return infos, nil
+}
+
+// ListContext is List that ends when ctx is done, and reports the sockets
+// that did not answer.
+//
+// It reads /proc/net/unix for the listening sockets of this backend and
+// asks each owner for its region's size, mode, owner and group, as the
+// owner reports them (any local user may answer for a key it serves):
+// the owners of this process at once, the others in parallel, each within
+// 250 ms (or the I/O timeout, if shorter). Attached is always -1. A key
+// whose socket name is hashed (see Addr) has the name its owner reports
+// when it matches the address, else no Name but an ID, which OpenID and
+// UnlinkID take.
+//
+// The slice holds the keys whose owners answered, even when the error is
+// not nil. The error joins one *fs.PathError (Op "stat", Path the socket's
+// name, "@" + Addr(name)) for each socket that did not answer in time,
+// matching os.ErrDeadlineExceeded, or answered wrongly, and one matching
+// ctx's error when ctx ended before every socket was asked.
+func (b *Backend) ListContext(ctx context.Context) ([]backend.Info, error) {
 	addrs, err := listening("/proc/net/unix")
 	if err != nil {
 		return nil, err
 	}
-	var out []backend.Info
-	for _, addr := range addrs {
-		in := backend.Info{UID: -1, GID: -1, Attached: -1}
-		if id := addr[len(AddrPrefix):]; strings.HasPrefix(id, "#") {
-			in.ID = id
-		} else {
-			in.Name = id
-		}
-		rep, err := b.request(addr, opStat, time.Time{})
-		if errors.Is(err, fs.ErrNotExist) {
-			continue // gone since we read the table
-		}
-		if err == nil {
-			if si, err := parseStat(rep.payload); err == nil {
-				in.Size, in.Mode, in.UID, in.GID = si.size, si.mode, si.uid, si.gid
-				if si.name != "" && Addr(si.name) == addr {
-					in.Name, in.ID = si.name, ""
-				}
-			}
-		}
-		out = append(out, in)
+	type result struct {
+		in    backend.Info
+		err   error
+		asked bool
 	}
-	return out, nil
+	res := make([]result, len(addrs))
+	per := min(b.timeout, listTimeout)
+	sem := make(chan struct{}, listParallel)
+	var wg sync.WaitGroup
+	for i, addr := range addrs {
+		r := &res[i]
+		r.in = backend.Info{UID: -1, GID: -1, Attached: -1}
+		if id := addr[len(AddrPrefix):]; strings.HasPrefix(id, "#") {
+			r.in.ID = id
+		} else {
+			r.in.Name = id
+		}
+		if srv := lookup(addr); srv != nil {
+			// Served by this process: no need to ask.
+			r.asked = true
+			if st, ok := srv.stat(); ok {
+				r.in.Size, r.in.Mode, r.in.UID, r.in.GID = st.Size, fs.FileMode(st.Mode&0o777), int(st.Uid), int(st.Gid)
+				r.in.Name, r.in.ID = srv.name, ""
+			} else {
+				r.err = fs.ErrNotExist // gone since we read the table
+			}
+			continue
+		}
+		select {
+		case sem <- struct{}{}:
+		case <-ctx.Done():
+		}
+		if ctx.Err() != nil {
+			break
+		}
+		r.asked = true
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			rep, err := b.ask(ctx, addr, opStat, time.Now().Add(per))
+			if err != nil {
+				r.err = err
+				return
+			}
+			si, err := parseStat(rep.payload)
+			if err != nil {
+				r.err = &fs.PathError{Op: "stat", Path: "@" + addr, Err: protoErr(nil, unix.EPROTO, "malformed answer from the owner")}
+				return
+			}
+			r.in.Size, r.in.Mode, r.in.UID, r.in.GID = si.size, si.mode, si.uid, si.gid
+			if si.name != "" && Addr(si.name) == addr {
+				r.in.Name, r.in.ID = si.name, ""
+			}
+		}()
+	}
+	wg.Wait()
+
+	var out []backend.Info
+	var errs []error
+	notAsked := 0
+	for i := range res {
+		r := &res[i]
+		switch {
+		case !r.asked:
+			notAsked++
+		case r.err == nil:
+			out = append(out, r.in)
+		case errors.Is(r.err, fs.ErrNotExist):
+			// Gone since we read the table.
+		default:
+			var pe *fs.PathError
+			if errors.As(r.err, &pe) {
+				r.err = &fs.PathError{Op: "stat", Path: pe.Path, Err: pe.Err}
+			}
+			errs = append(errs, r.err)
+		}
+	}
+	if notAsked > 0 {
+		kinds := []error{ctx.Err()}
+		if ctx.Err() == context.DeadlineExceeded {
+			kinds = append(kinds, os.ErrDeadlineExceeded)
+		}
+		errs = append(errs, &fs.PathError{Op: "list", Path: "@" + AddrPrefix, Err: &protoError{kinds: kinds, errno: ctx.Err(),
+			msg: strconv.Itoa(notAsked) + " of " + strconv.Itoa(len(addrs)) + " sockets not asked before the context ended"}})
+	}
+	return out, errors.Join(errs...)
 }
 
 // listening returns the listening SOCK_SEQPACKET abstract sockets named

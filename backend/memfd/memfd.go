@@ -53,10 +53,18 @@
 //     kernel vouches for its credentials.) The user also checks that the
 //     file is sealed against shrinking and growing, so that no peer can
 //     truncate it under the user.
-//   - Both sides bound every read and write with a short deadline
-//     (WithIOTimeout, default DefaultIOTimeout), so that a hung or hostile
-//     peer cannot hang either; the owner serves at most a few connections
-//     at once and drops those that do not send their request in time.
+//   - Neither side can be held by the other. The owner reads each peer's
+//     credentials as soon as it accepts the connection and answers with
+//     system calls that never wait; a connection whose request is not
+//     there yet is set aside until it comes, for at most 250 ms (or the
+//     I/O timeout), and each uid may have only a few such connections (8,
+//     and 128 in all): the others are closed at once. So a thousand idle
+//     connections from another uid cost the owner a few descriptors, and
+//     every user is still served. A user bounds its wait for the owner by
+//     its context (OpenContext) or by the I/O timeout (WithIOTimeout,
+//     default DefaultIOTimeout); past its first 2 ms, it waits in the Go
+//     runtime's poller, so that an owner that is stopped or hostile costs
+//     it no thread and nothing beyond its deadline.
 //
 // Removing a key (Unlink) is allowed, as in /dev/shm whose sticky bit
 // applies, to the uid that owns the region, to the uid of the owner process
@@ -74,16 +82,26 @@
 // So there is nothing to clean up after a crash: no file, no socket, no
 // segment outlives the processes that use it.
 //
-// Each published key costs its owner one thread, blocked in accept(2) on
-// the key's socket until the key is unlinked or closed (the Go runtime
-// allows 10000 threads by default; see runtime/debug.SetMaxThreads).
+// The sockets of all the keys a process serves are in one epoll set that a
+// single goroutine waits on (in epoll_wait, so one thread, while any key is
+// served): a published key costs its owner two descriptors (the memfd and
+// the socket) but no thread and no goroutine of its own. (Raise
+// RLIMIT_NOFILE for tens of thousands of keys.)
+//
+// Create refuses, with an error matching ENOMEM, a region that does not fit
+// in the memory available (MemAvailable and free swap) or in the memory
+// cgroup of the process (v2 memory.max, v1 memory.limit_in_bytes, less what
+// is used), and reserves big regions in chunks, checking again before each:
+// reserving memory that is not there would get a process killed by the OOM
+// killer rather than give an error.
 //
 // Unlink in the owner process stops serving; in a user process it asks the
 // owner to stop. The owner's Close stops serving too. In each case the
 // region lives on for the processes that have it mapped.
 //
-// List parses /proc/net/unix for the sockets of this backend and asks each
-// owner for its region's size, mode and owner.
+// List parses /proc/net/unix for the sockets of this backend and asks the
+// owners, all at once, for their regions' size, mode and owner, each with a
+// short deadline; ListContext also reports the sockets that do not answer.
 package memfd
 
 import (
@@ -99,14 +117,14 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/shmgo/shm/backend"
-	"github.com/shmgo/shm/internal/sys"
 )
 
 // AddrPrefix starts the abstract socket name of every memfd key (after the
 // leading NUL, shown as '@' by ss(8) and /proc/net/unix).
 const AddrPrefix = "shmgo/memfd/"
 
-// DefaultIOTimeout bounds each exchange between an owner and a user.
+// DefaultIOTimeout bounds the wait for an owner's answer where no context
+// does: Open, OpenID, Unlink.
 const DefaultIOTimeout = time.Second
 
 // maxAddr is the longest abstract socket name, without its leading NUL.
@@ -141,9 +159,11 @@ func WithAnyServer() Option {
 	return func(b *Backend) { b.trustAll = true }
 }
 
-// WithIOTimeout bounds each exchange between an owner and a user (default
-// DefaultIOTimeout). It also bounds a single Open when the owner does not
-// answer.
+// WithIOTimeout bounds the wait for an owner's answer in Open, OpenID and
+// Unlink (default DefaultIOTimeout); OpenContext waits until its context
+// is done instead. It also bounds how long an owner waits for the request
+// of a connection that sends none at once (at most 250 ms), and a
+// listing's wait for each owner (at most 250 ms).
 func WithIOTimeout(d time.Duration) Option {
 	return func(b *Backend) {
 		if d > 0 {
@@ -199,7 +219,7 @@ func sockaddr(addr string) *unix.SockaddrUnix { return &unix.SockaddrUnix{Name: 
 func (b *Backend) Create(name string, size int64, perm fs.FileMode) (backend.Pending, error) {
 	addr := Addr(name)
 	path := "@" + addr
-	lfd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
+	lfd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		return nil, &fs.PathError{Op: "socket", Path: path, Err: err}
 	}
@@ -226,7 +246,10 @@ func (b *Backend) Create(name string, size int64, perm fs.FileMode) (backend.Pen
 	if err := unix.Fchmod(fd, uint32(perm.Perm())); err != nil {
 		return fail("fchmod", err)
 	}
-	if err := sys.Reserve(fd, size); err != nil {
+	if err := reserve(fd, size); err != nil {
+		if _, ok := err.(*roomError); ok {
+			return fail("reserve", err)
+		}
 		return fail("fallocate", err)
 	}
 	mem, err := unix.Mmap(fd, 0, int(size), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
@@ -251,24 +274,25 @@ func memfdName(name string) string {
 }
 
 // Open implements backend.Backend: it asks the key's owner for the
-// descriptor and maps it. It fails with an error matching fs.ErrNotExist
-// when nobody serves the key, fs.ErrPermission when the owner refuses this
-// process or the server is not trusted, and os.ErrDeadlineExceeded when
-// the server does not answer in time.
+// descriptor and maps it, waiting for the answer up to the I/O timeout. It
+// fails with an error matching fs.ErrNotExist when nobody serves the key,
+// fs.ErrPermission when the owner refuses this process or the server is not
+// trusted, and os.ErrDeadlineExceeded when the server does not answer in
+// time.
 func (b *Backend) Open(name string) (backend.Segment, error) {
-	return b.openAddr(Addr(name), time.Time{})
+	return b.openAddr(context.Background(), Addr(name))
 }
 
-// OpenContext is Open that also ends by ctx's deadline when that comes
-// before the I/O timeout's (a blocked exchange cannot be cancelled sooner
-// than its deadline). Package shm does not call it yet; it is meant for an
-// optional backend interface that passes Open's own deadline down.
+// OpenContext implements backend.ContextOpener: it is Open that waits for
+// the owner's answer until ctx is done, however long the I/O timeout (with
+// a ctx that can never end, context.Background, up to the I/O timeout as
+// Open does), asking again when the owner drops the connection unanswered
+// or its backlog is full. A key that nobody serves fails at once, even when
+// ctx has already ended, with an error matching fs.ErrNotExist. When ctx
+// ends first, the error says that the owner did not answer and matches
+// ctx's error, and os.ErrDeadlineExceeded when ctx's deadline passed.
 func (b *Backend) OpenContext(ctx context.Context, name string) (backend.Segment, error) {
-	if err := ctx.Err(); err != nil {
-		return nil, &fs.PathError{Op: "open", Path: "@" + Addr(name), Err: err}
-	}
-	d, _ := ctx.Deadline()
-	return b.openAddr(Addr(name), d)
+	return b.openAddr(ctx, Addr(name))
 }
 
 // OpenID implements backend.IDOpener, for the objects List returns without
@@ -278,11 +302,11 @@ func (b *Backend) OpenID(id string) (backend.Segment, error) {
 	if err != nil {
 		return nil, err
 	}
-	return b.openAddr(addr, time.Time{})
+	return b.openAddr(context.Background(), addr)
 }
 
-func (b *Backend) openAddr(addr string, deadline time.Time) (backend.Segment, error) {
-	rep, err := b.request(addr, opOpen, deadline)
+func (b *Backend) openAddr(ctx context.Context, addr string) (backend.Segment, error) {
+	rep, err := b.ask(ctx, addr, opOpen, b.exchangeDeadline(ctx))
 	if err != nil {
 		return nil, err
 	}
@@ -331,7 +355,7 @@ func (b *Backend) unlinkAddr(addr string) error {
 			return nil
 		}
 	}
-	_, err := b.request(addr, opUnlink, time.Time{})
+	_, err := b.ask(context.Background(), addr, opUnlink, time.Now().Add(b.timeout))
 	return err
 }
 

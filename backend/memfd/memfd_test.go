@@ -9,6 +9,7 @@ import (
 	"os"
 	"runtime"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -505,7 +506,10 @@ func TestHostileServers(t *testing.T) {
 	// Accepts and never answers.
 	mute := name(testKey("mute"))
 	release := make(chan struct{})
+	var releaseOnce sync.Once
+	free := func() { releaseOnce.Do(func() { close(release) }) }
 	fakeServer(t, mute, func(c *net.UnixConn) { <-release })
+	t.Cleanup(free) // before the fake server's cleanup, which waits for it
 	// Sends a memfd that is not sealed: it could truncate it under us.
 	unsealed := name(testKey("unsealed"))
 	fakeServer(t, unsealed, func(c *net.UnixConn) {
@@ -543,7 +547,7 @@ func TestHostileServers(t *testing.T) {
 	if _, err := b.OpenContext(ctx, mute); !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("OpenContext with an ended context: %v", err)
 	}
-	close(release)
+	free()
 	if _, err := b.Open(unsealed); err == nil || !strings.Contains(err.Error(), "not sealed") {
 		t.Fatalf("Open of an unsealed memfd: %v", err)
 	}
@@ -562,7 +566,7 @@ func TestHostileServers(t *testing.T) {
 // the owner from serving others or from closing.
 func TestHostileClients(t *testing.T) {
 	g, fds := runtime.NumGoroutine(), countFDs(t)
-	b := memfd.New(memfd.WithIOTimeout(time.Hour)) // only Close can drop the mute clients
+	b := memfd.New(memfd.WithIOTimeout(time.Hour)) // the owner drops mute clients after 250 ms, or at Close
 	n := name(testKey("clients"))
 	p, err := b.Create(n, 4096, 0o600)
 	if err != nil {
@@ -685,10 +689,10 @@ func TestNoLeaks(t *testing.T) {
 	}
 }
 
-// TestLateRequests: a request sent a while after connecting (served by a
-// goroutine of its own rather than by the accept loop) is answered, an
-// unlink sent that way stops the server, and a client that never sends is
-// dropped once the I/O timeout has passed.
+// TestLateRequests: a request sent a while after connecting (the owner has
+// accepted the connection by then, and waits for the request) is answered,
+// an unlink sent that way stops the server, and a client that never sends
+// is dropped once the I/O timeout has passed.
 func TestLateRequests(t *testing.T) {
 	b := memfd.New(memfd.WithIOTimeout(200 * time.Millisecond))
 	n := name(testKey("late"))

@@ -10,17 +10,25 @@ import (
 )
 
 const (
-	backlog  = 64
-	maxConns = 16 // connections served at once by one owner
-	// inlineWait is how long the accept loop waits for the request of a
-	// connection before it hands the connection to a goroutine of its own.
-	inlineWait = time.Millisecond
+	// backlog is the listen(2) backlog. The dispatcher empties it at once
+	// whatever the peers do, so that it fills only under a burst.
+	backlog = 512
+	// A connection that has not sent its request when accepted ("silent")
+	// waits for it up to silentTimeout (or the I/O timeout, if shorter);
+	// each server keeps at most maxSilentPerUID of one uid and maxSilent in
+	// all, and closes the others at once. A user sends its request right
+	// after connecting, so that a legitimate connection is silent only for
+	// a moment, and never for long enough to meet these limits.
+	silentTimeout   = 250 * time.Millisecond
+	maxSilentPerUID = 8
+	maxSilent       = 128
 	// soPeerGroups is SO_PEERGROUPS (Linux 4.13), missing from x/sys.
 	soPeerGroups = 59
 )
 
 // The keys this process serves, by socket address, so that Unlink in the
-// owner process stops serving without a round trip.
+// owner process stops serving without a round trip and List answers for
+// them without one.
 var (
 	regMu    sync.Mutex
 	registry = map[string]*server{}
@@ -34,57 +42,64 @@ func lookup(addr string) *server {
 
 // server hands the memfd of one region to the users that ask for it.
 //
-// The serving goroutine blocks in accept(2) on the listening socket itself,
-// outside the runtime's poller (so it holds a thread while the key is
-// published), and answers a request that arrives within inlineWait, with
-// system calls that do not wait otherwise. A connection whose request has
-// not arrived by then goes to a goroutine of its own that waits for it
-// under SO_RCVTIMEO; at most maxConns connections are served at once.
+// Its listening socket is non-blocking, in the epoll set of the process's
+// dispatcher (see poller), the only thread that waits for connections.
+// Each accepted connection is served with system calls that never wait:
+// the peer's credentials (SO_PEERCRED) first, then the request if it is
+// already there, then the answer. A connection whose request is not there
+// yet waits for it in the dispatcher's set with a short deadline, within
+// per-uid limits, so that no peer can hold the dispatcher or the places of
+// other users.
 type server struct {
-	addr    string
-	name    string // the key's name, which a hashed address loses
-	fd      int    // the region's memfd; the segment keeps it open until shutdown returns
-	timeout time.Duration
-	lfd     int // the listening socket; closed by unpublish
-	euid    uint32
-	sem     chan struct{} // one token per connection being served
-	done    chan struct{} // closed when unpublish starts
-	looped  chan struct{} // closed when the accept loop has returned
+	addr      string
+	name      string // the key's name, which a hashed address loses
+	fd        int    // the region's memfd; the segment keeps it open until shutdown returns
+	silentFor time.Duration
+	euid      uint32
+	backoff   time.Duration // the dispatcher's, after a failed accept
+
+	// Under pl.mu:
+	id     uint64             // in the dispatcher's epoll events
+	set    *epollSet          // the dispatcher's epoll set
+	silent map[uint64]*silent // its connections waiting for their request
+	perUID map[uint32]int     // how many of them each uid has
+
+	lnMu sync.Mutex // guards lfd against its close
+	lfd  int        // the listening socket; -1 once closed by unpublish
 
 	mu      sync.Mutex
-	stopped bool // the listener is closed: the key is gone
-	closing bool // shutdown has shut the connections down
-	conns   map[int]struct{}
-	wg      sync.WaitGroup // the accept loop and the handlers
+	stopped bool           // the listener is closed: the key is gone
+	wg      sync.WaitGroup // the dispatcher's turns, while it uses fd
 }
 
-// serve makes the bound socket lfd listen and serves it in a goroutine. It
-// consumes lfd.
+// serve makes the bound, non-blocking socket lfd listen and has the
+// dispatcher serve it. It consumes lfd.
 func serve(lfd int, name, addr string, memfd int, timeout time.Duration) (*server, error) {
 	if err := unix.Listen(lfd, backlog); err != nil {
 		unix.Close(lfd)
 		return nil, err
 	}
 	s := &server{
-		name: name, addr: addr, fd: memfd, timeout: timeout, lfd: lfd,
-		euid: uint32(os.Geteuid()),
-		sem:  make(chan struct{}, maxConns), done: make(chan struct{}),
-		looped: make(chan struct{}),
-		conns:  map[int]struct{}{},
+		name: name, addr: addr, fd: memfd, silentFor: min(timeout, silentTimeout), lfd: lfd,
+		euid:   uint32(os.Geteuid()),
+		silent: map[uint64]*silent{},
+		perUID: map[uint32]int{},
+	}
+	if err := pl.add(s); err != nil {
+		unix.Close(lfd)
+		return nil, err
 	}
 	regMu.Lock()
 	registry[addr] = s
 	regMu.Unlock()
-	s.wg.Add(1)
-	go s.loop()
 	return s, nil
 }
 
-// unpublish stops listening, so that the key is free and new Opens fail;
-// connections already accepted are still answered. It reports whether the
-// server was listening. inLoop tells that the caller is the accept loop,
-// which returns once it is done with the request.
-func (s *server) unpublish(inLoop bool) bool {
+// unpublish stops listening, so that the key is free and new Opens fail,
+// before it returns; connections already accepted are still answered, but
+// not those still silent. It reports whether the server was listening.
+// onDispatcher tells that the caller is the dispatcher.
+func (s *server) unpublish(onDispatcher bool) bool {
 	s.mu.Lock()
 	if s.stopped {
 		s.mu.Unlock()
@@ -97,14 +112,14 @@ func (s *server) unpublish(inLoop bool) bool {
 		delete(registry, s.addr)
 	}
 	regMu.Unlock()
-	close(s.done)
-	// Refuses new connections and wakes the accept loop; once the loop no
-	// longer uses the socket, closing it frees the name.
-	unix.Shutdown(s.lfd, unix.SHUT_RDWR)
-	if !inLoop {
-		<-s.looped
-	}
+	s.lnMu.Lock()
+	wait := pl.remove(s, onDispatcher)
 	unix.Close(s.lfd)
+	s.lfd = -1
+	s.lnMu.Unlock()
+	if wait != nil {
+		wait() // the dispatcher's descriptors are closed too
+	}
 	return true
 }
 
@@ -118,129 +133,115 @@ func (s *server) isStopped() bool {
 // left (and so none uses the memfd).
 func (s *server) shutdown() {
 	s.unpublish(false)
-	s.mu.Lock()
-	s.closing = true
-	for c := range s.conns {
-		// Wakes a handler blocked in recv; the handler closes c.
-		unix.Shutdown(c, unix.SHUT_RDWR)
-	}
-	s.mu.Unlock()
 	s.wg.Wait()
 }
 
-func (s *server) loop() {
-	defer s.wg.Done()
-	defer close(s.looped)
-	backoff := 5 * time.Millisecond
-	for {
-		select {
-		case <-s.done:
-			return
-		default:
-		}
-		select {
-		case s.sem <- struct{}{}:
-		case <-s.done:
-			return
-		}
-		c, _, err := unix.Accept4(s.lfd, unix.SOCK_CLOEXEC)
-		if err == unix.EINTR || err == unix.ECONNABORTED {
-			<-s.sem
-			continue
-		}
-		if err != nil {
-			<-s.sem
-			select {
-			case <-s.done: // shut down by unpublish
-				return
-			default:
-			}
-			// Out of descriptors, say: wait before trying again.
-			t := time.NewTimer(backoff)
-			select {
-			case <-s.done:
-				t.Stop()
-				return
-			case <-t.C:
-			}
-			backoff = min(2*backoff, time.Second)
-			continue
-		}
-		backoff = 5 * time.Millisecond
-
-		// Users send their request right after connecting: answer it here
-		// if it comes within a moment.
-		var req [8]byte
-		n, _, err := unix.Recvfrom(c, req[:], unix.MSG_DONTWAIT)
-		if err == unix.EAGAIN && waitReadable(c, inlineWait) {
-			n, _, err = unix.Recvfrom(c, req[:], unix.MSG_DONTWAIT)
-		}
-		if err != unix.EAGAIN {
-			if err == nil && n > 0 {
-				s.handle(c, req[:n], true)
-			}
-			unix.Close(c)
-			<-s.sem
-			continue
-		}
-
-		deadline := time.Now().Add(s.timeout)
-		s.mu.Lock()
-		if s.closing {
-			s.mu.Unlock()
-			unix.Close(c)
-			<-s.sem
-			return
-		}
-		s.conns[c] = struct{}{}
-		s.wg.Add(1)
-		s.mu.Unlock()
-		go func() {
-			defer s.wg.Done()
-			if n, ok := recvRequest(c, req[:], deadline); ok {
-				s.handle(c, req[:n], false)
-			}
-			s.mu.Lock()
-			delete(s.conns, c)
-			s.mu.Unlock()
-			unix.Close(c)
-			<-s.sem
-		}()
+// stat reports the region's size, mode and owner, for a List in this
+// process, or false once the key is no longer served.
+func (s *server) stat() (st unix.Stat_t, ok bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock() // unpublish, and so the memfd's close, waits for this
+	if s.stopped || unix.Fstat(s.fd, &st) != nil {
+		return st, false
 	}
+	return st, true
 }
 
-// waitReadable waits up to d for data (or the end) on socket c.
-func waitReadable(c int, d time.Duration) bool {
-	fds := []unix.PollFd{{Fd: int32(c), Events: unix.POLLIN}}
-	n, err := unix.Poll(fds, int(d/time.Millisecond))
-	return err == nil && n > 0
-}
-
-// recvRequest waits until deadline for the request on the blocking socket
-// c and reads it into buf.
-func recvRequest(c int, buf []byte, deadline time.Time) (int, bool) {
-	for {
-		if setTimeout(c, unix.SO_RCVTIMEO, deadline) != nil {
-			return 0, false
-		}
-		n, _, err := unix.Recvfrom(c, buf, 0)
-		switch {
-		case err == unix.EINTR:
-			continue
-		case err != nil || n == 0:
-			return 0, false // timed out, failed, or the peer (or shutdown) closed it
-		}
-		return n, true
-	}
-}
-
-// handle answers the request req received on the connection c; inLoop
-// tells that the caller is the accept loop.
-func (s *server) handle(c int, req []byte, inLoop bool) {
-	cred, err := unix.GetsockoptUcred(c, unix.SOL_SOCKET, unix.SO_PEERCRED)
-	if err != nil {
+// acceptOne accepts and serves one connection waiting on the listening
+// socket; the dispatcher calls it each time the socket is readable. The
+// epoll set is level-triggered, so that a socket with more connections
+// waiting is reported again at once, in turn with the others, and the
+// common case of one connection costs no accept(2) that finds none.
+func (s *server) acceptOne() {
+	if !s.enter() {
 		return
 	}
+	defer s.wg.Done()
+	for {
+		s.lnMu.Lock()
+		if s.lfd < 0 {
+			s.lnMu.Unlock()
+			return
+		}
+		c, _, err := unix.Accept4(s.lfd, unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC)
+		s.lnMu.Unlock()
+		switch err {
+		case nil:
+			s.backoff = 0
+			s.accepted(c)
+			return
+		case unix.EINTR, unix.ECONNABORTED:
+			continue
+		case unix.EAGAIN:
+			return
+		default:
+			// Out of descriptors, say: wait before trying again.
+			s.backoff = min(max(2*s.backoff, 5*time.Millisecond), time.Second)
+			pl.pause(s, s.backoff)
+			return
+		}
+	}
+}
+
+// enter tells whether the server still serves, and then counts the
+// caller in until its wg.Done, so that shutdown waits for it.
+func (s *server) enter() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.stopped {
+		return false
+	}
+	s.wg.Add(1) // before shutdown's Wait, which follows stopped
+	return true
+}
+
+// accepted serves the connection c, or hands it to the dispatcher's set
+// when its request has not arrived; it never waits. It consumes c.
+func (s *server) accepted(c int) {
+	cred, err := unix.GetsockoptUcred(c, unix.SOL_SOCKET, unix.SO_PEERCRED)
+	if err != nil {
+		unix.Close(c)
+		return
+	}
+	var req [8]byte
+	n, err := recvRequest(c, req[:])
+	if err == unix.EAGAIN {
+		pl.wait(s, c, cred)
+		return
+	}
+	if err == nil && n > 0 {
+		s.handle(c, cred, req[:n])
+	}
+	unix.Close(c)
+}
+
+// late serves the connection c, which was silent when accepted and has now
+// sent its request (or closed). It consumes c.
+func (s *server) late(c int, cred *unix.Ucred) {
+	defer unix.Close(c)
+	if !s.enter() {
+		return // the user, told nothing, connects again and finds the key gone
+	}
+	defer s.wg.Done()
+	var req [8]byte
+	if n, err := recvRequest(c, req[:]); err == nil && n > 0 {
+		s.handle(c, cred, req[:n])
+	}
+}
+
+// recvRequest reads the request on c, without waiting.
+func recvRequest(c int, buf []byte) (int, error) {
+	for {
+		n, _, err := unix.Recvfrom(c, buf, unix.MSG_DONTWAIT)
+		if err != unix.EINTR {
+			return n, err
+		}
+	}
+}
+
+// handle answers the request req received on the connection c from the
+// process whose credentials are cred.
+func (s *server) handle(c int, cred *unix.Ucred, req []byte) {
 	if len(req) != 2 || req[0] != protoVersion {
 		s.answer(c, stBad, nil, false)
 		return
@@ -270,7 +271,7 @@ func (s *server) handle(c int, req []byte, inLoop bool) {
 		switch {
 		case cred.Uid != 0 && cred.Uid != st.Uid && cred.Uid != s.euid:
 			s.answer(c, stDenied, nil, false)
-		case !s.unpublish(inLoop):
+		case !s.unpublish(true): // only the dispatcher handles requests
 			s.answer(c, stGone, nil, false)
 		default:
 			s.answer(c, stOK, nil, false)

@@ -1,0 +1,5 @@
+//go:build race
+
+package memfd_test
+
+const raceEnabled = true
