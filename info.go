@@ -390,8 +390,8 @@ func list(ctx context.Context, lo listOptions) ([]*object, error) {
 	var objs []*object
 	var errs []error
 	for _, be := range lo.backends {
-		if err := ctx.Err(); err != nil {
-			errs = append(errs, err)
+		if ctx.Err() != nil {
+			errs = append(errs, &Error{Op: "list", Err: ctxError(ctx)})
 			break
 		}
 		found, err := scan(ctx, be)
@@ -441,21 +441,24 @@ func scan(ctx context.Context, be backend.Backend) ([]*object, error) {
 	if !ok {
 		return nil, because("backend cannot list its objects", nil, ErrInvalidOption)
 	}
-	infos, err := l.List()
-	if err != nil {
-		return nil, err
+	var infos []backend.Info
+	var lerr error
+	if cl, ok := be.(backend.ContextLister); ok {
+		infos, lerr = cl.ListContext(ctx) // what it found, and who did not answer
+	} else if infos, lerr = l.List(); lerr != nil {
+		return nil, lerr
 	}
 	var objs []*object
 	for _, bi := range infos {
 		if err := ctx.Err(); err != nil {
-			return objs, err
+			return objs, errors.Join(lerr, err)
 		}
 		o := probeListed(be, bi)
 		if o != nil {
 			objs = append(objs, o)
 		}
 	}
-	return objs, nil
+	return objs, lerr
 }
 
 func scanDir(ctx context.Context, be backend.Backend, dir string) ([]*object, error) {

@@ -219,6 +219,15 @@ type Lister interface {
 	List() ([]Info, error)
 }
 
+// ContextLister is implemented by Listers whose listing may wait on other
+// processes (memfd asks each owner): ListContext is List that gives up
+// when ctx is done. It returns what it found even with an error, which
+// joins one error per object that did not answer (matching
+// os.ErrDeadlineExceeded) and ctx's.
+type ContextLister interface {
+	ListContext(ctx context.Context) ([]Info, error)
+}
+
 // IDOpener is implemented by backends whose listed objects may lack a name
 // (SysV): it maps, or removes, an object by the ID a Lister gave. OpenID
 // maps the object only to read its header: the mapping may be read-only
