@@ -132,6 +132,8 @@ func classify(err error) error {
 	switch {
 	case errors.Is(err, backend.ErrForeign):
 		return because("", err, ErrCorrupt)
+	case errors.Is(err, backend.ErrUntrusted):
+		return because("", err, ErrUntrustedOwner)
 	case errors.Is(err, os.ErrDeadlineExceeded):
 		return because("", err, ErrTimeout)
 	case errors.Is(err, fs.ErrExist):

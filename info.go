@@ -443,12 +443,27 @@ func scan(ctx context.Context, be backend.Backend) ([]*object, error) {
 	}
 	var infos []backend.Info
 	var lerr error
+	var objs []*object
 	if cl, ok := be.(backend.ContextLister); ok {
 		infos, lerr = cl.ListContext(ctx) // what it found, and who did not answer
+		// An object that did not answer is listed as one that could not
+		// be read; only the end of ctx is an error of the listing.
+		var rest []error
+		for _, e := range unjoin(lerr) {
+			var pe *fs.PathError
+			if errors.As(e, &pe) && !errors.Is(e, context.Canceled) && ctx.Err() == nil {
+				o := &object{be: be, kind: namedObj, fd: -1}
+				o.Backend, o.Path, o.Attached, o.UID, o.GID = be.Name(), pe.Path, -1, -1, -1
+				o.Foreign, o.Reason, o.Err = true, "did not answer", e
+				objs = append(objs, o)
+				continue
+			}
+			rest = append(rest, e)
+		}
+		lerr = errors.Join(rest...)
 	} else if infos, lerr = l.List(); lerr != nil {
 		return nil, lerr
 	}
-	var objs []*object
 	for _, bi := range infos {
 		if err := ctx.Err(); err != nil {
 			return objs, errors.Join(lerr, err)
@@ -459,6 +474,17 @@ func scan(ctx context.Context, be backend.Backend) ([]*object, error) {
 		}
 	}
 	return objs, lerr
+}
+
+// unjoin returns the errors that err joins (err itself when it joins none).
+func unjoin(err error) []error {
+	if err == nil {
+		return nil
+	}
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		return j.Unwrap()
+	}
+	return []error{err}
 }
 
 func scanDir(ctx context.Context, be backend.Backend, dir string) ([]*object, error) {

@@ -611,6 +611,7 @@ func tryOpen(ctx context.Context, deadline time.Time, be backend.Backend, key, n
 		return nil, because("backend "+be.Name()+" cannot map a region read-only", nil, ErrInvalidOption), false
 	}
 	if sized || waits || readOnly {
+		ctx = backend.WithTrust(ctx, o.trusts)
 		if !deadline.IsZero() {
 			if !time.Now().Before(deadline) {
 				return nil, nil, true // no time left to ask

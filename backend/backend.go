@@ -32,6 +32,11 @@ import (
 // shm.ErrCorrupt, with the backend's message saying what was found.
 var ErrForeign = errors.New("not a backend object")
 
+// ErrUntrusted is matched by a backend's errors when it refused an object
+// because of who owns or serves it (see WithTrust): package shm reports it
+// as shm.ErrUntrustedOwner.
+var ErrUntrusted = errors.New("owner not trusted")
+
 // Backend creates, opens and removes named shared-memory objects.
 //
 // Names passed to a Backend are already validated by package shm: 1 to 200
@@ -218,6 +223,23 @@ type Info struct {
 type Lister interface {
 	List() ([]Info, error)
 }
+
+// WithTrust returns a context that carries the caller's policy on whose
+// objects it accepts (package shm's WithTrustedUIDs). Package shm passes it
+// to ContextOpener.OpenContext and refuses a Segment whose Owner it does
+// not trust; a backend that judges its peers before it has a segment (memfd
+// checks who serves a key) applies the policy itself, with Trusts.
+func WithTrust(ctx context.Context, trusts func(uid int) bool) context.Context {
+	return context.WithValue(ctx, trustKey{}, trusts)
+}
+
+// Trusts returns the policy that WithTrust put in ctx, if any.
+func Trusts(ctx context.Context) (trusts func(uid int) bool, ok bool) {
+	trusts, ok = ctx.Value(trustKey{}).(func(uid int) bool)
+	return trusts, ok
+}
+
+type trustKey struct{}
 
 // ContextLister is implemented by Listers whose listing may wait on other
 // processes (memfd asks each owner): ListContext is List that gives up

@@ -141,6 +141,8 @@ func Tests() []Test {
 		{"CondWaiterKilled", testCondWaiterKilled},
 		{"ReadOnly", testReadOnly},
 		{"ViewChecks", testViewChecks},
+		{"Squatter", testSquatter},
+		{"InitPanics", testInitPanics},
 		{"LockWaitersThreads", testLockWaitersThreads},
 		{"ForeignObject", testForeignObject},
 		{"Modes", testModes},

@@ -186,9 +186,15 @@ func New(opts ...Option) *Backend {
 // Name returns "memfd".
 func (b *Backend) Name() string { return "memfd" }
 
-// trusts tells whether a server running as uid may hand us memory.
-func (b *Backend) trusts(uid uint32) bool {
-	return b.trustAll || uid == 0 || uid == uint32(os.Geteuid()) || b.trusted[uid]
+// trusts tells whether a server running as uid may hand us memory: by the
+// caller's policy when ctx carries one (backend.WithTrust), and by the
+// backend's own (its uid, root, WithTrustedUIDs, WithAnyServer).
+func (b *Backend) trusts(ctx context.Context, uid uint32) bool {
+	if b.trustAll || uid == 0 || uid == uint32(os.Geteuid()) || b.trusted[uid] {
+		return true
+	}
+	t, ok := backend.Trusts(ctx)
+	return ok && t(int(uid))
 }
 
 // Addr returns the abstract unix socket name that serves the key name,

@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/shmgo/shm/backend"
 )
 
 // The protocol, over a SOCK_SEQPACKET connection to the key's abstract
@@ -329,9 +331,10 @@ func (b *Backend) request(ctx context.Context, addr string, op byte, deadline, s
 	if err != nil {
 		return fail("getsockopt", err)
 	}
-	if op != opStat && !b.trusts(cred.Uid) {
-		return fail("connect", protoErr(fs.ErrPermission, nil,
-			"the key is served by uid "+itoa(cred.Uid)+" (pid "+itoa(uint32(cred.Pid))+"), which this process does not trust"))
+	if op != opStat && !b.trusts(ctx, cred.Uid) {
+		e := &protoError{kinds: []error{fs.ErrPermission, backend.ErrUntrusted},
+			msg: "the key is served by uid " + itoa(cred.Uid) + " (pid " + itoa(uint32(cred.Pid)) + "), which this process does not trust"}
+		return fail("connect", e)
 	}
 	if !sent {
 		sendErr = send()
