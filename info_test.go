@@ -700,3 +700,42 @@ func TestForeignUnderKeyAgrees(t *testing.T) {
 		}
 	}
 }
+
+// A temporary object that a creator left when it died makes Open give up
+// at once ("creator died before the region was ready") only when its owner
+// is trusted: one that another uid planted under the protocol's name (a
+// spoofer) is ignored, and Open waits for the real region until its
+// timeout.
+func TestTempNameSpoofing(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("skipped: needs root to give a file to another uid (CI runs as root)")
+	}
+	for _, bc := range backendCases(t) {
+		if bc.name != "posix" && bc.name != "file" {
+			continue
+		}
+		t.Run(bc.name, func(t *testing.T) {
+			key := opsKey(t, "spoof")
+			c := startChild(t, "initdie", key, bc.spec)
+			c.kill()
+			infos, err := shm.List(context.Background(), shm.ListBackends(bc.be))
+			if err != nil || len(infos) != 1 || !infos[0].Temp {
+				t.Fatalf("the dead creator's temporary object: %+v, %v", infos, err)
+			}
+			tmp := infos[0].Path
+			defer os.Remove(tmp)
+			_, err = shm.Open(key, 200*time.Millisecond, shm.WithBackend(bc.be))
+			if !errors.Is(err, shm.ErrOwnerDead) {
+				t.Fatalf("Open with a trusted creator's abandoned object: %v, want ErrOwnerDead", err)
+			}
+			if err := os.Chown(tmp, 65534, 65534); err != nil {
+				t.Fatal(err)
+			}
+			start := time.Now()
+			_, err = shm.Open(key, 200*time.Millisecond, shm.WithBackend(bc.be))
+			if !errors.Is(err, shm.ErrTimeout) || !errors.Is(err, shm.ErrNotExist) {
+				t.Fatalf("Open with a planted object of another uid: %v (after %v), want ErrTimeout and ErrNotExist", err, time.Since(start))
+			}
+		})
+	}
+}
