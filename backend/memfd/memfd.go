@@ -286,7 +286,7 @@ func memfdName(name string) string {
 // trusted, and os.ErrDeadlineExceeded when the server does not answer in
 // time.
 func (b *Backend) Open(name string) (backend.Segment, error) {
-	return b.openAddr(context.Background(), Addr(name))
+	return b.openAddr(context.Background(), Addr(name), false)
 }
 
 // OpenContext implements backend.ContextOpener: it is Open that waits for
@@ -298,7 +298,15 @@ func (b *Backend) Open(name string) (backend.Segment, error) {
 // ends first, the error says that the owner did not answer and matches
 // ctx's error, and os.ErrDeadlineExceeded when ctx's deadline passed.
 func (b *Backend) OpenContext(ctx context.Context, name string) (backend.Segment, error) {
-	return b.openAddr(ctx, Addr(name))
+	return b.openAddr(ctx, Addr(name), false)
+}
+
+// OpenReadOnly implements backend.ReadOnlyOpener: OpenContext that asks
+// the owner for a descriptor opened for reading only (the owner checks
+// read permission alone) and maps it PROT_READ. A memfd cannot be resized:
+// n and size are not needed, and ignored.
+func (b *Backend) OpenReadOnly(ctx context.Context, name string, n int, size func(head []byte) (int64, error)) (backend.Segment, error) {
+	return b.openAddr(ctx, Addr(name), true)
 }
 
 // OpenID implements backend.IDOpener, for the objects List returns without
@@ -308,11 +316,15 @@ func (b *Backend) OpenID(id string) (backend.Segment, error) {
 	if err != nil {
 		return nil, err
 	}
-	return b.openAddr(context.Background(), addr)
+	return b.openAddr(context.Background(), addr, false)
 }
 
-func (b *Backend) openAddr(ctx context.Context, addr string) (backend.Segment, error) {
-	rep, err := b.ask(ctx, addr, opOpen, b.exchangeDeadline(ctx))
+func (b *Backend) openAddr(ctx context.Context, addr string, readOnly bool) (backend.Segment, error) {
+	op, prot := byte(opOpen), unix.PROT_READ|unix.PROT_WRITE
+	if readOnly {
+		op, prot = opOpenRO, unix.PROT_READ
+	}
+	rep, err := b.ask(ctx, addr, op, b.exchangeDeadline(ctx))
 	if err != nil {
 		return nil, err
 	}
@@ -333,7 +345,7 @@ func (b *Backend) openAddr(ctx context.Context, addr string) (backend.Segment, e
 	if err != nil || seals&(unix.F_SEAL_SHRINK|unix.F_SEAL_GROW) != unix.F_SEAL_SHRINK|unix.F_SEAL_GROW {
 		return fail("open", protoErr(nil, unix.EINVAL, "the owner sent a file that is not sealed against resizing"))
 	}
-	mem, err := unix.Mmap(fd, 0, int(st.Size), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	mem, err := unix.Mmap(fd, 0, int(st.Size), prot, unix.MAP_SHARED)
 	if err != nil {
 		return fail("mmap", err)
 	}

@@ -29,6 +29,7 @@ const (
 	protoVersion = 1
 
 	opOpen   = 'o'
+	opOpenRO = 'r' // open for reading only
 	opUnlink = 'u'
 	opStat   = 's'
 
@@ -381,7 +382,7 @@ func (b *Backend) request(ctx context.Context, addr string, op byte, deadline, s
 	}
 	rep.status, rep.payload = buf[1], buf[2:n]
 	switch {
-	case rep.status == stOK && (op == opOpen) == (rep.fd >= 0):
+	case rep.status == stOK && (op == opOpen || op == opOpenRO) == (rep.fd >= 0):
 		return rep, nil
 	case rep.status == stDenied:
 		closeAll()

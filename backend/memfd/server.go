@@ -2,6 +2,7 @@ package memfd
 
 import (
 	"os"
+	"strconv"
 	"sync"
 	"time"
 	"unsafe"
@@ -256,10 +257,27 @@ func (s *server) handle(c int, cred *unix.Ucred, req []byte) {
 		switch {
 		case s.isStopped():
 			s.answer(c, stGone, nil, false)
-		case !mayOpen(cred, c, &st):
+		case !mayOpen(cred, c, &st, 6):
 			s.answer(c, stDenied, nil, false)
 		default:
 			s.answer(c, stOK, nil, true)
+		}
+	case opOpenRO:
+		switch {
+		case s.isStopped():
+			s.answer(c, stGone, nil, false)
+		case !mayOpen(cred, c, &st, 4):
+			s.answer(c, stDenied, nil, false)
+		default:
+			// A descriptor of its own, opened for reading only: the
+			// user cannot map it for writing.
+			ro, err := unix.Open("/proc/self/fd/"+strconv.Itoa(s.fd), unix.O_RDONLY|unix.O_CLOEXEC, 0)
+			if err != nil {
+				s.answer(c, stBad, nil, false)
+				return
+			}
+			s.answerFd(c, stOK, ro)
+			unix.Close(ro)
 		}
 	case opStat:
 		if s.isStopped() {
@@ -285,10 +303,21 @@ func (s *server) handle(c int, cred *unix.Ucred, req []byte) {
 // request and reads the single answer, so a fresh connection always has
 // room for it; a peer that does not is dropped.
 func (s *server) answer(c int, status byte, payload []byte, withFd bool) {
+	fd := -1
+	if withFd {
+		fd = s.fd
+	}
+	s.send(c, status, payload, fd)
+}
+
+// answerFd answers with the descriptor fd.
+func (s *server) answerFd(c int, status byte, fd int) { s.send(c, status, nil, fd) }
+
+func (s *server) send(c int, status byte, payload []byte, fd int) {
 	msg := append([]byte{protoVersion, status}, payload...)
 	var oob []byte
-	if withFd {
-		oob = unix.UnixRights(s.fd)
+	if fd >= 0 {
+		oob = unix.UnixRights(fd)
 	}
 	for {
 		_, err := unix.SendmsgN(c, msg, oob, nil, unix.MSG_DONTWAIT|unix.MSG_NOSIGNAL)
@@ -302,7 +331,7 @@ func (s *server) answer(c int, status byte, payload []byte, withFd bool) {
 // credentials are cred, as open(2) with O_RDWR applies a file's: the
 // owner's bits, else the group's, else the others'. It asks for the peer's
 // supplementary groups only when they decide.
-func mayOpen(cred *unix.Ucred, c int, st *unix.Stat_t) bool {
+func mayOpen(cred *unix.Ucred, c int, st *unix.Stat_t, want uint32) bool {
 	if cred.Uid == 0 {
 		return true
 	}
@@ -316,7 +345,7 @@ func mayOpen(cred *unix.Ucred, c int, st *unix.Stat_t) bool {
 	default:
 		bits = mode
 	}
-	return bits&6 == 6
+	return bits&want == want
 }
 
 // inPeerGroups reports whether gid is one of the supplementary groups of
