@@ -38,23 +38,47 @@ func (l Lock) Wait(ctx context.Context) error {
 		return r.err("wait", ErrClosed)
 	}
 	defer r.leave()
-	if atomic.LoadUint32(r.word)&(lockOwner|lockGen) != l.v {
+	if r.guardLock {
+		var err error
+		if ferr := guard(func() { err = l.wait(ctx) }); ferr != nil {
+			return r.err("wait", ferr)
+		}
+		return err
+	}
+	return l.wait(ctx)
+}
+
+func (l Lock) wait(ctx context.Context) error {
+	r := l.r
+	cur := r.lk.current(l.v)
+	if atomic.LoadUint32(r.word)&(lockOwner|lockGen) != cur {
 		return r.err("wait", ErrNotLocked)
 	}
 	c := &r.hdr.Cond
+	mine := &r.slots[r.mine].Hazard
 	atomic.AddUint32(&c.Waiters, 1)
-	wt := watch(&c.Seq, atomic.LoadUint32(&c.Seq))
-	if err := l.unlock(); err != nil {
+	atomic.AddUint32(mine, 1<<16) // so that our death uncounts us
+	done := func() {
+		atomic.AddUint32(mine, ^uint32(1<<16-1)) // -1<<16
 		atomic.AddUint32(&c.Waiters, ^uint32(0))
+	}
+	wt := watch(&c.Seq, atomic.LoadUint32(&c.Seq))
+	if err := (Lock{r: r, v: cur}).unlock(); err != nil {
+		done()
 		return err
 	}
 	werr := wt.wait(ctx)
-	atomic.AddUint32(&c.Waiters, ^uint32(0))
+	done()
 	if r.closed.Load() {
 		return r.err("wait", ErrClosed)
 	}
-	// Take the lock back as the same holding, whatever ctx says.
-	_, lerr := r.lockAs(context.Background(), false, l.v)
+	// Take the lock back, whatever ctx says, as a new holding (its
+	// generation moves on, so that no Lock of a holding between is ever
+	// valid again), which l stands for from now on.
+	nl, lerr := r.lockAs(context.Background(), false, 0)
+	if nl.r != nil {
+		r.lk.remap(l.v, nl.v)
+	}
 	if lerr != nil {
 		return lerr
 	}

@@ -302,3 +302,75 @@ func BenchmarkSignalNoWaiters(b *testing.B) {
 		r.Signal()
 	}
 }
+
+// A holding that went through Wait keeps its Lock value, but the lock's
+// generation goes on: a Lock value of a holding from meanwhile never
+// becomes valid again.
+func TestCondWaitKeepsGenerationsUnique(t *testing.T) {
+	r, _ := lockRegion(t, "condgen")
+	l1, err := r.Lock()
+	if err != nil {
+		t.Fatal(err)
+	}
+	waited := make(chan error)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		waited <- l1.Wait(ctx)
+	}()
+	var lB Lock
+	for {
+		if lB, err = r.TryLock(); err == nil {
+			break
+		}
+		time.Sleep(time.Millisecond)
+	}
+	r.Signal()
+	if err := lB.Unlock(); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-waited; err != nil {
+		t.Fatal(err)
+	}
+	if err := l1.Unlock(); err != nil {
+		t.Fatalf("Unlock of the holding Wait took back: %v", err)
+	}
+	lC, err := r.Lock()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := lB.Unlock(); !errors.Is(err, ErrNotLocked) {
+		t.Fatalf("a stale Lock from during the Wait: %v, want ErrNotLocked", err)
+	}
+	if err := l1.Unlock(); !errors.Is(err, ErrNotLocked) {
+		t.Fatalf("a second Unlock of the waited holding: %v, want ErrNotLocked", err)
+	}
+	if _, err := r.TryLock(); !errors.Is(err, ErrLocked) {
+		t.Fatalf("TryLock while lC holds: %v", err)
+	}
+	lC.Unlock()
+}
+
+// A waiter killed in Wait stays counted only until its slot is reused:
+// then Signal with nobody waiting stops entering the kernel.
+func TestCondKilledWaiterUncounted(t *testing.T) {
+	r, key := lockRegion(t, "condcount")
+	cmd, out := startLockChild(t, "condsleep", key, nil)
+	out.Scan()
+	for atomic.LoadUint32(&r.hdr.Cond.Waiters) == 0 {
+		time.Sleep(time.Millisecond)
+	}
+	cmd.Process.Kill()
+	cmd.Wait()
+	if w := atomic.LoadUint32(&r.hdr.Cond.Waiters); w != 1 {
+		t.Fatalf("%d waiters counted after the waiter died, want its 1 until its slot is reused", w)
+	}
+	u, err := Open(key, 0) // takes the dead waiter's slot
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer u.Close()
+	if w := atomic.LoadUint32(&r.hdr.Cond.Waiters); w != 0 {
+		t.Fatalf("%d waiters counted after the dead waiter's slot was reused, want 0", w)
+	}
+}

@@ -93,8 +93,11 @@ type slot struct {
 	// would not arm it, which is judged by PID, Start and NS instead.
 	// sys.FutexWaiters may be set on it by a waiter that sleeps on it.
 	Live uint32
-	// Hazard is the slot+1 whose dead holder this user is taking the lock
-	// from, or 0: a slot named by a hazard is not reused meanwhile.
+	// Hazard holds, in its low 16 bits, the slot+1 whose dead holder this
+	// user is taking the lock from, or 0: a slot named by a hazard is not
+	// reused meanwhile. Its high 16 bits count the user's goroutines in
+	// Lock.Wait, which a user that died leaves counted in the header's
+	// waiters until its slot is reused.
 	Hazard uint32
 	// Link is the kernel's robust-list link of Live, an address in the user
 	// process. Nothing but that process (and the kernel) reads it.

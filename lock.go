@@ -64,6 +64,29 @@ type lockState struct {
 	// the lock taken queue here in order, so that at most one OS thread
 	// per Region sleeps in the kernel. Only the slow path touches it.
 	room chan struct{}
+
+	// moved maps the Lock value of a holding that went through Wait to the
+	// holding Wait took back (from<<32 | to), or is 0. Holdings of a Region
+	// exclude one another, so one entry serves.
+	moved atomic.Uint64
+}
+
+// current is the holding that the Lock value v stands for now.
+func (s *lockState) current(v uint32) uint32 {
+	if m := s.moved.Load(); m != 0 && uint32(m>>32) == v {
+		return uint32(m)
+	}
+	return v
+}
+
+// remap records that the Lock value from now stands for the holding to.
+func (s *lockState) remap(from, to uint32) { s.moved.Store(uint64(from)<<32 | uint64(to)) }
+
+// forget drops the remap of from, once its holding ended.
+func (s *lockState) forget(from uint32) {
+	if m := s.moved.Load(); m != 0 && uint32(m>>32) == from {
+		s.moved.CompareAndSwap(m, 0)
+	}
 }
 
 func (s *lockState) init() { s.room = make(chan struct{}, 1) }
@@ -221,7 +244,7 @@ func (r *Region) waitLock(ctx context.Context, try bool, want uint32) (Lock, err
 			case owner == r.me:
 				return Lock{}, r.err("lock", ErrLocked)
 			default:
-				st, err := r.judge(owner)
+				st, err := r.judge(owner, true)
 				if err != nil {
 					return Lock{}, err
 				}
@@ -231,7 +254,7 @@ func (r *Region) waitLock(ctx context.Context, try bool, want uint32) (Lock, err
 					}
 					return Lock{}, r.err("lock", ErrLocked)
 				}
-				if l, ok := r.takeOver(cur, want); ok {
+				if l, ok := r.takeOver(cur, want, true); ok {
 					return r.acquired(l, true)
 				}
 			}
@@ -257,6 +280,7 @@ func (r *Region) waitLock(ctx context.Context, try bool, want uint32) (Lock, err
 
 	probe := probeMin
 	slept := false // we slept on the word: a wake-up may have been ours
+	deep := false  // the last sleep timed out: judge the holder by PID too
 	for {
 		if r.closed.Load() {
 			r.passWake(slept)
@@ -283,12 +307,12 @@ func (r *Region) waitLock(ctx context.Context, try bool, want uint32) (Lock, err
 			}
 			continue
 		case owner != 0 && owner != r.me:
-			st, err := r.judge(owner)
+			st, err := r.judge(owner, deep)
 			if err != nil {
 				return Lock{}, err
 			}
 			if st == holderDead {
-				if l, ok := r.takeOver(cur, want); ok {
+				if l, ok := r.takeOver(cur, want, deep); ok {
 					return r.acquired(l, true)
 				}
 				continue
@@ -320,6 +344,7 @@ func (r *Region) waitLock(ctx context.Context, try bool, want uint32) (Lock, err
 		}
 		err := sys.FutexWait(w, cur, wait)
 		slept = true
+		deep = err == unix.ETIMEDOUT
 		if err == unix.EFAULT {
 			return Lock{}, r.err("lock", because("lock word is no longer mapped (region truncated?)", err, ErrCorrupt))
 		}
@@ -352,14 +377,14 @@ func holding(cur, me, want uint32) uint32 {
 // While it does, this Region's slot names the holder's as a hazard, so that
 // no process reuses the dead holder's slot between the judgement and the
 // compare-and-swap.
-func (r *Region) takeOver(cur, want uint32) (Lock, bool) {
+func (r *Region) takeOver(cur, want uint32, deep bool) (Lock, bool) {
 	hz := &r.slots[r.mine].Hazard
-	atomic.StoreUint32(hz, cur&lockOwner)
-	defer atomic.StoreUint32(hz, 0)
+	setHazard(hz, cur&lockOwner)
+	defer setHazard(hz, 0)
 	if atomic.LoadUint32(r.word) != cur {
 		return Lock{}, false
 	}
-	if st, _ := r.judge(cur & lockOwner); st != holderDead {
+	if st, _ := r.judge(cur&lockOwner, deep); st != holderDead {
 		return Lock{}, false
 	}
 	v := holding(cur, r.me, want)
@@ -369,13 +394,14 @@ func (r *Region) takeOver(cur, want uint32) (Lock, bool) {
 	return Lock{r: r, v: v}, true
 }
 
-// judge judges the holder in slot owner (slot+1) of the word.
-func (r *Region) judge(owner uint32) (holderState, error) {
+// judge judges the holder in slot owner (slot+1) of the word (see
+// judgeSlot for deep).
+func (r *Region) judge(owner uint32, deep bool) (holderState, error) {
 	if owner > uint32(len(r.slots)) {
 		return 0, r.err("lock", because("lock word names user slot "+strconv.Itoa(int(owner)-1)+
 			" of a table of "+strconv.Itoa(len(r.slots)), nil, ErrCorrupt))
 	}
-	return judgeSlot(&r.slots[owner-1]), nil
+	return judgeSlot(&r.slots[owner-1], deep), nil
 }
 
 // passWake is called by a waiter that leaves without the lock: if it slept,
@@ -463,17 +489,20 @@ func (l Lock) unlock() error {
 	return l.unlockSlow()
 }
 
-// unlockSlow releases a holding whose word carries flags.
+// unlockSlow releases a holding whose word carries flags, or that went
+// through Wait.
 func (l Lock) unlockSlow() error {
 	r := l.r
 	raceRelease(unsafe.Pointer(&raceLock))
 	w := r.word
+	v := r.lk.current(l.v)
 	for {
 		cur := atomic.LoadUint32(w)
-		if cur&(lockOwner|lockGen) != l.v {
+		if cur&(lockOwner|lockGen) != v {
 			return r.err("unlock", ErrNotLocked)
 		}
 		if atomic.CompareAndSwapUint32(w, cur, free(cur)) {
+			r.lk.forget(l.v)
 			r.wakeNext(cur)
 			return nil
 		}
@@ -522,9 +551,10 @@ func (l Lock) MarkConsistent() error {
 	var err error
 	if ferr := guard(func() {
 		w := r.word
+		v := r.lk.current(l.v)
 		for {
 			cur := atomic.LoadUint32(w)
-			if cur&(lockOwner|lockGen) != l.v {
+			if cur&(lockOwner|lockGen) != v {
 				err = r.err("markconsistent", ErrNotLocked)
 				return
 			}

@@ -63,7 +63,10 @@ func (r *Region) claimSlot() error {
 		if lv&sys.FutexWaiters != 0 {
 			sys.FutexWake(&s.Live, 1<<30) // sleepers on the dead user: look again
 		}
-		atomic.StoreUint32(&s.Hazard, 0)
+		// The dead user's waits on the condition are over: uncount them.
+		if n := atomic.SwapUint32(&s.Hazard, 0) >> 16; n != 0 {
+			atomic.AddUint32(&r.hdr.Cond.Waiters, -n)
+		}
 		atomic.StoreUint32(&s.PID, uint32(me.PID))
 		atomic.StoreUint64(&s.Start, me.Start)
 		atomic.StoreUint32(&s.NS, uint32(me.NS))
@@ -107,7 +110,7 @@ func slotIdentity(s *slot) sys.Identity {
 // holder in slot owner (slot+1).
 func (r *Region) hazardOn(owner uint32) bool {
 	for i := range r.slots {
-		if atomic.LoadUint32(&r.slots[i].Hazard) == owner {
+		if atomic.LoadUint32(&r.slots[i].Hazard)&hazardMask == owner {
 			return true
 		}
 	}
@@ -123,7 +126,7 @@ func (r *Region) releaseSlot() (tampered bool) {
 		return false
 	}
 	s := &r.slots[r.mine]
-	guard(func() { atomic.StoreUint32(&s.Hazard, 0) })
+	guard(func() { setHazard(&s.Hazard, 0) })
 	var old uint32
 	if r.armed != (sys.Armed{}) {
 		old, tampered = r.armed.Disarm(slotFree)
@@ -135,6 +138,20 @@ func (r *Region) releaseSlot() (tampered bool) {
 	}
 	r.me = 0
 	return tampered
+}
+
+// hazardMask is the hazard part of a slot's Hazard field; the rest counts
+// the slot's waiters on the condition.
+const hazardMask = 1<<16 - 1
+
+// setHazard sets the hazard part of *hz to owner.
+func setHazard(hz *uint32, owner uint32) {
+	for {
+		cur := atomic.LoadUint32(hz)
+		if atomic.CompareAndSwapUint32(hz, cur, cur&^hazardMask|owner) {
+			return
+		}
+	}
 }
 
 // holderState is what a waiter knows of the lock's holder.
@@ -150,8 +167,18 @@ const (
 // for a Region that left without releasing it (a Lock that raced with its
 // Close), and a new user cannot hold the lock before its claim is complete:
 // the holding is a dead one's.
-func judgeSlot(s *slot) holderState {
-	if slotLiveness(s) == sys.Dead {
+//
+// With deep false it reads the slot alone (no system call): the kernel's
+// mark, or a free or claiming slot. With deep true it also checks the
+// recorded process by PID (which a slot judged by PID needs, and which
+// catches an armed process whose kernel walk a peer cut); waiters do that
+// only after a probe sleep timed out.
+func judgeSlot(s *slot, deep bool) holderState {
+	lv := atomic.LoadUint32(&s.Live)
+	if lv == slotFree || lv == slotClaiming || lv&sys.FutexTIDMask == 0 {
+		return holderDead
+	}
+	if deep && slotLiveness(s) == sys.Dead {
 		return holderDead
 	}
 	return holderAlive
