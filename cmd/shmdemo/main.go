@@ -161,8 +161,9 @@ func app() error {
 	if err != nil {
 		return err
 	}
-	fmt.Printf("app        pid %d: created %s (%d bytes, backend %s); log of %d records, %s\n",
-		os.Getpid(), r.Key(), r.Size(), r.Backend(), *capacity, how())
+	// internal/nstest matches this line to its end.
+	fmt.Printf("app        pid %d: created %s (%d bytes, backend %s)\n", os.Getpid(), r.Key(), r.Size(), r.Backend())
+	fmt.Printf("app        pid %d: appending %d records in bursts of %d to a log of %d, %s\n", os.Getpid(), *events, burst, *capacity, how())
 	ctx := context.Background()
 	capa := uint32(*capacity)
 	pid := int32(os.Getpid())
@@ -267,7 +268,9 @@ func controller() error {
 		<-appDone
 		return err
 	}
-	fmt.Printf("controller pid %d: attached to %s (%d bytes, backend %s); %s\n", os.Getpid(), r.Key(), r.Size(), r.Backend(), how())
+	// internal/nstest matches this line to its end.
+	fmt.Printf("controller pid %d: attached to %s (%d bytes, backend %s)\n", os.Getpid(), r.Key(), r.Size(), r.Backend())
+	fmt.Printf("controller pid %d: draining the log, %s\n", os.Getpid(), how())
 
 	var seen, enters, exits, wakeups, idle int
 	var sizes []int            // records per drain

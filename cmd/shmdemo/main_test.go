@@ -41,6 +41,16 @@ func demo(t *testing.T, events int, args ...string) string {
 	if err != nil {
 		t.Fatalf("shmdemo %q: %v\n%s", args, err, out)
 	}
+	// internal/nstest's TestDemoWithoutDevShm matches these two lines to
+	// their ends.
+	for _, re := range []string{
+		`(?m)^app +pid \d+: created ` + regexp.QuoteMeta(key) + ` \(\d+ bytes, backend [a-z]+\)$`,
+		`(?m)^controller pid \d+: attached to ` + regexp.QuoteMeta(key) + ` \(\d+ bytes, backend [a-z]+\)$`,
+	} {
+		if !regexp.MustCompile(re).Match(out) {
+			t.Errorf("output does not match %s:\n%s", re, out)
+		}
+	}
 	n := strconv.Itoa(events)
 	for _, want := range []string{
 		"saw " + n + " records (" + strconv.Itoa(events/2) + " enter, " + strconv.Itoa(events/2) + " exit)",
