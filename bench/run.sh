@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # bench/run.sh (make bench): package shm against a C program that does the
 # same the way GEOPM does (bench/cbaseline/cbench.c: shm_open, ftruncate,
-# mmap, a PTHREAD_PROCESS_SHARED mutex in the first 64 bytes), in one run.
+# mmap, a PTHREAD_PROCESS_SHARED mutex in the first 64 bytes; for notify raw
+# futex(2) on a shared word, for cond a PTHREAD_PROCESS_SHARED pthread_cond_t
+# with that mutex), in one run.
 #
 # Each case runs BENCH_RUNS times (default 5), the Go and the C program
 # interleaved (alternating which goes first), and the table shows the
@@ -54,7 +56,9 @@ declare -a names ours_med c_med ratios targets mets
 # pair NAME TARGET GO_ARGS -- C_ARGS: run both RUNS times, interleaved.
 # TARGET is "<=X" (ratio of ns/op, ours/C) or ">=X" (ratio of GBps). With
 # METRIC set, the ratio is of that field instead (lock: cpu_ns_per_op).
-# With C_ARGS starting with "go:", the baseline is shmbench itself.
+# With C_ARGS starting with "go:", the baseline is shmbench itself. With
+# EXTRA set to field names (notify, cond: "p50_ns p99_ns"), the medians of
+# those fields get rows of their own, "NAME (FIELD)", without a target.
 pair() {
 	local name=$1 target=$2
 	shift 2
@@ -67,15 +71,22 @@ pair() {
 	if [ "${cargs[0]}" = "go:" ]; then cprog=$GO; cargs=("${cargs[@]:1}"); fi
 	local key=${METRIC:-ns_per_op}
 	[[ $target == ">="* ]] && key=GBps
+	local f extra=${EXTRA:-}
 	: >"$tmp/o" ; : >"$tmp/c"
+	for f in $extra; do : >"$tmp/o.$f"; : >"$tmp/c.$f"; done
 	local i l
+	# keep SIDE LINE: the fields of one run's line, into SIDE's files.
+	keep() {
+		field "$key" "$2" >>"$tmp/$1"
+		for f in $extra; do field "$f" "$2" >>"$tmp/$1.$f"; done
+	}
 	for ((i = 0; i < runs; i++)); do
 		if ((i % 2 == 0)); then
-			l=$(one "$name/ours" "$GO" "${gargs[@]}"); field "$key" "$l" >>"$tmp/o"
-			l=$(one "$name/base" "$cprog" "${cargs[@]}"); field "$key" "$l" >>"$tmp/c"
+			l=$(one "$name/ours" "$GO" "${gargs[@]}"); keep o "$l"
+			l=$(one "$name/base" "$cprog" "${cargs[@]}"); keep c "$l"
 		else
-			l=$(one "$name/base" "$cprog" "${cargs[@]}"); field "$key" "$l" >>"$tmp/c"
-			l=$(one "$name/ours" "$GO" "${gargs[@]}"); field "$key" "$l" >>"$tmp/o"
+			l=$(one "$name/base" "$cprog" "${cargs[@]}"); keep c "$l"
+			l=$(one "$name/ours" "$GO" "${gargs[@]}"); keep o "$l"
 		fi
 	done
 	local om cm r met
@@ -85,6 +96,13 @@ pair() {
 	met=$(awk -v r="$r" -v t="$target" 'BEGIN {op=substr(t,1,2); v=substr(t,3)+0; if ((op=="<=" && r<=v) || (op==">=" && r>=v)) print "yes"; else print "NO"}')
 	names+=("$name"); ours_med+=("$om"); c_med+=("$cm"); ratios+=("$r"); targets+=("$target"); mets+=("$met")
 	printf '  %-26s ours %12s  base %12s  ratio %6s  (%s)\n' "$name" "$om" "$cm" "$r" "$met" >&2
+	for f in $extra; do
+		om=$(median <"$tmp/o.$f")
+		cm=$(median <"$tmp/c.$f")
+		r=$(awk -v a="$om" -v b="$cm" 'BEGIN {printf "%.2f", a/b}')
+		names+=("$name ($f)"); ours_med+=("$om"); c_med+=("$cm"); ratios+=("$r"); targets+=("-"); mets+=("-")
+		printf '  %-26s ours %12s  base %12s  ratio %6s\n' "$name ($f)" "$om" "$cm" "$r" >&2
+	done
 }
 
 echo "# shm vs C (GEOPM-style) baseline: $(nproc) CPUs, $(uname -r), $(go version | cut -d' ' -f3), $runs runs each" >&2
@@ -98,6 +116,8 @@ pair "fill 256MiB (GBps)"  ">=0.95" -workload fill -size $((256 * MiB)) -n 6 -- 
 pair "fill 256MiB, 1020KiB chunks (GBps)" ">=0.95" -workload fill -size $((256 * MiB)) -n 6 -chunk $((1020 * 1024)) -- -workload fill -size $((256 * MiB)) -n 6 -chunk $((1020 * 1024))
 pair "create+write 1GiB"   "<=1.1" -workload createwrite -size $((1024 * MiB)) -n 1 -- -workload createwrite -size $((1024 * MiB)) -n 1
 pair "pingpong"            "-"     -workload pingpong -- -workload pingpong
+EXTRA="p50_ns p99_ns" pair "notify"   "<=1.0" -workload notify -- -workload notify
+EXTRA="p50_ns p99_ns" pair "cond"     "<=1.0" -workload cond -- -workload cond
 pair "memfd/posix attach"  "<=3.0" -backend memfd -workload attach -size 4096 -- go: -backend posix -workload attach -size 4096
 
 echo
@@ -119,6 +139,10 @@ echo "Go's copy() moves 1 MiB and more with non-temporal stores, slower than gli
 echo "some machines; the 1020 KiB row is the same fill with copies that stay under that threshold."
 echo "lock is the CPU time of the locking thread per Lock+Unlock (CLOCK_THREAD_CPUTIME_ID): the"
 echo "machine is shared, and wall time also counts other programs' turns (raw lines keep both)."
+echo "notify and cond are ns per round trip between two processes (the mean; the (p50_ns) and"
+echo "(p99_ns) rows are the medians of each run's percentiles): notify through shm.Futex against raw"
+echo "futex(2) FUTEX_WAIT/FUTEX_WAKE, cond through Lock.Wait/Signal against a PTHREAD_PROCESS_SHARED"
+echo "pthread_cond_t with the region's mutex, each side holding the lock but while it waits."
 
 if [ "${BENCH_BACKENDS:-1}" != 0 ]; then
 	echo
@@ -126,7 +150,7 @@ if [ "${BENCH_BACKENDS:-1}" != 0 ]; then
 	echo
 	echo '```'
 	for b in posix sysv file memfd auto; do
-		for w in create attach lock contend pingpong; do
+		for w in create attach lock contend pingpong notify cond; do
 			"$GO" -backend "$b" -workload "$w" || echo "backend=$b workload=$w FAILED"
 		done
 		"$GO" -backend "$b" -workload fill -size $((64 * MiB)) -n 4 || echo "backend=$b workload=fill FAILED"

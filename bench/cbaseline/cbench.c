@@ -13,7 +13,9 @@
  * prints one line per workload, in shmbench's format:
  *   workload=<name> backend=c size=<bytes> ns_per_op=<number> [key=value...]
  *
- * Workloads: create, attach, lock, contend, fill, pingpong, createwrite.
+ * Workloads: create, attach, lock, contend, fill, pingpong, notify, cond,
+ * createwrite. notify and cond also print p50_ns= and p99_ns= (each round
+ * trip timed, after WARM_ROUNDS untimed ones, as shmbench does).
  * Keys are /t-bench-c-<pid>-<workload>; every object is removed on exit.
  */
 #define _GNU_SOURCE
@@ -214,6 +216,12 @@ struct ctl {
 	uint64_t cpu_ns; /* contend: CPU time the workers spent from go to done */
 	char pad[40];
 	uint64_t counter; /* contend: on its own line */
+	char pad2[56];
+	/* notify, cond: on their own line (shmbench's offWait, 128) */
+	uint32_t nturn; /* notify: futex word, 0 = parent's turn, 1 = child's */
+	uint32_t cturn; /* cond: guarded by the region's mutex */
+	char pad3[56];
+	pthread_cond_t cond; /* cond: PTHREAD_PROCESS_SHARED */
 };
 
 static long futex(uint32_t *addr, int op, uint32_t val)
@@ -408,9 +416,158 @@ static void do_pingpong(void)
 	report("pingpong", size, ns, NULL);
 }
 
+#define WARM_ROUNDS 100
+
+static int cmp_double(const void *a, const void *b)
+{
+	double x = *(const double *)a, y = *(const double *)b;
+	return x < y ? -1 : x > y;
+}
+
+/* nearest-rank percentile of sorted s */
+static double percentile(const double *s, long len, int p)
+{
+	long i = (len * p + 99) / 100;
+	return s[(i < 1 ? 1 : i) - 1];
+}
+
+static void report_latencies(const char *w, double *d, long iters)
+{
+	double total = 0;
+	for (long i = 0; i < iters; i++)
+		total += d[i];
+	qsort(d, (size_t)iters, sizeof d[0], cmp_double);
+	char extra[96];
+	snprintf(extra, sizeof extra, " p50_ns=%.0f p99_ns=%.0f", percentile(d, iters, 50), percentile(d, iters, 99));
+	report(w, size, total / iters, extra);
+}
+
+/* Attach and say so, as a shmbench worker does. */
+static struct ctl *child_attach(struct region *u)
+{
+	if (user_attach(u) != 0)
+		die("worker attach");
+	struct ctl *cc = (struct ctl *)u->data;
+	count_wake(&cc->ready);
+	return cc;
+}
+
+/*
+ * notify: pingpong with each round trip timed, and the wake-ups for one
+ * waiter (FUTEX_WAKE 1), as a Futex.Wake(1) is: a word in the shared
+ * mapping, FUTEX_WAIT and FUTEX_WAKE without FUTEX_PRIVATE_FLAG.
+ */
+static void do_notify(void)
+{
+	long iters = pick(20000);
+	setkey("notify");
+	struct region r;
+	owner_create(&r, size < (long)sizeof(struct ctl) ? (long)sizeof(struct ctl) : size);
+	struct ctl *c = (struct ctl *)r.data;
+	double *d = malloc(sizeof(double) * (size_t)iters);
+	if (!d)
+		die("malloc");
+	pid_t pid = fork();
+	if (pid < 0)
+		die("fork");
+	if (pid == 0) {
+		struct region u;
+		struct ctl *cc = child_attach(&u);
+		for (long i = 0; i < iters + WARM_ROUNDS; i++) {
+			while (__atomic_load_n(&cc->nturn, __ATOMIC_ACQUIRE) == 0)
+				futex(&cc->nturn, FUTEX_WAIT, 0);
+			__atomic_store_n(&cc->nturn, 0, __ATOMIC_RELEASE);
+			futex(&cc->nturn, FUTEX_WAKE, 1);
+		}
+		region_close(&u);
+		_exit(0);
+	}
+	wait_count(&c->ready, 1);
+	for (long i = -WARM_ROUNDS; i < iters; i++) {
+		double t0 = now_ns();
+		__atomic_store_n(&c->nturn, 1, __ATOMIC_RELEASE);
+		futex(&c->nturn, FUTEX_WAKE, 1);
+		while (__atomic_load_n(&c->nturn, __ATOMIC_ACQUIRE) == 1)
+			futex(&c->nturn, FUTEX_WAIT, 1);
+		if (i >= 0)
+			d[i] = now_ns() - t0;
+	}
+	reap(1);
+	shm_unlink(key);
+	region_close(&r);
+	report_latencies("notify", d, iters);
+	free(d);
+}
+
+/*
+ * cond: a PTHREAD_PROCESS_SHARED condition variable with the region's
+ * mutex (GEOPM-style code): each process holds the mutex but while it
+ * sleeps in pthread_cond_wait, flips the turn and signals with the mutex
+ * held.
+ */
+static void do_cond(void)
+{
+	long iters = pick(20000);
+	setkey("cond");
+	struct region r;
+	owner_create(&r, size < (long)sizeof(struct ctl) ? (long)sizeof(struct ctl) : size);
+	struct ctl *c = (struct ctl *)r.data;
+	pthread_condattr_t ca;
+	if (pthread_condattr_init(&ca) != 0 || pthread_condattr_setpshared(&ca, PTHREAD_PROCESS_SHARED) != 0 ||
+	    pthread_cond_init(&c->cond, &ca) != 0)
+		die("pthread_cond_init");
+	pthread_condattr_destroy(&ca);
+	double *d = malloc(sizeof(double) * (size_t)iters);
+	if (!d)
+		die("malloc");
+	pid_t pid = fork();
+	if (pid < 0)
+		die("fork");
+	if (pid == 0) {
+		struct region u;
+		struct ctl *cc = child_attach(&u);
+		if (pthread_mutex_lock(u.mutex) != 0)
+			die("lock");
+		for (long i = 0; i < iters + WARM_ROUNDS; i++) {
+			while (cc->cturn == 0)
+				if (pthread_cond_wait(&cc->cond, u.mutex) != 0)
+					die("pthread_cond_wait");
+			cc->cturn = 0;
+			if (pthread_cond_signal(&cc->cond) != 0)
+				die("pthread_cond_signal");
+		}
+		if (pthread_mutex_unlock(u.mutex) != 0)
+			die("unlock");
+		region_close(&u);
+		_exit(0);
+	}
+	wait_count(&c->ready, 1);
+	if (pthread_mutex_lock(r.mutex) != 0)
+		die("lock");
+	for (long i = -WARM_ROUNDS; i < iters; i++) {
+		double t0 = now_ns();
+		c->cturn = 1;
+		if (pthread_cond_signal(&c->cond) != 0)
+			die("pthread_cond_signal");
+		while (c->cturn == 1)
+			if (pthread_cond_wait(&c->cond, r.mutex) != 0)
+				die("pthread_cond_wait");
+		if (i >= 0)
+			d[i] = now_ns() - t0;
+	}
+	if (pthread_mutex_unlock(r.mutex) != 0)
+		die("unlock");
+	reap(1);
+	pthread_cond_destroy(&c->cond);
+	shm_unlink(key);
+	region_close(&r);
+	report_latencies("cond", d, iters);
+	free(d);
+}
+
 static void usage(void)
 {
-	fprintf(stderr, "usage: cbench [-workload create|attach|lock|contend|fill|pingpong|createwrite|all] "
+	fprintf(stderr, "usage: cbench [-workload create|attach|lock|contend|fill|pingpong|notify|cond|createwrite|all] "
 			"[-n N] [-size BYTES] [-procs P] [-chunk BYTES]\n");
 	exit(2);
 }
@@ -451,6 +608,8 @@ int main(int argc, char **argv)
 	RUN("contend", do_contend);
 	RUN("fill", do_fill);
 	RUN("pingpong", do_pingpong);
+	RUN("notify", do_notify);
+	RUN("cond", do_cond);
 	if (strcmp(workload, "createwrite") == 0) { /* not in "all": it is sized for 1 GiB */
 		do_createwrite();
 		ran = 1;

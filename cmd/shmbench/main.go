@@ -27,10 +27,18 @@
 //   - pingpong: two processes hand a turn back and forth through a word in
 //     the region (a futex wait on the word, woken by the other side); ns
 //     per round trip.
+//   - notify: the same ping-pong through the library's Futex (Store, Wake
+//     and Wait on a shm.Futex in the region, reached with shm.View); ns per
+//     round trip (the mean), p50_ns= and p99_ns= (each round trip timed,
+//     after 100 untimed ones).
+//   - cond: a ping-pong through the region's condition: each process holds
+//     the lock but while it sleeps in Lock.Wait, flips a turn and calls
+//     Signal, as with a pthread_cond_t and a process-shared mutex; ns per
+//     round trip, p50_ns= and p99_ns=.
 //   - createwrite (not in "all"): Create of a region of size bytes plus one
 //     full write of it in 1 MiB chunks, the cost of a fresh big region.
 //
-// -n 0 picks a count per workload. contend and pingpong re-execute shmbench
+// -n 0 picks a count per workload. contend, pingpong, notify and cond re-execute shmbench
 // as their worker processes (selected by an environment variable). Keys
 // start with /t-bench-; every region is removed before shmbench exits.
 //
@@ -70,6 +78,8 @@ var workloads = []struct {
 	{"contend", true, runContend},
 	{"fill", true, runFill},
 	{"pingpong", true, runPingPong},
+	{"notify", true, runNotify},
+	{"cond", true, runCond},
 	{"createwrite", false, runCreateWrite},
 }
 
@@ -92,7 +102,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	flags := flag.NewFlagSet("shmbench", flag.ContinueOnError)
 	flags.SetOutput(stderr)
 	flags.StringVar(&c.backend, "backend", "posix", "backend: "+strings.Join(backendNames(), "|")+"|all")
-	flags.StringVar(&c.workload, "workload", "all", "workload: create|attach|lock|contend|fill|pingpong|createwrite|all")
+	flags.StringVar(&c.workload, "workload", "all", "workload: create|attach|lock|contend|fill|pingpong|notify|cond|createwrite|all")
 	flags.IntVar(&c.n, "n", 0, "iterations (0: a default per workload); contend: increments per process")
 	flags.IntVar(&c.size, "size", 4096, "region data size in bytes")
 	flags.IntVar(&c.procs, "procs", 2, "contend: worker processes")

@@ -7,9 +7,10 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 )
 
-// The contend and pingpong workers re-execute the test binary.
+// The contend, pingpong, notify and cond workers re-execute the test binary.
 func TestMain(m *testing.M) {
 	if os.Getenv(envWorker) != "" {
 		os.Exit(workerMain())
@@ -17,11 +18,12 @@ func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
 
-var lineRE = regexp.MustCompile(`^workload=([a-z]+) backend=([a-z]+) size=([0-9]+) ns_per_op=([0-9.]+)( [a-zA-Z_]+=[^ ]+)*$`)
+var lineRE = regexp.MustCompile(`^workload=([a-z]+) backend=([a-z]+) size=([0-9]+) ns_per_op=([0-9.]+)( [a-zA-Z_][a-zA-Z0-9_]*=[^ ]+)*$`)
 
 // TestWorkloads runs every workload briefly on each backend and checks
 // the output: one line per workload in the documented format, contend's
-// total equal to expected, fill's and createwrite's bandwidth.
+// total equal to expected, fill's and createwrite's bandwidth, notify's and
+// cond's percentiles.
 func TestWorkloads(t *testing.T) {
 	for _, be := range backendNames() {
 		t.Run(be, func(t *testing.T) {
@@ -58,6 +60,12 @@ func TestWorkloads(t *testing.T) {
 				case "lock":
 					if f["cpu_ns_per_op"] == "" {
 						t.Errorf("line %q: no cpu_ns_per_op", line)
+					}
+				case "notify", "cond":
+					p50, err50 := strconv.ParseInt(f["p50_ns"], 10, 64)
+					p99, err99 := strconv.ParseInt(f["p99_ns"], 10, 64)
+					if err50 != nil || err99 != nil || p50 <= 0 || p99 < p50 {
+						t.Errorf("line %q: want 0 < p50_ns <= p99_ns", line)
 					}
 				}
 				seen[m[1]] = true
@@ -108,4 +116,21 @@ func fields(line string) map[string]string {
 		}
 	}
 	return f
+}
+
+func TestPercentile(t *testing.T) {
+	s := make([]time.Duration, 200)
+	for i := range s {
+		s[i] = time.Duration(i + 1)
+	}
+	for _, c := range []struct {
+		n, p int
+		want time.Duration
+	}{
+		{200, 50, 100}, {200, 99, 198}, {200, 100, 200}, {1, 50, 1}, {1, 99, 1}, {20, 99, 20}, {20, 50, 10},
+	} {
+		if got := percentile(s[:c.n], c.p); got != c.want {
+			t.Errorf("percentile(1..%d, %d) = %d, want %d", c.n, c.p, got, c.want)
+		}
+	}
 }

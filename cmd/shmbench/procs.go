@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -21,7 +22,7 @@ import (
 	"github.com/shmgo/shm/internal/sys"
 )
 
-// The workers of contend and pingpong are this program, re-executed with
+// The workers of contend, pingpong, notify and cond are this program, re-executed with
 // envWorker set to their role and envArgs to their parameters.
 const (
 	envWorker = "SHMBENCH_WORKER"
@@ -31,12 +32,13 @@ const (
 // The control block at the start of the region's data, shared by the parent
 // and its workers (the C baseline uses the same layout).
 const (
-	offReady   = 0  // workers attached
-	offGo      = 4  // futex: 1 once the parent starts the clock
-	offDone    = 8  // workers finished
-	offTurn    = 12 // pingpong: futex, 0 = the parent's turn, 1 = the worker's
-	offCounter = 64 // contend: the counter, on its own cache line
-	ctlSize    = 128
+	offReady   = 0   // workers attached
+	offGo      = 4   // futex: 1 once the parent starts the clock
+	offDone    = 8   // workers finished
+	offTurn    = 12  // pingpong: futex, 0 = the parent's turn, 1 = the worker's
+	offCounter = 64  // contend: the counter, on its own cache line
+	offWait    = 128 // notify, cond: a waitBlock, on its own cache line
+	ctlSize    = 192
 )
 
 func word(data []byte, off int) *uint32 { return (*uint32)(unsafe.Pointer(&data[off])) }
@@ -58,6 +60,9 @@ type workers struct {
 	mu     sync.Mutex
 	failed error // the first worker that exited with an error
 	wg     sync.WaitGroup
+	// exited ends when a worker exits, for the waits of notify and cond.
+	exited context.Context
+	cancel context.CancelFunc
 }
 
 // startWorkers starts count workers playing role on key.
@@ -67,6 +72,7 @@ func startWorkers(c *config, e *benv, role, key string, count, n int) (*workers,
 		return nil, err
 	}
 	ws := &workers{}
+	ws.exited, ws.cancel = context.WithCancel(context.Background())
 	args, err := json.Marshal(workerArgs{Backend: e.name, Key: key, N: n, Goroutines: c.goroutines, Size: max(c.size, ctlSize), Dir: e.dir})
 	if err != nil {
 		return nil, err
@@ -86,6 +92,7 @@ func startWorkers(c *config, e *benv, role, key string, count, n int) (*workers,
 		ws.wg.Add(1)
 		go func() {
 			defer ws.wg.Done()
+			defer ws.cancel()
 			if err := cmd.Wait(); err != nil {
 				ws.mu.Lock()
 				if ws.failed == nil {
@@ -259,6 +266,10 @@ func workerMain() int {
 		err = workContend(r, a.N, max(a.Goroutines, 1))
 	case "pingpong":
 		err = workPingPong(r, a.N)
+	case "notify":
+		err = workNotify(r, a.N)
+	case "cond":
+		err = workCond(r, a.N)
 	default:
 		err = fmt.Errorf("unknown role %q", role)
 	}

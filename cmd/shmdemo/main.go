@@ -1,10 +1,18 @@
 // Command shmdemo shows the pattern shm was built for, as GEOPM uses it: an
 // application process appends region enter/exit records to a record log in
 // shared memory, under the region's lock, while a controller process attaches
-// by key with a timeout, drains the log every few milliseconds and prints what
-// it saw. Then both clean up.
+// by key with a timeout, drains the log and prints what it saw. Then both
+// clean up.
 //
-//	go run ./cmd/shmdemo [-key /name] [-events N] [-period 5ms]
+//	go run ./cmd/shmdemo [-key /name] [-events N] [-period 0|5ms] [-capacity N] [-gap 500us] [-timeout 5s]
+//
+// Nobody polls: the controller sleeps in Lock.Wait (the region's condition)
+// until the application, after appending, calls Broadcast; when the log is
+// full, the application sleeps in Lock.Wait the same way until the
+// controller has drained it and called Broadcast. At the end the controller
+// prints how many times it woke and how many records each drain took.
+// With -period D both sides poll every D instead, as GEOPM's controller
+// does (every 5 ms), for comparison.
 //
 // The controller is the process you start; it starts the application as a
 // child (this same program with -role app), so the controller attaches before
@@ -12,13 +20,14 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"flag"
 	"fmt"
 	"os"
 	"os/exec"
+	"slices"
 	"strings"
-	"sync/atomic"
 	"time"
 	"unsafe"
 
@@ -26,7 +35,8 @@ import (
 )
 
 // The record log, a fixed layout in the region (like GEOPM's
-// ApplicationRecordLog): a count, a done flag, then the records.
+// ApplicationRecordLog): a count, a done flag, then the records. Every
+// field is guarded by the region's lock.
 const maxRecords = 1024
 
 type record struct {
@@ -42,20 +52,25 @@ const (
 )
 
 type recordLog struct {
-	Count   uint32 // records in the log, reset by the controller
-	Done    uint32 // the application has appended its last record
-	Total   uint64 // records appended since the start
-	Records [maxRecords]record
+	Count    uint32 // records in the log, reset by the controller
+	Done     uint32 // the application has appended its last record
+	Total    uint64 // records appended since the start
+	Capacity uint32 // records the application puts in the log before it waits for a drain
+	Full     uint32 // times the application found the log full
+	Records  [maxRecords]record
 }
 
-func logOf(r *shm.Region) *recordLog { return (*recordLog)(r.Pointer()) }
+// burst is how many records the application appends per holding of the lock.
+const burst = 4
 
 var (
-	role   = flag.String("role", "controller", "controller or app (the controller starts the app)")
-	key    = flag.String("key", "", "the region's key (default: /shmdemo-<pid>)")
-	events = flag.Int("events", 400, "records the application appends")
-	period = flag.Duration("period", 5*time.Millisecond, "how often the controller drains the log")
-	wait   = flag.Duration("timeout", 5*time.Second, "how long the controller waits for the application's region")
+	role     = flag.String("role", "controller", "controller or app (the controller starts the app)")
+	key      = flag.String("key", "", "the region's key (default: /shmdemo-<pid>)")
+	events   = flag.Int("events", 400, "records the application appends")
+	period   = flag.Duration("period", 0, "0: wait in Lock.Wait for the other side's Broadcast; >0: poll the log every period instead (GEOPM: 5ms)")
+	capacity = flag.Int("capacity", maxRecords, "records the log holds before the application waits for a drain (1 to 1024)")
+	gap      = flag.Duration("gap", 500*time.Microsecond, "the application's pause between bursts of 4 records")
+	wait     = flag.Duration("timeout", 5*time.Second, "how long the controller waits for the application's region, and either side for the other")
 )
 
 func main() {
@@ -64,10 +79,14 @@ func main() {
 		*key = fmt.Sprintf("/shmdemo-%d", os.Getpid())
 	}
 	var err error
-	switch *role {
-	case "controller":
+	switch {
+	case *capacity < 1 || *capacity > maxRecords:
+		err = fmt.Errorf("-capacity %d: want 1 to %d", *capacity, maxRecords)
+	case *events < 0:
+		err = fmt.Errorf("-events %d: want 0 or more", *events)
+	case *role == "controller":
 		err = controller()
-	case "app":
+	case *role == "app":
 		err = app()
 	default:
 		err = fmt.Errorf("unknown role %q", *role)
@@ -78,26 +97,94 @@ func main() {
 	}
 }
 
+// how says how the demo waits, for its output.
+func how() string {
+	if *period > 0 {
+		return fmt.Sprintf("polling every %v", *period)
+	}
+	return "sleeping in Lock.Wait until the other side's Broadcast"
+}
+
+// await waits, holding *l, until ok() holds (it is called with the lock
+// held), giving up after -timeout or when ctx ends. It sleeps in Lock.Wait,
+// or with -period polls: it unlocks, sleeps for the period and locks again.
+// It returns holding the lock (a new holding when polling, in *l) unless
+// the error says the lock was lost, and counts the times it woke: wakeups,
+// and idle, those that found ok() still false.
+func await(ctx context.Context, r *shm.Region, l *shm.Lock, ok func() bool) (wakeups, idle int, err error) {
+	ctx, cancel := context.WithTimeout(ctx, *wait)
+	defer cancel()
+	for !ok() {
+		if *period > 0 {
+			if err := l.Unlock(); err != nil {
+				return wakeups, idle, err
+			}
+			select {
+			case <-time.After(*period):
+			case <-ctx.Done():
+			}
+			if *l, err = r.Lock(); err != nil {
+				return wakeups, idle, err
+			}
+		} else {
+			err = l.Wait(ctx)
+		}
+		wakeups++
+		if ok() {
+			return wakeups, idle, nil
+		}
+		idle++
+		if err == nil {
+			err = ctx.Err()
+		}
+		if err != nil {
+			// Lock.Wait returns holding the lock but after Close; the
+			// demo never closes while waiting.
+			return wakeups, idle, err
+		}
+	}
+	return wakeups, idle, nil
+}
+
 // app owns the region: it creates it, appends enter/exit records under the
-// lock, marks the log done, and waits for the controller to drain it.
+// lock and broadcasts after each burst; when the log is full it waits for
+// the controller's drain. At the end it marks the log done and waits for the
+// last drain.
 func app() error {
-	size := int(unsafe.Sizeof(recordLog{}))
-	r, err := shm.Create(*key, size)
+	r, err := shm.Create(*key, int(unsafe.Sizeof(recordLog{})))
 	if err != nil {
 		return err
 	}
 	defer r.Close()
 	defer r.Unlink() // GEOPM unlinks once everyone has attached; here, at the end
+	lg, err := shm.View[recordLog](r, 0)
+	if err != nil {
+		return err
+	}
+	// internal/nstest matches this line to its end.
 	fmt.Printf("app        pid %d: created %s (%d bytes, backend %s)\n", os.Getpid(), r.Key(), r.Size(), r.Backend())
-	lg := logOf(r)
+	fmt.Printf("app        pid %d: appending %d records in bursts of %d to a log of %d, %s\n", os.Getpid(), *events, burst, *capacity, how())
+	ctx := context.Background()
+	capa := uint32(*capacity)
 	pid := int32(os.Getpid())
+	var waits, wakeups int
 	for i := 0; i < *events; {
 		l, err := r.Lock()
 		if err != nil {
 			return err
 		}
-		// Append a burst of enter/exit pairs when there is room.
-		for n := 0; n < 4 && i < *events && lg.Count < maxRecords; n++ {
+		lg.Capacity = capa
+		if lg.Count >= capa {
+			lg.Full++
+			waits++
+			w, _, err := await(ctx, r, &l, func() bool { return lg.Count < capa })
+			wakeups += w
+			if err != nil {
+				l.Unlock()
+				return fmt.Errorf("waiting for the controller to drain the full log: %w", err)
+			}
+		}
+		for n := 0; n < burst && i < *events && lg.Count < capa; n++ {
 			ev := int32(eventEnter)
 			if i%2 == 1 {
 				ev = eventExit
@@ -107,68 +194,118 @@ func app() error {
 			lg.Total++
 			i++
 		}
-		l.Unlock()
-		time.Sleep(500 * time.Microsecond)
+		if err := l.Unlock(); err != nil {
+			return err
+		}
+		// After the Unlock, so that the controller it wakes finds the lock
+		// free. With nobody waiting (polling) it makes no system call.
+		if err := r.Broadcast(); err != nil {
+			return err
+		}
+		if *gap > 0 {
+			time.Sleep(*gap)
+		}
 	}
 	l, err := r.Lock()
 	if err != nil {
 		return err
 	}
-	atomic.StoreUint32(&lg.Done, 1)
-	l.Unlock()
-	// Wait for the controller to drain the last records.
-	for deadline := time.Now().Add(*wait); time.Now().Before(deadline); time.Sleep(*period) {
-		l, err := r.Lock()
-		if err != nil {
-			return err
-		}
-		empty := lg.Count == 0
-		l.Unlock()
-		if empty {
-			break
-		}
+	lg.Done = 1
+	if err := l.Unlock(); err != nil {
+		return err
 	}
-	fmt.Printf("app        pid %d: appended %d records, unlinking and closing\n", os.Getpid(), *events)
+	if err := r.Broadcast(); err != nil {
+		return err
+	}
+	// Wait for the controller to drain the last records.
+	if l, err = r.Lock(); err != nil {
+		return err
+	}
+	w, _, err := await(ctx, r, &l, func() bool { return lg.Count == 0 })
+	wakeups += w
+	l.Unlock()
+	if err != nil {
+		return fmt.Errorf("waiting for the last drain: %w", err)
+	}
+	fmt.Printf("app        pid %d: appended %d records; found the log full %d times; wake-ups waiting for drains (the last one included): %d; unlinking and closing\n",
+		os.Getpid(), *events, waits, wakeups)
 	return nil
 }
 
 // controller starts the application, attaches with a timeout, and drains
-// the log every period until the application is done.
+// the log whenever the application says it appended, until it is done.
 func controller() error {
 	exe, err := os.Executable()
 	if err != nil {
 		return err
 	}
-	cmd := exec.Command(exe, "-role", "app", "-key", *key, "-events", fmt.Sprint(*events), "-period", period.String())
+	cmd := exec.Command(exe, "-role", "app", "-key", *key, "-events", fmt.Sprint(*events), "-period", period.String(),
+		"-capacity", fmt.Sprint(*capacity), "-gap", gap.String(), "-timeout", wait.String())
 	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
 	if err := cmd.Start(); err != nil {
 		return err
 	}
+	// When the application exits, a wait for it ends at once.
+	ctx, cancel := context.WithCancelCause(context.Background())
+	var appErr error
+	appDone := make(chan struct{})
+	go func() {
+		appErr = cmd.Wait()
+		cancel(errors.New("the application exited"))
+		close(appDone)
+	}()
 	fmt.Printf("controller pid %d: started app pid %d, attaching to %s (timeout %v)\n", os.Getpid(), cmd.Process.Pid, *key, *wait)
 	r, err := shm.Open(*key, *wait)
 	if err != nil {
 		cmd.Process.Kill()
-		cmd.Wait()
+		<-appDone
 		return err
 	}
 	defer r.Close()
+	lg, err := shm.View[recordLog](r, 0)
+	if err != nil {
+		cmd.Process.Kill()
+		<-appDone
+		return err
+	}
+	// internal/nstest matches this line to its end.
 	fmt.Printf("controller pid %d: attached to %s (%d bytes, backend %s)\n", os.Getpid(), r.Key(), r.Size(), r.Backend())
+	fmt.Printf("controller pid %d: draining the log, %s\n", os.Getpid(), how())
 
-	lg := logOf(r)
-	var seen, drains, enters, exits int
+	var seen, enters, exits, wakeups, idle int
+	var sizes []int            // records per drain
+	var delays []time.Duration // from the oldest record's append to its drain
 	batch := make([]record, 0, maxRecords)
 	for {
 		l, err := r.Lock()
 		if err != nil {
 			return err
 		}
+		w, id, werr := await(ctx, r, &l, func() bool { return lg.Count > 0 || lg.Done != 0 })
+		wakeups += w
+		idle += id
+		if werr != nil {
+			l.Unlock()
+			<-appDone
+			if ctx.Err() != nil {
+				return fmt.Errorf("waiting for records: %v (%v): %w", context.Cause(ctx), appErr, werr)
+			}
+			return fmt.Errorf("waiting for records: %w", werr)
+		}
 		batch = append(batch[:0], lg.Records[:lg.Count]...)
 		lg.Count = 0
-		done := atomic.LoadUint32(&lg.Done) == 1
-		l.Unlock()
-
+		done := lg.Done != 0
+		full := lg.Full
+		if err := l.Unlock(); err != nil {
+			return err
+		}
 		if len(batch) > 0 {
-			drains++
+			// The application may be waiting for room.
+			if err := r.Broadcast(); err != nil {
+				return err
+			}
+			delays = append(delays, time.Since(time.Unix(0, batch[0].Time)))
+			sizes = append(sizes, len(batch))
 			seen += len(batch)
 			for _, rec := range batch {
 				if rec.Event == eventEnter {
@@ -177,19 +314,27 @@ func controller() error {
 					exits++
 				}
 			}
-			if drains <= 3 || done {
-				fmt.Printf("controller: drain %3d: %3d records, first: %s\n", drains, len(batch), describe(batch[0]))
+			if len(sizes) <= 3 || done {
+				fmt.Printf("controller: drain %3d: %4d records, first: %s (wake-ups so far %d; log found full %d times so far)\n",
+					len(sizes), len(batch), describe(batch[0]), wakeups, full)
 			}
 		}
 		if done && len(batch) == 0 {
 			break
 		}
-		time.Sleep(*period)
 	}
-	if err := cmd.Wait(); err != nil {
-		return fmt.Errorf("app: %w", err)
+	<-appDone
+	if appErr != nil {
+		return fmt.Errorf("app: %w", appErr)
 	}
-	fmt.Printf("controller: saw %d records (%d enter, %d exit) in %d drains; app reported %d\n", seen, enters, exits, drains, lg.Total)
+	fmt.Printf("controller: saw %d records (%d enter, %d exit) in %d drains; app reported %d\n", seen, enters, exits, len(sizes), lg.Total)
+	fmt.Printf("controller: %d wake-ups (%s), %d of them finding nothing new\n", wakeups, how(), idle)
+	if len(sizes) > 0 {
+		fmt.Printf("controller: records per drain: min %d, median %d, max %d (log capacity %d)\n",
+			slices.Min(sizes), median(sizes), slices.Max(sizes), *capacity)
+		fmt.Printf("controller: from append to drain (a drain's oldest record): median %v, max %v\n",
+			median(delays).Round(time.Microsecond), slices.Max(delays).Round(time.Microsecond))
+	}
 	if seen != *events {
 		return fmt.Errorf("saw %d records, want %d", seen, *events)
 	}
@@ -199,6 +344,13 @@ func controller() error {
 	}
 	fmt.Printf("controller: %s is gone; done\n", *key)
 	return nil
+}
+
+// median is the middle value of xs (the upper one of an even count).
+func median[T int | time.Duration](xs []T) T {
+	s := slices.Clone(xs)
+	slices.Sort(s)
+	return s[len(s)/2]
 }
 
 func describe(r record) string {
