@@ -360,6 +360,9 @@ func Create(key string, size int, opts ...Option) (*Region, error) {
 		}
 		p, err = be.Create(name, off+int64(size), o.mode)
 	}
+	if err != nil && !o.replace && errors.Is(err, fs.ErrExist) {
+		return fail(because("key is taken; if its owner died, WithReplaceStale (or shmctl gc) removes a stale region", err, ErrExist))
+	}
 	if err != nil {
 		return fail(classify(err))
 	}
