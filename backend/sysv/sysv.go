@@ -539,7 +539,7 @@ type segment struct {
 }
 
 func (s *segment) recordIdentity(ds *unix.SysvShmDesc) {
-	s.hasIdent, s.cpid, s.cuid, s.segsz = true, ds.Cpid, ds.Perm.Cuid, ds.Segsz
+	s.hasIdent, s.cpid, s.cuid, s.segsz = true, ds.Cpid, ds.Perm.Cuid, uint64(ds.Segsz)
 	s.uid = int(ds.Perm.Uid)
 }
 
@@ -573,7 +573,7 @@ func (s *segment) StillNamed() (bool, error) {
 	var ds unix.SysvShmDesc
 	if s.hasIdent {
 		if _, err := unix.SysvShmCtl(id, unix.IPC_STAT, &ds); err == nil {
-			if ds.Cpid != s.cpid || ds.Perm.Cuid != s.cuid || ds.Segsz != s.segsz || ds.Perm.Mode&shmDest != 0 {
+			if ds.Cpid != s.cpid || ds.Perm.Cuid != s.cuid || uint64(ds.Segsz) != s.segsz || ds.Perm.Mode&shmDest != 0 {
 				return false, nil
 			}
 		}

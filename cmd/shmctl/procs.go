@@ -90,7 +90,7 @@ func (c *cli) targetOf(f found) (target, bool) {
 			return target{}, false
 		}
 	}
-	return target{dev: st.Dev, ino: st.Ino}, true
+	return target{dev: uint64(st.Dev), ino: uint64(st.Ino)}, true
 }
 
 // scanHolders walks /proc for the processes that map t or hold a
@@ -149,7 +149,7 @@ func scanHolders(t target) (hs []holder, uninspected int) {
 			fds, _ := os.ReadDir(filepath.Join(dir, "fd"))
 			for _, fd := range fds {
 				var st unix.Stat_t
-				if unix.Stat(filepath.Join(dir, "fd", fd.Name()), &st) != nil || st.Dev != t.dev || st.Ino != t.ino {
+				if unix.Stat(filepath.Join(dir, "fd", fd.Name()), &st) != nil || uint64(st.Dev) != t.dev || uint64(st.Ino) != t.ino {
 					continue
 				}
 				if n, err := strconv.Atoi(fd.Name()); err == nil {
