@@ -3,6 +3,7 @@ package shm
 import (
 	"errors"
 	"fmt"
+	"math"
 	"os"
 	"strings"
 	"testing"
@@ -90,7 +91,7 @@ func TestViewBadInputs(t *testing.T) {
 		{"one byte too long", func() error { _, err := View[[4097]byte](r, 0); return err }, "do not fit"},
 		{"at the end", func() error { _, err := View[uint32](r, 4096); return err }, "do not fit"},
 		{"slice too long", func() error { _, err := Slice[uint64](r, 8, 512); return err }, "do not fit"},
-		{"huge n", func() error { _, err := Slice[uint64](r, 0, 1<<61); return err }, "do not fit"},
+		{"huge n", func() error { _, err := Slice[uint64](r, 0, math.MaxInt); return err }, "do not fit"},
 		{"negative n", func() error { _, err := Slice[uint64](r, 0, -1); return err }, "negative length"},
 	}
 	for _, c := range cases {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"golang.org/x/sys/unix"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -279,11 +280,11 @@ func TestSysvByID(t *testing.T) {
 		t.Errorf("rm --id of a stale segment: %v", r)
 	}
 	// A segment that is not a region is left to ipcrm.
-	id, _, errno := syscall.Syscall(syscall.SYS_SHMGET, 0x5eed1234, 4096, 0o600|01000)
-	if errno != 0 {
-		t.Fatal(errno)
+	id, err := unix.SysvShmGet(0x5eed1234, 4096, 0o600|unix.IPC_CREAT|unix.IPC_EXCL)
+	if err != nil {
+		t.Fatal(err)
 	}
-	defer syscall.Syscall(syscall.SYS_SHMCTL, id, 0 /* IPC_RMID */, 0)
+	defer unix.SysvShmCtl(id, unix.IPC_RMID, nil)
 	if r := run(t, "rm", "--shmkey", "0x5eed1234"); r.code != 1 || !strings.Contains(r.stderr, fmt.Sprintf("ipcrm -m %d", id)) {
 		t.Errorf("rm of a foreign segment: %v", r)
 	}
