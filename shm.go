@@ -2,15 +2,20 @@
 //
 // An owner creates a region from a key and a size; users attach to it by
 // key, waiting up to a timeout for the owner; all of them see the same
-// bytes. A lock inside the region excludes other processes and other
-// goroutines, and survives the death of its holder: the next locker gets
-// the lock with ErrOwnerDead and can repair the data it guards.
+// bytes, as typed values if they like (View, Slice). A lock inside the
+// region excludes other processes and other goroutines, and survives the
+// death of its holder: the next locker gets the lock with ErrOwnerDead and
+// can repair the data it guards. A condition on the lock (Lock.Wait,
+// Signal, Broadcast) and Futex words let a process sleep until another
+// writes, without polling.
 //
 //	r, err := shm.Create("/app-status", 4096)          // the owner
 //	u, err := shm.Open("/app-status", 2*time.Second)   // a user, elsewhere
+//	st, err := shm.View[Status](u, 0)
 //	l, err := u.Lock()
-//	copy(u.Bytes(), "hello")
+//	st.Seq++
 //	l.Unlock()
+//	u.Broadcast()
 //
 // It re-implements geopm::SharedMemory from the GEOPM HPC runtime and fixes
 // what that class lacks:
@@ -19,12 +24,16 @@
 //     header (magic, layout version, sizes, key, creator identity and a
 //     ready state) that the owner writes before the region becomes visible
 //     or ready. Open checks it and reports anything foreign as ErrCorrupt.
-//   - The lock is a futex holding the holder's PID. A waiter notices a dead
-//     holder (exited, a zombie, or its PID reused) within milliseconds and
-//     takes the lock over with ErrOwnerDead.
+//   - The lock names its holder by a slot of the region's user table, whose
+//     liveness the kernel itself marks when a process dies (a robust futex
+//     list kept by a guardian thread of each process). A holder killed at
+//     any moment, in any PID namespace, is noticed within milliseconds and
+//     the lock taken over with ErrOwnerDead. See Region.Lock.
 //   - Pages are reserved at Create (fallocate), so a full /dev/shm is an
 //     ENOSPC error from Create, never a SIGBUS later.
-//   - Blocking calls take a timeout or a context.Context.
+//   - Blocking calls take a timeout or a context.Context, and keep to it
+//     whatever a peer does; Open accepts only regions whose owner it trusts
+//     (WithTrustedUIDs).
 //
 // Backends live in their own packages under backend/: POSIX shared memory
 // in /dev/shm (backend/posix, the default), SysV segments (backend/sysv),
@@ -38,9 +47,8 @@
 // List, Stat, Remove and RemoveStale inspect regions and clean up those
 // whose creator died and that nobody maps (cmd/shmctl is the same as a
 // command); WithReplaceStale lets Create take over such a key.
-// WithRobustLock puts the lock on the kernel's robust futex list, which
-// recovers from holders in other PID namespaces too. Region.File, OpenFile,
-// SendRegion and ReceiveRegion pass a region by descriptor.
+// Region.File, OpenFile, SendRegion and ReceiveRegion pass a region by
+// descriptor.
 //
 // Errors are *Error values wrapping the sentinel errors of this package;
 // test them with errors.Is. ErrExist, ErrNotExist, ErrTimeout and ErrClosed
@@ -731,7 +739,9 @@ func notThere(last, ctxErr error, timedOut bool) error {
 }
 
 // Bytes returns the region's data: Size() bytes, 64-byte aligned, shared
-// with every process that maps the region. It returns nil after Close.
+// with every process that maps the region (read-only memory for a Region
+// opened WithReadOnly). It returns nil after Close; a slice obtained before
+// must not be used after Close, which unmaps it.
 func (r *Region) Bytes() []byte {
 	if r.closed.Load() {
 		return nil
@@ -740,7 +750,12 @@ func (r *Region) Bytes() []byte {
 }
 
 // Pointer returns the address of the first data byte (&Bytes()[0]), or nil
-// after Close.
+// after Close. It is 64-byte aligned. Prefer View and Slice, which check
+// what Pointer leaves to you: never store a Go pointer (or a slice, string,
+// map, interface...) in the region, since the garbage collector does not
+// see it and other processes' addresses mean nothing here; keep each value
+// aligned for its type; stay within Size(); and stop using the memory at
+// Close.
 func (r *Region) Pointer() unsafe.Pointer {
 	if r.closed.Load() {
 		return nil
