@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"math/rand/v2"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -206,8 +207,15 @@ func backendCases(t *testing.T) []backendCase {
 	}
 }
 
+// opsRun makes the keys of this run its own: the PID keeps two copies of
+// the suite running at once apart, and the random part keeps a run that got
+// the PID of a killed one (PIDs wrap within minutes on a busy machine) off
+// the objects that one left behind.
+var opsRun = fmt.Sprintf("%d-%08x", os.Getpid(), rand.Uint32())
+
+// opsKey is this run's key for what.
 func opsKey(t *testing.T, what string) string {
-	return fmt.Sprintf("/t-ops-%d-%s", os.Getpid(), what)
+	return "/t-ops-" + opsRun + "-" + what
 }
 
 // cleanupKey removes key on be at the end of the test, whatever its state.

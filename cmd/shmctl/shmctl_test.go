@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -238,7 +239,14 @@ func privateDir(t *testing.T) string {
 	return dir
 }
 
-func key(what string) string { return fmt.Sprintf("/t-ops-%d-%s", os.Getpid(), what) }
+// keyRun makes the keys of this run its own: the PID keeps two copies of the
+// tests running at once apart, and the random part keeps a run that got the
+// PID of a killed one (PIDs wrap within minutes on a busy machine) off the
+// objects that one left behind.
+var keyRun = fmt.Sprintf("%d-%08x", os.Getpid(), rand.Uint32())
+
+// key is this run's key for what; key("") is the prefix of them all.
+func key(what string) string { return "/t-ops-" + keyRun + "-" + what }
 
 // row returns the ls table row of key, split in columns, or nil.
 func row(table, key string) []string {
