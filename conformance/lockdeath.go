@@ -1,6 +1,7 @@
 package conformance
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -103,10 +104,20 @@ func roleZombieParent(c *childCtx) error {
 	if err := cmd.Start(); err != nil {
 		return err
 	}
-	buf := make([]byte, 256)
-	n, _ := out.Read(buf)
-	if !strings.Contains(string(buf[:n]), "locked") {
-		return errors.New("holder said " + string(buf[:n]))
+	// The holder's first event, a whole line (a pipe may hand it over in
+	// pieces); anything else it prints is not an event.
+	lines := bufio.NewReader(out)
+	for {
+		line, err := lines.ReadString('\n')
+		if ev, ok := strings.CutPrefix(strings.TrimSpace(line), "SHMCONF "); ok {
+			if ev != "locked" {
+				return errors.New("holder said " + strconv.Quote(ev))
+			}
+			break
+		}
+		if err != nil {
+			return fmt.Errorf("holder exited before saying locked (%v); its last output: %q", err, line)
+		}
 	}
 	c.say("locked")
 	c.hear()
