@@ -1,6 +1,8 @@
 package main
 
 import (
+	"fmt"
+	"math/rand/v2"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -15,8 +17,12 @@ func TestDemo(t *testing.T) {
 	if out, err := exec.Command("go", "build", "-o", exe, ".").CombinedOutput(); err != nil {
 		t.Fatalf("go build: %v\n%s", err, out)
 	}
-	key := "/t-demo-" + filepath.Base(t.TempDir())
-	out, err := exec.Command(exe, "-key", key, "-events", "300").CombinedOutput()
+	// A key of this run: t.TempDir's base name ("002") was the same in
+	// every run, so two copies of the test at once shared one key.
+	key := fmt.Sprintf("/t-demo-%d-%08x", os.Getpid(), rand.Uint32())
+	// The default -timeout (5 s for the app's region to appear) is tight on
+	// a loaded machine.
+	out, err := exec.Command(exe, "-key", key, "-events", "300", "-timeout", "1m").CombinedOutput()
 	if err != nil {
 		t.Fatalf("shmdemo: %v\n%s", err, out)
 	}
