@@ -50,12 +50,15 @@ func TestMain(m *testing.M) {
 		bin = b
 		os.Exit(m.Run())
 	}
-	dir, err := os.MkdirTemp("", "shmctl-test-")
+	// Under /tmp, not TMPDIR: other users run the binary too, and the
+	// directories above TMPDIR need not be open to them (TMPDIR=/root/tmp,
+	// with /root 0700). The tests that run it as another user check.
+	dir, err := os.MkdirTemp("/tmp", "shmctl-test-")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
-	os.Chmod(dir, 0o755) // other users run it too
+	os.Chmod(dir, 0o755)
 	bin = filepath.Join(dir, "shmctl")
 	build := exec.Command("go", "build", "-o", bin, ".")
 	build.Stdout, build.Stderr = os.Stderr, os.Stderr
@@ -226,6 +229,35 @@ func runCmd(t *testing.T, cmd *exec.Cmd) result {
 
 func (r result) String() string {
 	return fmt.Sprintf("exit %d\nstdout:\n%s\nstderr:\n%s", r.code, r.stdout, r.stderr)
+}
+
+// reachable checks, by the permission bits, that uid and gid (with no other
+// groups) may search every directory on the way to path, and path itself:
+// search a directory, execute a file.
+func reachable(path string, uid, gid uint32) error {
+	path, err := filepath.Abs(path)
+	if err != nil {
+		return err
+	}
+	for p := path; ; p = filepath.Dir(p) {
+		var st syscall.Stat_t
+		if err := syscall.Stat(p, &st); err != nil {
+			return err
+		}
+		bits := st.Mode & 0o7
+		switch {
+		case st.Uid == uid:
+			bits = st.Mode >> 6 & 0o7
+		case st.Gid == gid:
+			bits = st.Mode >> 3 & 0o7
+		}
+		if bits&0o1 == 0 {
+			return fmt.Errorf("uid %d gid %d cannot reach %s: %s is mode %#o, owner %d:%d", uid, gid, path, p, st.Mode&0o7777, st.Uid, st.Gid)
+		}
+		if p == "/" {
+			return nil
+		}
+	}
 }
 
 func privateDir(t *testing.T) string {
@@ -628,6 +660,9 @@ func TestLsAsOtherUser(t *testing.T) {
 			t.Fatal(r)
 		}
 	}
+	if err := reachable(bin, 65534, 65534); err != nil {
+		t.Fatal(err)
+	}
 	asNobody := func(a ...string) result {
 		cmd := exec.Command(bin, a...)
 		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
@@ -909,6 +944,9 @@ func TestGcAsOtherUser(t *testing.T) {
 	}
 	defer sysv.New().Unlink(roots[1:])
 	defer sysv.New().Unlink(nobodys[1:])
+	if err := reachable(bin, 65534, 65534); err != nil {
+		t.Fatal(err)
+	}
 	asNobody := func(a ...string) result {
 		cmd := exec.Command(bin, a...)
 		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
