@@ -80,7 +80,7 @@ func opsChild(role string) {
 		}
 		ready()
 	case "attach":
-		r, err := shm.Open(key, 5*time.Second, shm.WithBackend(be))
+		r, err := shm.Open(key, 30*time.Second, shm.WithBackend(be))
 		if err != nil {
 			die(err)
 		}

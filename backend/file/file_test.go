@@ -628,6 +628,9 @@ func TestOpenWaitsForExclusive(t *testing.T) {
 		s   backend.Segment
 		err error
 	}
+	// The default wait (2 s) could end before a loaded machine gets to the
+	// unlock below: wait long enough for any machine.
+	defer file.SetLockWait(time.Minute)()
 	done := make(chan result, 1)
 	go func() {
 		s, err := b.Open(name)
