@@ -792,7 +792,7 @@ func bigRoomShort(b backend.Backend, need uint64) []string {
 			short = append(short, "statfs "+d.Dir()+": "+err.Error())
 		} else {
 			const tmpfsMagic, ramfsMagic = 0x01021994, 0x858458f6
-			inMemory = st.Type == tmpfsMagic || st.Type == ramfsMagic
+			inMemory = uint32(st.Type) == tmpfsMagic || uint32(st.Type) == ramfsMagic // int32 on 32-bit
 			if free := st.Bavail * uint64(st.Bsize); free < need {
 				short = append(short, d.Dir()+" has "+mib(free)+" free of "+mib(st.Blocks*uint64(st.Bsize))+", want "+mib(need))
 			}
