@@ -2,6 +2,8 @@ package shm
 
 import (
 	"errors"
+	"fmt"
+	"math/rand/v2"
 	"os"
 	"strings"
 	"testing"
@@ -11,19 +13,39 @@ import (
 	"github.com/shmgo/shm/backend/sysv"
 )
 
+// chooseRun makes the keys of these tests this run's own: the PID keeps two
+// copies of the suite running at once apart, and the random part keeps a
+// later run that got the PID of a killed one off the objects it left (SysV
+// segments and /dev/shm files outlive their process).
+var chooseRun = fmt.Sprintf("%d-%08x", os.Getpid(), rand.Uint32())
+
+// chooseName is the name, without a slash or prefix, of this run's key tag.
+func chooseName(tag string) string { return "t-choose-" + chooseRun + "-" + tag }
+
+// removeOnCleanup unlinks and closes r when the test ends, if the test has
+// not: a failing test leaves nothing behind.
+func removeOnCleanup(t *testing.T, r *Region) {
+	t.Cleanup(func() {
+		r.Unlink()
+		r.Close()
+	})
+}
+
 func TestKeyPrefixChoosesBackend(t *testing.T) {
 	dir := t.TempDir()
+	p, s, m, f := chooseName("p"), chooseName("s"), chooseName("m"), chooseName("f")
 	cases := []struct{ key, backend, open string }{
-		{"posix:/t-choose-p", "posix", "/t-choose-p"},
-		{"sysv:/t-choose-s", "sysv", "sysv:t-choose-s"},
-		{"memfd:/t-choose-m", "memfd", "memfd:/t-choose-m"},
-		{"file:" + dir + "/t-choose-f", "file", "file:" + dir + "/t-choose-f"},
+		{"posix:/" + p, "posix", "/" + p},
+		{"sysv:/" + s, "sysv", "sysv:" + s},
+		{"memfd:/" + m, "memfd", "memfd:/" + m},
+		{"file:" + dir + "/" + f, "file", "file:" + dir + "/" + f},
 	}
 	for _, c := range cases {
 		r, err := Create(c.key, 64)
 		if err != nil {
 			t.Fatalf("Create %s: %v", c.key, err)
 		}
+		removeOnCleanup(t, r)
 		if r.Backend() != c.backend || r.Key() != c.key {
 			t.Errorf("Create %s: backend %q key %q", c.key, r.Backend(), r.Key())
 		}
@@ -40,13 +62,13 @@ func TestKeyPrefixChoosesBackend(t *testing.T) {
 		}
 		r.Close()
 	}
-	if _, err := os.Stat(dir + "/t-choose-f"); !os.IsNotExist(err) {
+	if _, err := os.Stat(dir + "/" + f); !os.IsNotExist(err) {
 		t.Errorf("file region left after Unlink: %v", err)
 	}
 }
 
 func TestKeyPrefixConflicts(t *testing.T) {
-	_, err := Create("sysv:/t-choose-x", 64, WithBackend(posix.New()))
+	_, err := Create("sysv:/"+chooseName("x"), 64, WithBackend(posix.New()))
 	if !errors.Is(err, ErrInvalidOption) {
 		t.Fatalf("key naming sysv with WithBackend(posix): %v, want ErrInvalidOption", err)
 	}
@@ -55,24 +77,27 @@ func TestKeyPrefixConflicts(t *testing.T) {
 		t.Fatalf("relative file key: %v, want ErrInvalidKey", err)
 	}
 	// A prefix that names no backend is part of an ordinary key.
-	r, err := Create("/t-choose-a:b", 64, WithBackend(posix.New()))
+	r, err := Create("/"+chooseName("a:b"), 64, WithBackend(posix.New()))
 	if err != nil {
 		t.Fatal(err)
 	}
+	removeOnCleanup(t, r)
 	r.Unlink()
 	r.Close()
 	// The same backend in both places is fine.
-	r, err = Create("sysv:/t-choose-y", 64, WithBackend(sysv.New()))
+	r, err = Create("sysv:/"+chooseName("y"), 64, WithBackend(sysv.New()))
 	if err != nil {
 		t.Fatal(err)
 	}
+	removeOnCleanup(t, r)
 	r.Unlink()
 	r.Close()
 }
 
 func TestEnvBackend(t *testing.T) {
 	t.Setenv(EnvBackend, "memfd")
-	r, err := Create("/t-choose-env", 64)
+	key := "/" + chooseName("env")
+	r, err := Create(key, 64)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -80,7 +105,7 @@ func TestEnvBackend(t *testing.T) {
 	if r.Backend() != "memfd" {
 		t.Fatalf("SHM_BACKEND=memfd gave %q", r.Backend())
 	}
-	u, err := Open("/t-choose-env", time.Second)
+	u, err := Open(key, time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -88,18 +113,20 @@ func TestEnvBackend(t *testing.T) {
 
 	dir := t.TempDir()
 	t.Setenv(EnvBackend, "file:"+dir)
-	f, err := Create("/t-choose-envf", 64)
+	fname := chooseName("envf")
+	f, err := Create("/"+fname, 64)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := os.Stat(dir + "/t-choose-envf"); err != nil || f.Backend() != "file" {
+	removeOnCleanup(t, f)
+	if _, err := os.Stat(dir + "/" + fname); err != nil || f.Backend() != "file" {
 		t.Fatalf("SHM_BACKEND=file:%s: backend %q, stat %v", dir, f.Backend(), err)
 	}
 	f.Unlink()
 	f.Close()
 
 	t.Setenv(EnvBackend, "nonsense")
-	if _, err := Create("/t-choose-bad", 64); !errors.Is(err, ErrInvalidOption) {
+	if _, err := Create("/"+chooseName("bad"), 64); !errors.Is(err, ErrInvalidOption) {
 		t.Fatalf("SHM_BACKEND=nonsense: %v, want ErrInvalidOption", err)
 	}
 }
@@ -108,11 +135,12 @@ func TestEnvBackend(t *testing.T) {
 func TestAutoOpenFindsAnyBackend(t *testing.T) {
 	dir := t.TempDir()
 	t.Setenv("XDG_RUNTIME_DIR", dir)
-	for _, key := range []string{"memfd:/t-choose-am", "file:" + dir + "/t-choose-af", "posix:/t-choose-ap"} {
+	for _, key := range []string{"memfd:/" + chooseName("am"), "file:" + dir + "/" + chooseName("af"), "posix:/" + chooseName("ap")} {
 		r, err := Create(key, 64)
 		if err != nil {
 			t.Fatal(err)
 		}
+		removeOnCleanup(t, r)
 		_, rest, _ := splitKey(key)
 		u, err := Open(rest, time.Second)
 		if err != nil {
@@ -132,7 +160,8 @@ func TestFileDirIsPrivate(t *testing.T) {
 	tmp := t.TempDir()
 	t.Setenv("TMPDIR", tmp)
 	t.Setenv(EnvBackend, "file")
-	r, err := Create("/t-choose-private", 64)
+	name := chooseName("private")
+	r, err := Create("/"+name, 64)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -143,13 +172,13 @@ func TestFileDirIsPrivate(t *testing.T) {
 	if err != nil || !st.IsDir() || st.Mode().Perm() != 0o700 {
 		t.Fatalf("FileDir %s: %v %v, want a 0700 directory", dir, st.Mode(), err)
 	}
-	if _, err := os.Stat(dir + "/t-choose-private"); err != nil {
+	if _, err := os.Stat(dir + "/" + name); err != nil {
 		t.Fatal(err)
 	}
 	// A directory that others can write is refused.
 	r.Unlink()
 	os.Chmod(dir, 0o777)
-	if _, err := Create("/t-choose-private2", 64); err == nil || !strings.Contains(err.Error(), "private") {
+	if _, err := Create("/"+chooseName("private2"), 64); err == nil || !strings.Contains(err.Error(), "private") {
 		t.Fatalf("Create in a world-writable FileDir: %v", err)
 	}
 	os.Chmod(dir, 0o700)

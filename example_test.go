@@ -3,6 +3,7 @@ package shm_test
 import (
 	"errors"
 	"fmt"
+	"os"
 	"time"
 
 	"github.com/shmgo/shm"
@@ -10,8 +11,14 @@ import (
 
 // The owner creates a region; a user (normally another process) attaches by
 // key and both see the same bytes. The lock guards updates.
+//
+// In a program, the owner and its users agree on a fixed key such as
+// "/myapp-status". The examples make theirs unique to the run (the PID and
+// the time), so that they can run anywhere: beside another copy of
+// themselves, or after a run that was killed and left its region behind.
 func Example() {
-	owner, err := shm.Create("/example-status", 4096)
+	key := fmt.Sprintf("/example-status-%d-%d", os.Getpid(), time.Now().UnixNano())
+	owner, err := shm.Create(key, 4096)
 	if err != nil {
 		fmt.Println(err)
 		return
@@ -19,7 +26,7 @@ func Example() {
 	defer owner.Close()
 	defer owner.Unlink()
 
-	user, err := shm.Open("/example-status", 2*time.Second)
+	user, err := shm.Open(key, 2*time.Second)
 	if err != nil {
 		fmt.Println(err)
 		return
@@ -41,7 +48,8 @@ func Example() {
 // A user that starts before the owner waits for it; one that never finds the
 // key gets an error matching both ErrTimeout and ErrNotExist.
 func ExampleOpen() {
-	_, err := shm.Open("/example-missing", 10*time.Millisecond)
+	key := fmt.Sprintf("/example-missing-%d-%d", os.Getpid(), time.Now().UnixNano()) // nobody made it
+	_, err := shm.Open(key, 10*time.Millisecond)
 	fmt.Println(errors.Is(err, shm.ErrNotExist), errors.Is(err, shm.ErrTimeout))
 	// Output: true true
 }
@@ -50,7 +58,8 @@ func ExampleOpen() {
 // died holding the lock, Lock returns it with ErrOwnerDead: repair what it
 // guards, then MarkConsistent.
 func ExampleRegion_Lock() {
-	r, err := shm.Create("/example-lock", 64)
+	key := fmt.Sprintf("/example-lock-%d-%d", os.Getpid(), time.Now().UnixNano()) // unique to this run
+	r, err := shm.Create(key, 64)
 	if err != nil {
 		fmt.Println(err)
 		return
@@ -76,7 +85,8 @@ func ExampleRegion_Lock() {
 // WithInit fills a region before any user can attach: Open waits until the
 // owner's init has returned, so users never see a half-made region.
 func ExampleWithInit() {
-	owner, err := shm.Create("/example-init", 16, shm.WithInit(func(data []byte) error {
+	key := fmt.Sprintf("/example-init-%d-%d", os.Getpid(), time.Now().UnixNano()) // unique to this run
+	owner, err := shm.Create(key, 16, shm.WithInit(func(data []byte) error {
 		copy(data, "configured")
 		return nil
 	}))
@@ -87,7 +97,7 @@ func ExampleWithInit() {
 	defer owner.Close()
 	defer owner.Unlink()
 
-	user, err := shm.Open("/example-init", time.Second)
+	user, err := shm.Open(key, time.Second)
 	if err != nil {
 		fmt.Println(err)
 		return
@@ -97,14 +107,16 @@ func ExampleWithInit() {
 	// Output: configured
 }
 
-// A key may name its backend, so that configuration chooses without code.
+// A key may name its backend, so that configuration chooses without code:
+// "memfd:/myapp" is the key "/myapp" on the memfd backend.
 func ExampleCreate_backendInKey() {
-	r, err := shm.Create("memfd:/example-memfd", 4096)
+	key := fmt.Sprintf("memfd:/example-memfd-%d-%d", os.Getpid(), time.Now().UnixNano()) // unique to this run
+	r, err := shm.Create(key, 4096)
 	if err != nil {
 		fmt.Println(err)
 		return
 	}
 	defer r.Close()
-	fmt.Println(r.Backend(), r.Key(), r.Size())
-	// Output: memfd memfd:/example-memfd 4096
+	fmt.Println(r.Backend(), r.Key() == key, r.Size())
+	// Output: memfd true 4096
 }

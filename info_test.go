@@ -7,9 +7,11 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"math/rand/v2"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"syscall"
 	"testing"
@@ -79,7 +81,7 @@ func opsChild(role string) {
 		}
 		ready()
 	case "attach":
-		r, err := shm.Open(key, 5*time.Second, shm.WithBackend(be))
+		r, err := shm.Open(key, 30*time.Second, shm.WithBackend(be))
 		if err != nil {
 			die(err)
 		}
@@ -206,8 +208,27 @@ func backendCases(t *testing.T) []backendCase {
 	}
 }
 
+// opsRun makes the keys of this run its own: the PID keeps two copies of
+// the suite running at once apart, and the random part keeps a run that got
+// the PID of a killed one (PIDs wrap within minutes on a busy machine) off
+// the objects that one left behind.
+var opsRun = fmt.Sprintf("%d-%08x", os.Getpid(), rand.Uint32())
+
+// opsKey is this run's key for what.
+// ownIPCNamespace re-runs a SysV case in a new IPC namespace, and reports
+// whether the caller should do the work (it is that re-run, or the case is
+// not SysV). Any process that lists the SysV segments of a namespace
+// attaches each one for a moment to read its header (another copy of these
+// tests, shmctl ls, the conformance suite): in a namespace shared with them,
+// a segment these tests want unattached may be counted attached, and
+// Remove refuses it. Alone in a namespace, nobody else sees it.
+func ownIPCNamespace(t *testing.T, bc backendCase) bool {
+	t.Helper()
+	return bc.name != "sysv" || inNewIPCNamespace(t)
+}
+
 func opsKey(t *testing.T, what string) string {
-	return fmt.Sprintf("/t-ops-%d-%s", os.Getpid(), what)
+	return "/t-ops-" + opsRun + "-" + what
 }
 
 // cleanupKey removes key on be at the end of the test, whatever its state.
@@ -227,6 +248,9 @@ func findInfo(infos []shm.Info, backendName, key string) (shm.Info, bool) {
 func TestStatLiveRegion(t *testing.T) {
 	for _, bc := range backendCases(t) {
 		t.Run(bc.name, func(t *testing.T) {
+			if !ownIPCNamespace(t, bc) {
+				return
+			}
 			key := opsKey(t, "live-"+bc.name)
 			cleanupKey(t, bc.be, key)
 			r, err := shm.Create(key, 1000, shm.WithBackend(bc.be), shm.WithMode(0o640))
@@ -295,6 +319,9 @@ func TestStatLiveRegion(t *testing.T) {
 func TestStaleAfterKill(t *testing.T) {
 	for _, bc := range backendCases(t) {
 		t.Run(bc.name, func(t *testing.T) {
+			if !ownIPCNamespace(t, bc) {
+				return
+			}
 			key := opsKey(t, "killed-"+bc.name)
 			cleanupKey(t, bc.be, key)
 			c := startChild(t, "create-lock", key, bc.spec)
@@ -348,6 +375,9 @@ func TestInUseNeverRemoved(t *testing.T) {
 			continue // a memfd region cannot be attached once its owner died
 		}
 		t.Run(bc.name, func(t *testing.T) {
+			if !ownIPCNamespace(t, bc) {
+				return
+			}
 			key := opsKey(t, "inuse-"+bc.name)
 			cleanupKey(t, bc.be, key)
 			creator := startChild(t, "create", key, bc.spec)
@@ -430,23 +460,40 @@ func TestSysvRemoveStale(t *testing.T) {
 // reports whether the caller is that re-run (and should do the work).
 func inNewIPCNamespace(t *testing.T) bool {
 	t.Helper()
+	return inNewNamespaces(t, syscall.CLONE_NEWIPC)
+}
+
+// inNewNamespaces re-runs the calling test (or subtest) in new namespaces
+// of the kinds in flags (CLONE_NEW*), and reports whether the caller is that
+// re-run (and should do the work).
+func inNewNamespaces(t *testing.T, flags uintptr) bool {
+	t.Helper()
 	if os.Getenv(envInNS) == t.Name() {
 		return true
 	}
-	cmd := exec.Command(os.Args[0], "-test.run=^"+t.Name()+"$", "-test.count=1", "-test.v")
+	cmd := exec.Command(os.Args[0], "-test.run="+runPattern(t.Name()), "-test.count=1", "-test.v")
 	cmd.Env = append(os.Environ(), envInNS+"="+t.Name())
-	cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: syscall.CLONE_NEWIPC}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: flags}
 	out, err := cmd.CombinedOutput()
 	if err != nil && errors.Is(err, syscall.EPERM) {
-		t.Skipf("cannot make an IPC namespace (needs CAP_SYS_ADMIN): %v", err)
+		t.Skipf("cannot make new namespaces (needs CAP_SYS_ADMIN): %v", err)
 	}
 	if err != nil {
-		t.Fatalf("in a new IPC namespace: %v\n%s", err, out)
+		t.Fatalf("in new namespaces: %v\n%s", err, out)
 	}
-	if !strings.Contains(string(out), "--- PASS: "+t.Name()) {
-		t.Fatalf("in a new IPC namespace, the test did not pass:\n%s", out)
+	if !strings.Contains(string(out), "--- PASS: "+t.Name()+" ") {
+		t.Fatalf("in new namespaces, the test did not pass:\n%s", out)
 	}
 	return false
+}
+
+// runPattern selects exactly the test or subtest called name.
+func runPattern(name string) string {
+	parts := strings.Split(name, "/")
+	for i, p := range parts {
+		parts[i] = "^" + regexp.QuoteMeta(p) + "$"
+	}
+	return strings.Join(parts, "/")
 }
 
 func TestForeignObjects(t *testing.T) {
@@ -596,6 +643,12 @@ func TestStatRobustLockAfterKill(t *testing.T) {
 // With the default backends, List looks at /dev/shm among others, and a
 // default directory that does not exist is no error.
 func TestListDefaults(t *testing.T) {
+	// With the default backends, List attaches every SysV segment and asks
+	// every memfd owner it can see: in namespaces of its own (IPC, network
+	// for the abstract sockets) it disturbs no other test and program.
+	if !inNewNamespaces(t, syscall.CLONE_NEWIPC|syscall.CLONE_NEWNET) {
+		return
+	}
 	t.Setenv("XDG_RUNTIME_DIR", filepath.Join(t.TempDir(), "missing"))
 	key := opsKey(t, "defaults")
 	r, err := shm.Create(key, 64, shm.WithBackend(posix.New()))

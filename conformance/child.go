@@ -120,7 +120,7 @@ type childOpt func(*exec.Cmd)
 // asUser runs the child as another uid and gid, from a copy of the test
 // binary that the user can execute.
 func asUser(t *testing.T, uid, gid uint32) childOpt {
-	exe := exeForOthers(t)
+	exe := exeForOthers(t, uid, gid)
 	return func(cmd *exec.Cmd) {
 		cmd.Path = exe
 		cmd.Args[0] = exe
@@ -134,10 +134,13 @@ func withEnv(kv ...string) childOpt {
 	return func(cmd *exec.Cmd) { cmd.Env = append(cmd.Env, kv...) }
 }
 
-// exeForOthers copies the test binary to a directory every user can read,
-// removed when the test ends.
-func exeForOthers(t *testing.T) string {
-	dir, err := os.MkdirTemp("", "shmconf-exe-")
+// exeForOthers copies the test binary to a new 0755 directory under /tmp,
+// removed when the test ends, and checks that uid and gid can reach it. Not
+// under TMPDIR: the directories above it need not be open to others
+// (TMPDIR=/root/tmp, with /root 0700).
+func exeForOthers(t *testing.T, uid, gid uint32) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("/tmp", "shmconf-exe-")
 	if err == nil {
 		t.Cleanup(func() { os.RemoveAll(dir) })
 		err = os.Chmod(dir, 0o755)
@@ -150,10 +153,42 @@ func exeForOthers(t *testing.T) string {
 	if err == nil {
 		err = os.WriteFile(exe, data, 0o755)
 	}
+	if err == nil {
+		err = reachable(exe, uid, gid)
+	}
 	if err != nil {
-		t.Fatalf("copying the test binary for another user: %v", err)
+		t.Fatalf("copying the test binary for uid %d: %v", uid, err)
 	}
 	return exe
+}
+
+// reachable checks, by the permission bits, that uid and gid (with no other
+// groups) may search every directory on the way to path, and path itself:
+// search a directory, execute a file.
+func reachable(path string, uid, gid uint32) error {
+	path, err := filepath.Abs(path)
+	if err != nil {
+		return err
+	}
+	for p := path; ; p = filepath.Dir(p) {
+		var st syscall.Stat_t
+		if err := syscall.Stat(p, &st); err != nil {
+			return err
+		}
+		bits := st.Mode & 0o7
+		switch {
+		case st.Uid == uid:
+			bits = st.Mode >> 6 & 0o7
+		case st.Gid == gid:
+			bits = st.Mode >> 3 & 0o7
+		}
+		if bits&0o1 == 0 {
+			return fmt.Errorf("uid %d gid %d cannot reach %s: %s is mode %#o, owner %d:%d", uid, gid, path, p, st.Mode&0o7777, st.Uid, st.Gid)
+		}
+		if p == "/" {
+			return nil
+		}
+	}
 }
 
 // start runs a child process playing role on key.

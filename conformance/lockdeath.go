@@ -1,15 +1,19 @@
 package conformance
 
 import (
+	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"os"
 	"os/exec"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -103,10 +107,20 @@ func roleZombieParent(c *childCtx) error {
 	if err := cmd.Start(); err != nil {
 		return err
 	}
-	buf := make([]byte, 256)
-	n, _ := out.Read(buf)
-	if !strings.Contains(string(buf[:n]), "locked") {
-		return errors.New("holder said " + string(buf[:n]))
+	// The holder's first event, a whole line (a pipe may hand it over in
+	// pieces); anything else it prints is not an event.
+	lines := bufio.NewReader(out)
+	for {
+		line, err := lines.ReadString('\n')
+		if ev, ok := strings.CutPrefix(strings.TrimSpace(line), "SHMCONF "); ok {
+			if ev != "locked" {
+				return errors.New("holder said " + strconv.Quote(ev))
+			}
+			break
+		}
+		if err != nil {
+			return fmt.Errorf("holder exited before saying locked (%v); its last output: %q", err, line)
+		}
 	}
 	c.say("locked")
 	c.hear()
@@ -217,8 +231,9 @@ func testLockHolderPIDReused(h *H) {
 	live.wait()
 }
 
-// roleWaiter waits for the lock after "go"; it says "dead" when it got it
-// with ErrOwnerDead (and repairs) or "ok", then increments and unlocks.
+// roleWaiter waits for the lock after "go", saying "waiting" once it waits
+// inside LockContext; it says "dead" when it got the lock with ErrOwnerDead
+// (and repairs) or "ok", then increments and unlocks.
 func roleWaiter(c *childCtx) error {
 	r, err := c.openReady()
 	if err != nil {
@@ -227,6 +242,15 @@ func roleWaiter(c *childCtx) error {
 	defer r.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
+	go func() {
+		// This goroutine's LockContext cannot return before the holder
+		// dies, which the parent does only after "waiting".
+		if err := awaitLockWaiters("conformance.roleWaiter(", 1, time.Minute); err != nil {
+			c.say("error %v", err)
+			return
+		}
+		c.say("waiting")
+	}()
 	l, err := r.LockContext(ctx)
 	what := "ok"
 	if errors.Is(err, shm.ErrOwnerDead) {
@@ -260,6 +284,9 @@ func testLockTakeoverRace(h *H) {
 	for _, w := range waiters {
 		w.send("go")
 	}
+	for _, w := range waiters {
+		w.expect("waiting")
+	}
 	const G = 4
 	var mu sync.Mutex
 	dead := 0
@@ -289,7 +316,10 @@ func testLockTakeoverRace(h *H) {
 			l.Unlock()
 		}()
 	}
-	time.Sleep(50 * time.Millisecond) // everyone waits
+	// Everyone waits before the holder dies, however loaded the machine.
+	if err := awaitLockWaiters("conformance.testLockTakeoverRace.func", G, time.Minute); err != nil {
+		h.t.Fatal(err)
+	}
 	holder.kill()
 	wg.Wait()
 	for _, w := range waiters {
@@ -320,15 +350,144 @@ func threads() int {
 	return 0
 }
 
+// lockFrame is in the traceback of every goroutine inside Region.Lock or
+// Region.LockContext.
+const lockFrame = "github.com/shmgo/shm.(*Region).Lock"
+
+// lockWaiters looks at every goroutine of this process whose stack has a
+// frame whose name contains frame (the function that called Lock) and a
+// frame of Lock itself, and returns how many there are and the IDs of
+// those blocked there (their status is neither running nor runnable: asleep
+// in the waiting room, in a timer, or in a system call).
+func lockWaiters(frame string) (in int, blocked []string) {
+	buf := make([]byte, 1<<20)
+	for {
+		n := runtime.Stack(buf, true)
+		if n < len(buf) {
+			buf = buf[:n]
+			break
+		}
+		buf = make([]byte, 2*len(buf))
+	}
+	for g := range bytes.SplitSeq(buf, []byte("\n\n")) {
+		if !bytes.Contains(g, []byte(frame)) || !bytes.Contains(g, []byte(lockFrame)) {
+			continue
+		}
+		in++
+		// "goroutine 7 [chan send, 2 minutes]:"
+		head, _, _ := bytes.Cut(g, []byte("\n"))
+		id, st, _ := bytes.Cut(head, []byte(" ["))
+		st, _, _ = bytes.Cut(st, []byte("]"))
+		st, _, _ = bytes.Cut(st, []byte(","))
+		if s := string(st); s != "running" && s != "runnable" {
+			blocked = append(blocked, string(id))
+		}
+	}
+	return in, blocked
+}
+
+// awaitLockWaiters waits until each of the n goroutines called from frame
+// (see lockWaiters) has been seen blocked inside Lock, for at most timeout.
+// A fixed sleep would do on a quiet machine only: under load the goroutines
+// may not have got that far. (Each is seen blocked once: waiters that look
+// at the holder again every few milliseconds are rarely all asleep at
+// once.) The caller makes sure that none can leave Lock meanwhile.
+func awaitLockWaiters(frame string, n int, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	seen := map[string]bool{}
+	for {
+		in, blocked := lockWaiters(frame)
+		for _, id := range blocked {
+			seen[id] = true
+		}
+		if in == n && len(seen) == n {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("after %v, %d goroutines from %s are in Lock, %d of them seen waiting; want %d", timeout, in, frame, len(seen), n)
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+}
+
+// settledThreads polls the number of OS threads until it has not changed for
+// a while (200 ms), for at most timeout, and returns the last count and
+// the most seen.
+func settledThreads(timeout time.Duration) (last, most int) {
+	const still = 200 * time.Millisecond
+	deadline := time.Now().Add(timeout)
+	last = threads()
+	most = last
+	since := time.Now()
+	for time.Now().Before(deadline) && time.Since(since) < still {
+		time.Sleep(5 * time.Millisecond)
+		if n := threads(); n != last {
+			last, since = n, time.Now()
+		}
+		most = max(most, last)
+	}
+	return last, most
+}
+
+// threadSlack is what the runtime may add to a process's OS threads beyond
+// one a P (GOMAXPROCS) while goroutines contend for one lock: sysmon, the
+// template thread, the one thread of each Region allowed to sleep in the
+// kernel (the waiting room's), a thread in a system call of the test's own
+// (reading /proc, a pipe), and one started spinning meanwhile.
+const threadSlack = 16
+
+// contenders is how many goroutines the tests that bound OS threads start:
+// enough that one thread per waiting goroutine would exceed the bound,
+// GOMAXPROCS + threadSlack threads more than before, on any machine.
+func contenders() int { return max(64, 2*(runtime.GOMAXPROCS(0)+threadSlack)) }
+
 // roleLoad runs Args[0] goroutines doing Args[1] locked increments each, and
-// reports the most OS threads it saw.
+// reports the most OS threads it saw, the threads before the contention, and
+// its GOMAXPROCS: "done MOST BEFORE GOMAXPROCS".
 func roleLoad(c *childCtx) error {
-	r, err := c.openReady()
+	r, err := c.open()
 	if err != nil {
 		return err
 	}
 	defer r.Close()
+	// Count the threads before the contention, after one Lock (what Lock
+	// needs in any case, such as a guardian thread, is made by then). The
+	// counter is not touched.
+	l, err := r.Lock()
+	if err != nil {
+		return err
+	}
+	if err := l.Unlock(); err != nil {
+		return err
+	}
+	before := threads()
+	c.say("ready")
+	c.hear()
 	g, n := c.arg(0), c.arg(1)
+	stop := make(chan struct{})
+	maxThreads := make(chan int)
+	go func() {
+		m := threads()
+		t := time.NewTicker(10 * time.Millisecond)
+		defer t.Stop()
+		for {
+			select {
+			case <-stop:
+				maxThreads <- max(m, threads())
+				return
+			case <-t.C:
+				m = max(m, threads())
+			}
+		}
+	}()
+	// The load starts with every goroutine waiting in Lock, held here
+	// meanwhile: however fast the increments (without the race detector a
+	// goroutine may do all of its own within its time slice), the process
+	// sees g goroutines contending at once at least then.
+	hold, err := r.Lock()
+	if err != nil {
+		return err
+	}
 	var wg sync.WaitGroup
 	errs := make(chan error, g)
 	for range g {
@@ -346,22 +505,13 @@ func roleLoad(c *childCtx) error {
 			}
 		}()
 	}
-	stop := make(chan struct{})
-	maxThreads := make(chan int)
-	go func() {
-		m := threads()
-		t := time.NewTicker(10 * time.Millisecond)
-		defer t.Stop()
-		for {
-			select {
-			case <-stop:
-				maxThreads <- m
-				return
-			case <-t.C:
-				m = max(m, threads())
-			}
-		}
-	}()
+	waiting := awaitLockWaiters("conformance.roleLoad.func", g, time.Minute)
+	if err := hold.Unlock(); err != nil {
+		return err
+	}
+	if waiting != nil {
+		return waiting
+	}
 	wg.Wait()
 	close(stop)
 	m := <-maxThreads
@@ -370,19 +520,21 @@ func roleLoad(c *childCtx) error {
 		return err
 	default:
 	}
-	c.say("done %d", m)
+	c.say("done %d %d %d", m, before, runtime.GOMAXPROCS(0))
 	return nil
 }
 
-// testLockLoad: 4 processes x 8 goroutines x 250,000 locked increments
-// (25,000 under -short) give an exact count, and each process keeps a
-// bounded number of OS threads (goroutines queue in-process instead of
-// each sleeping in the kernel).
+// testLockLoad: 4 processes x 64 goroutines (more on a machine with many
+// CPUs: see contenders) x 2,000,000/64 locked increments (a tenth under
+// -short) give an exact count, and each process keeps a bounded number of OS
+// threads: at most GOMAXPROCS + threadSlack more than before the contention
+// (goroutines queue in-process instead of each sleeping in the kernel).
 func testLockLoad(h *H) {
-	const P, G = 4, 8
-	n := 250000
+	const P = 4
+	G := contenders()
+	n := 2000000 / G
 	if testing.Short() {
-		n = 25000
+		n /= 10
 	}
 	key := h.Key("load")
 	r := h.create(key, 64)
@@ -396,40 +548,56 @@ func testLockLoad(h *H) {
 	for _, c := range ch {
 		c.send("go")
 	}
-	var most []int
+	type report struct{ most, before, procs int }
+	var reps []report
 	for _, c := range ch {
 		ev := c.expect("done")
-		t, _ := strconv.Atoi(strings.TrimPrefix(ev, "done "))
-		most = append(most, t)
+		var rp report
+		if _, err := fmt.Sscanf(ev, "done %d %d %d", &rp.most, &rp.before, &rp.procs); err != nil {
+			h.t.Fatalf("child load said %q: %v", ev, err)
+		}
+		reps = append(reps, rp)
 		c.wait()
 	}
 	el := time.Since(start)
 	if got, want := counter(r.Bytes()), uint64(P*G*n); got != want {
 		h.t.Fatalf("counter %d, want %d", got, want)
 	}
-	for _, t := range most {
-		if t > 4*G {
-			h.t.Fatalf("a process grew to %d OS threads with %d goroutines contending", t, G)
+	for _, rp := range reps {
+		if G <= rp.procs+threadSlack {
+			h.t.Fatalf("test bug: %d goroutines cannot show a thread each beyond GOMAXPROCS %d + %d", G, rp.procs, threadSlack)
+		}
+		if rp.most > rp.before+rp.procs+threadSlack {
+			h.t.Fatalf("a process grew from %d to %d OS threads with %d goroutines contending (GOMAXPROCS %d; allowed: %d more)",
+				rp.before, rp.most, G, rp.procs, rp.procs+threadSlack)
 		}
 	}
-	h.t.Logf("%d processes x %d goroutines x %d increments in %v (%.0f ns each); most OS threads per process: %v",
-		P, G, n, el.Round(time.Millisecond), float64(el.Nanoseconds())/float64(P*G*n), most)
+	var grew []string
+	for _, rp := range reps {
+		grew = append(grew, fmt.Sprintf("%d->%d", rp.before, rp.most))
+	}
+	h.t.Logf("%d processes x %d goroutines x %d increments in %v (%.0f ns each); OS threads per process, before and most: %s (GOMAXPROCS %d)",
+		P, G, n, el.Round(time.Millisecond), float64(el.Nanoseconds())/float64(P*G*n), strings.Join(grew, " "), reps[0].procs)
 }
 
-// testLockWaitersThreads: 64 goroutines waiting for a lock held by another
-// process must not each hold an OS thread asleep in the kernel.
+// testLockWaitersThreads: 64 goroutines (more on a machine with many CPUs:
+// see contenders) waiting for a lock held by another process must not each
+// hold an OS thread asleep in the kernel: the process may grow by
+// GOMAXPROCS + threadSlack threads at most.
 func testLockWaitersThreads(h *H) {
 	key := h.Key("threads")
 	r := h.create(key, 64)
 	holder := h.start("hold", key, []string{"0"})
 	holder.expect("locked")
 	before := threads()
-	const G = 64
+	G := contenders()
+	var entered atomic.Int64
 	var wg sync.WaitGroup
 	for range G {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			entered.Add(1)
 			l, err := r.Lock()
 			if err != nil {
 				h.t.Error(err)
@@ -439,16 +607,26 @@ func testLockWaitersThreads(h *H) {
 			l.Unlock()
 		}()
 	}
-	time.Sleep(200 * time.Millisecond)
-	during := threads()
+	// Every goroutine has called Lock and waits in it; then the threads
+	// they made (if each took one) have been started: wait until the count
+	// stays put. Under load all this takes longer than any fixed sleep.
+	for entered.Load() < int64(G) {
+		time.Sleep(time.Millisecond)
+	}
+	err := awaitLockWaiters("conformance.testLockWaitersThreads.func", G, time.Minute)
+	during, most := settledThreads(10 * time.Second)
 	holder.send("go")
 	holder.wait()
 	wg.Wait()
-	h.t.Logf("OS threads: %d before, %d with %d goroutines waiting", before, during, G)
-	if during > before+16 {
-		h.t.Fatalf("%d goroutines waiting took %d OS threads (from %d)", G, during, before)
+	if err != nil {
+		h.t.Fatal(err)
 	}
-	if counter(r.Bytes()) != G {
+	procs := runtime.GOMAXPROCS(0)
+	h.t.Logf("OS threads: %d before, %d (at most %d) with %d goroutines waiting; GOMAXPROCS %d", before, during, most, G, procs)
+	if most > before+procs+threadSlack {
+		h.t.Fatalf("%d goroutines waiting took %d OS threads (from %d; allowed: GOMAXPROCS %d + %d more)", G, most, before, procs, threadSlack)
+	}
+	if counter(r.Bytes()) != uint64(G) {
 		h.t.Fatalf("counter %d, want %d", counter(r.Bytes()), G)
 	}
 }

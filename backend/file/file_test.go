@@ -628,6 +628,9 @@ func TestOpenWaitsForExclusive(t *testing.T) {
 		s   backend.Segment
 		err error
 	}
+	// The default wait (2 s) could end before a loaded machine gets to the
+	// unlock below: wait long enough for any machine.
+	defer file.SetLockWait(time.Minute)()
 	done := make(chan result, 1)
 	go func() {
 		s, err := b.Open(name)
@@ -659,17 +662,58 @@ func TestCreateReserves(t *testing.T) {
 	}
 }
 
+// othersDir makes a directory with mode perm under /tmp, removed when the
+// test ends, and checks that uid 65534 can reach it. Not under TMPDIR, as
+// t.TempDir is: the directories above TMPDIR need not be open to others
+// (TMPDIR=/root/tmp, with /root 0700).
+func othersDir(t *testing.T, perm fs.FileMode) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("/tmp", "shmgo-file-test-")
+	ok(t, err, "mkdir under /tmp")
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	ok(t, os.Chmod(dir, perm), "chmod")
+	ok(t, reachable(dir, 65534, 65534), "a directory for uid 65534")
+	return dir
+}
+
+// reachable checks, by the permission bits, that uid and gid (with no other
+// groups) may search every directory on the way to path, and path itself:
+// search a directory, execute a file.
+func reachable(path string, uid, gid uint32) error {
+	path, err := filepath.Abs(path)
+	if err != nil {
+		return err
+	}
+	for p := path; ; p = filepath.Dir(p) {
+		var st syscall.Stat_t
+		if err := syscall.Stat(p, &st); err != nil {
+			return err
+		}
+		bits := st.Mode & 0o7
+		switch {
+		case st.Uid == uid:
+			bits = st.Mode >> 6 & 0o7
+		case st.Gid == gid:
+			bits = st.Mode >> 3 & 0o7
+		}
+		if bits&0o1 == 0 {
+			return fmt.Errorf("uid %d gid %d cannot reach %s: %s is mode %#o, owner %d:%d", uid, gid, path, p, st.Mode&0o7777, st.Uid, st.Gid)
+		}
+		if p == "/" {
+			return nil
+		}
+	}
+}
+
 // asNobody runs a child as uid and gid 65534, from a copy of the test binary
 // that it can execute.
 func asNobody(t *testing.T) func(*exec.Cmd) {
 	t.Helper()
 	data, err := os.ReadFile(os.Args[0])
 	ok(t, err, "read test binary")
-	exeDir := t.TempDir()
-	ok(t, os.Chmod(filepath.Dir(exeDir), 0o755), "chmod")
-	ok(t, os.Chmod(exeDir, 0o755), "chmod")
-	exe := filepath.Join(exeDir, "file.test")
+	exe := filepath.Join(othersDir(t, 0o755), "file.test")
 	ok(t, os.WriteFile(exe, data, 0o755), "copy test binary")
+	ok(t, reachable(exe, 65534, 65534), "the test binary for uid 65534")
 	return func(cmd *exec.Cmd) {
 		cmd.Path = exe
 		cmd.Args[0] = exe
@@ -686,9 +730,7 @@ func TestOtherUser(t *testing.T) {
 		t.Skip("needs root to run a child as uid 65534")
 	}
 	nobody := asNobody(t)
-	dir := t.TempDir()
-	ok(t, os.Chmod(filepath.Dir(dir), 0o755), "chmod")
-	ok(t, os.Chmod(dir, 0o777), "chmod")
+	dir := othersDir(t, 0o777)
 	c := startChild(t, "modes", dir, "t-file-nobody", nobody)
 	if l := c.next(); l != "ok" {
 		t.Fatalf("unprivileged creator said %q", l)

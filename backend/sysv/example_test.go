@@ -2,6 +2,7 @@ package sysv_test
 
 import (
 	"fmt"
+	"os"
 	"time"
 
 	"github.com/shmgo/shm"
@@ -10,8 +11,12 @@ import (
 
 // A region in SysV shared memory: ipcs -m shows it under sysv.Key(key),
 // and a C program can attach it with shmget(key_t, 0, 0) and shmat.
+//
+// A program uses a fixed key such as "/myapp"; the example makes its own
+// unique (the PID and the time), since a SysV segment outlives a process
+// that was killed before it could remove it.
 func Example() {
-	const key = "/t-sysv-example"
+	key := fmt.Sprintf("/example-sysv-%d-%d", os.Getpid(), time.Now().UnixNano())
 	owner, err := shm.Create(key, 4096, shm.WithBackend(sysv.New()), shm.WithMode(0o640))
 	if err != nil {
 		fmt.Println(err)
@@ -33,9 +38,10 @@ func Example() {
 		fmt.Println(err)
 		return
 	}
-	fmt.Printf("key_t %#08x, mode %v, %d attachments\n", uint32(int32(sysv.Key(key))), st.Mode, st.Attached)
+	// st.Key is the key_t that ipcs -m lists and shmget takes.
+	fmt.Printf("key_t is sysv.Key(key): %v, mode %v, %d attachments\n", st.Key == sysv.Key(key), st.Mode, st.Attached)
 	fmt.Println(string(user.Bytes()[:5]))
 	// Output:
-	// key_t 0xc11adbe2, mode -rw-r-----, 2 attachments
+	// key_t is sysv.Key(key): true, mode -rw-r-----, 2 attachments
 	// hello
 }

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -49,12 +50,15 @@ func TestMain(m *testing.M) {
 		bin = b
 		os.Exit(m.Run())
 	}
-	dir, err := os.MkdirTemp("", "shmctl-test-")
+	// Under /tmp, not TMPDIR: other users run the binary too, and the
+	// directories above TMPDIR need not be open to them (TMPDIR=/root/tmp,
+	// with /root 0700). The tests that run it as another user check.
+	dir, err := os.MkdirTemp("/tmp", "shmctl-test-")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
-	os.Chmod(dir, 0o755) // other users run it too
+	os.Chmod(dir, 0o755)
 	bin = filepath.Join(dir, "shmctl")
 	build := exec.Command("go", "build", "-o", bin, ".")
 	build.Stdout, build.Stderr = os.Stderr, os.Stderr
@@ -99,7 +103,7 @@ func childMain(role, key string, be backend.Backend) int {
 			}
 		}
 	case "attach":
-		if _, err := shm.Open(key, 5*time.Second, shm.WithBackend(be)); err != nil {
+		if _, err := shm.Open(key, 30*time.Second, shm.WithBackend(be)); err != nil {
 			fmt.Println("error:", err)
 			return 1
 		}
@@ -227,6 +231,35 @@ func (r result) String() string {
 	return fmt.Sprintf("exit %d\nstdout:\n%s\nstderr:\n%s", r.code, r.stdout, r.stderr)
 }
 
+// reachable checks, by the permission bits, that uid and gid (with no other
+// groups) may search every directory on the way to path, and path itself:
+// search a directory, execute a file.
+func reachable(path string, uid, gid uint32) error {
+	path, err := filepath.Abs(path)
+	if err != nil {
+		return err
+	}
+	for p := path; ; p = filepath.Dir(p) {
+		var st syscall.Stat_t
+		if err := syscall.Stat(p, &st); err != nil {
+			return err
+		}
+		bits := st.Mode & 0o7
+		switch {
+		case st.Uid == uid:
+			bits = st.Mode >> 6 & 0o7
+		case st.Gid == gid:
+			bits = st.Mode >> 3 & 0o7
+		}
+		if bits&0o1 == 0 {
+			return fmt.Errorf("uid %d gid %d cannot reach %s: %s is mode %#o, owner %d:%d", uid, gid, path, p, st.Mode&0o7777, st.Uid, st.Gid)
+		}
+		if p == "/" {
+			return nil
+		}
+	}
+}
+
 func privateDir(t *testing.T) string {
 	t.Helper()
 	dir, err := os.MkdirTemp(posix.DefaultDir, "t-ops-dir-")
@@ -238,7 +271,14 @@ func privateDir(t *testing.T) string {
 	return dir
 }
 
-func key(what string) string { return fmt.Sprintf("/t-ops-%d-%s", os.Getpid(), what) }
+// keyRun makes the keys of this run its own: the PID keeps two copies of the
+// tests running at once apart, and the random part keeps a run that got the
+// PID of a killed one (PIDs wrap within minutes on a busy machine) off the
+// objects that one left behind.
+var keyRun = fmt.Sprintf("%d-%08x", os.Getpid(), rand.Uint32())
+
+// key is this run's key for what; key("") is the prefix of them all.
+func key(what string) string { return "/t-ops-" + keyRun + "-" + what }
 
 // row returns the ls table row of key, split in columns, or nil.
 func row(table, key string) []string {
@@ -342,8 +382,10 @@ func TestLsAndGc(t *testing.T) {
 		t.Errorf("used region's row: %q", ru)
 	}
 
-	// JSON, over both directories.
-	r = run(t, "ls", "--json", "--shm-dir", pdir, "--dir", fdir)
+	// JSON, over both directories. Only posix and file: listing SysV would
+	// attach, for a moment, every segment of this IPC namespace, which
+	// another test (of another copy of the suite) may want unattached.
+	r = run(t, "ls", "--json", "--backend", "posix,file", "--shm-dir", pdir, "--dir", fdir)
 	var infos []jsonInfo
 	if err := json.Unmarshal([]byte(r.stdout), &infos); err != nil {
 		t.Fatalf("ls --json: %v\n%v", err, r)
@@ -620,6 +662,9 @@ func TestLsAsOtherUser(t *testing.T) {
 			t.Fatal(r)
 		}
 	}
+	if err := reachable(bin, 65534, 65534); err != nil {
+		t.Fatal(err)
+	}
 	asNobody := func(a ...string) result {
 		cmd := exec.Command(bin, a...)
 		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
@@ -841,15 +886,17 @@ func TestLockKilledTakesCommand(t *testing.T) {
 	}
 	p.cmd.Process.Signal(syscall.SIGKILL)
 	p.cmd.Wait()
-	deadline := time.Now().Add(5 * time.Second)
+	// The kernel ends the command at once; a loaded machine may take a
+	// while to let us see it.
+	deadline := time.Now().Add(30 * time.Second)
 	for !procGone(child) {
 		if time.Now().After(deadline) {
-			t.Fatalf("command %d still runs 5 s after shmctl lock was killed", child)
+			t.Fatalf("command %d still runs 30 s after shmctl lock was killed", child)
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
 	// The next locker gets the lock, told that its holder died.
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	l, err := reg.LockContext(ctx)
 	if !errors.Is(err, shm.ErrOwnerDead) {
@@ -861,7 +908,7 @@ func TestLockKilledTakesCommand(t *testing.T) {
 // cmdPID returns the PID of the only child of parent.
 func cmdPID(t *testing.T, parent int) int {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
+	deadline := time.Now().Add(30 * time.Second)
 	for {
 		var kids []int
 		// The children of every thread: the one that forked may be any.
@@ -901,6 +948,9 @@ func TestGcAsOtherUser(t *testing.T) {
 	}
 	defer sysv.New().Unlink(roots[1:])
 	defer sysv.New().Unlink(nobodys[1:])
+	if err := reachable(bin, 65534, 65534); err != nil {
+		t.Fatal(err)
+	}
 	asNobody := func(a ...string) result {
 		cmd := exec.Command(bin, a...)
 		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}

@@ -1,6 +1,8 @@
 package main
 
 import (
+	"fmt"
+	"math/rand/v2"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -35,8 +37,10 @@ func demo(t *testing.T, events int, args ...string) string {
 	if build.err != nil {
 		t.Fatalf("go build: %v\n%s", build.err, build.out)
 	}
-	key := "/t-demo-" + filepath.Base(t.TempDir())
-	args = append([]string{"-key", key, "-events", strconv.Itoa(events)}, args...)
+	// A key of this run, and a -timeout for a loaded machine (the default,
+	// 5 s for the app's region to appear, is tight).
+	key := fmt.Sprintf("/t-demo-%d-%08x", os.Getpid(), rand.Uint32())
+	args = append([]string{"-key", key, "-events", strconv.Itoa(events), "-timeout", "1m"}, args...)
 	out, err := exec.Command(build.exe, args...).CombinedOutput()
 	if err != nil {
 		t.Fatalf("shmdemo %q: %v\n%s", args, err, out)

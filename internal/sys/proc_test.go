@@ -61,10 +61,20 @@ func TestScanMapsFake(t *testing.T) {
 		t.Errorf("unreadable %d exact %v, want 1 false", res.Unreadable, res.Exact())
 	}
 
+	// Under hidepid, an unprivileged process cannot know how many processes
+	// it does not see (-1); root sees them all, so the count stays exact
+	// but for the one unreadable process.
 	os.WriteFile(filepath.Join(proc, "self", "mountinfo"), []byte("21 26 0:20 / "+proc+" rw - proc proc rw,hidepid=invisible\n"), 0o644)
-	res, _ = scanMaps(proc, map[FileID]bool{want: true})
-	if os.Geteuid() != 0 && res.Unreadable != -1 {
-		t.Errorf("hidepid: unreadable %d, want -1 (unknown)", res.Unreadable)
+	res, err = scanMaps(proc, map[FileID]bool{want: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantUnreadable, wantExact := -1, false
+	if os.Geteuid() == 0 {
+		wantUnreadable = 1
+	}
+	if res.Unreadable != wantUnreadable || res.Exact() != wantExact || res.Mappers[want] != 2 {
+		t.Errorf("hidepid, euid %d: unreadable %d exact %v mappers %d; want %d %v 2", os.Geteuid(), res.Unreadable, res.Exact(), res.Mappers[want], wantUnreadable, wantExact)
 	}
 }
 
