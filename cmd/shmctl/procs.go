@@ -3,11 +3,14 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
+	"syscall"
 
 	"golang.org/x/sys/unix"
 
@@ -29,7 +32,9 @@ type holder struct {
 // target identifies a region's object in /proc/*/maps and /proc/*/fd.
 type target struct {
 	dev, ino uint64
-	sysv     bool // SysV: maps show "/SYSV<key>" with the shmid as inode
+	sysv     bool   // SysV: maps show "/SYSV<key>" with the shmid as inode
+	sysvPath string // "/SYSV%08x" of the segment's key_t, when known
+	ipcNS    uint64 // SysV: the IPC namespace (shmids are per namespace)
 }
 
 // extras is what stat tells beyond shm.Info.
@@ -67,7 +72,11 @@ func (c *cli) targetOf(f found) (target, bool) {
 	switch f.info.Backend {
 	case "sysv":
 		id, err := strconv.ParseUint(f.info.ID, 10, 64)
-		return target{ino: id, sysv: true}, err == nil
+		t := target{ino: id, sysv: true, ipcNS: nsInode("self")}
+		if f.key != "" && !f.info.Foreign {
+			t.sysvPath = fmt.Sprintf("/SYSV%08x", uint32(sysv.Key(strings.TrimPrefix(f.info.Key, "/"))))
+		}
+		return t, err == nil
 	case "memfd":
 		if f.info.Foreign || f.key == "" {
 			return target{}, false
@@ -93,6 +102,15 @@ func (c *cli) targetOf(f found) (target, bool) {
 	return target{dev: uint64(st.Dev), ino: uint64(st.Ino)}, true
 }
 
+// nsInode is the inode of process pid's ("self") IPC namespace, or 0.
+func nsInode(pid string) uint64 {
+	var st unix.Stat_t
+	if unix.Stat("/proc/"+pid+"/ns/ipc", &st) != nil {
+		return 0
+	}
+	return st.Ino
+}
+
 // scanHolders walks /proc for the processes that map t or hold a
 // descriptor of it, leaving out shmctl itself. It returns how many processes
 // it could not inspect (another user's, for a non-root caller).
@@ -109,10 +127,13 @@ func scanHolders(t target) (hs []holder, uninspected int) {
 			continue
 		}
 		dir := filepath.Join("/proc", e.Name())
+		if t.sysv && t.ipcNS != 0 && nsInode(e.Name()) != t.ipcNS {
+			continue // shmids of another IPC namespace name other segments
+		}
 		maps, err := os.ReadFile(filepath.Join(dir, "maps"))
 		if err != nil {
-			if !os.IsNotExist(err) {
-				uninspected++
+			if !os.IsNotExist(err) && !errors.Is(err, syscall.ESRCH) {
+				uninspected++ // not gone meanwhile: not ours to read
 			}
 			continue
 		}
@@ -130,7 +151,7 @@ func scanHolders(t target) (hs []holder, uninspected int) {
 				continue
 			}
 			if t.sysv {
-				if len(f) < 6 || !strings.HasPrefix(f[5], "/SYSV") {
+				if len(f) < 6 || !strings.HasPrefix(f[5], "/SYSV") || t.sysvPath != "" && f[5] != t.sysvPath {
 					continue
 				}
 			} else {
