@@ -292,7 +292,7 @@ func TestCondWaiterKilledAndHolderDied(t *testing.T) {
 }
 
 func BenchmarkSignalNoWaiters(b *testing.B) {
-	r, err := Create("/t-cond-bench-"+strconv.Itoa(os.Getpid()), 64)
+	r, err := Create("/t-cond-bench-"+strconv.Itoa(os.Getpid())+"-"+runID, 64)
 	if err != nil {
 		b.Fatal(err)
 	}

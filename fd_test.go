@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
@@ -26,9 +27,13 @@ import (
 
 var fdKeySeq atomic.Int64
 
+// runID tells this run's keys from those of an earlier run with the same
+// PID that left something behind.
+var runID = fmt.Sprintf("%08x", rand.Uint32())
+
 // fdKey returns a fresh key with the prefix of the fd tests.
 func fdKey(tag string) string {
-	return fmt.Sprintf("/t-memfd-fd-%d-%d-%s", os.Getpid(), fdKeySeq.Add(1), tag)
+	return fmt.Sprintf("/t-memfd-fd-%d-%s-%d-%s", os.Getpid(), runID, fdKeySeq.Add(1), tag)
 }
 
 // fdBackends are the backends whose regions have descriptors.

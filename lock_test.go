@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"math/rand/v2"
 	"os"
 	"os/exec"
 	"slices"
@@ -152,9 +153,13 @@ func lockChild(role, key string) error {
 	return errors.New("unknown role " + role)
 }
 
+// runID tells this run's keys from those of an earlier run that had the
+// same PID (PIDs wrap) and left something behind when it was killed.
+var runID = fmt.Sprintf("%08x", rand.Uint32())
+
 func lockRegion(t *testing.T, tag string, opts ...Option) (*Region, string) {
 	t.Helper()
-	key := fmt.Sprintf("/t-lock-%d-%s", os.Getpid(), tag)
+	key := fmt.Sprintf("/t-lock-%d-%s-%s", os.Getpid(), runID, tag)
 	r, err := Create(key, 64, opts...)
 	if err != nil {
 		t.Fatal(err)
@@ -470,7 +475,7 @@ func BenchmarkLockUnlock(b *testing.B) {
 		opts []Option
 	}{{"default", nil}, {"guarded", []Option{WithFaultGuard()}}} {
 		b.Run(mode.name, func(b *testing.B) {
-			key := fmt.Sprintf("/t-lock-bench-%d-%s", os.Getpid(), mode.name)
+			key := fmt.Sprintf("/t-lock-bench-%d-%s-%s", os.Getpid(), runID, mode.name)
 			r, err := Create(key, 64, mode.opts...)
 			if err != nil {
 				b.Fatal(err)

@@ -12,7 +12,7 @@ import (
 
 func viewRegion(t *testing.T, size int) *Region {
 	t.Helper()
-	key := fmt.Sprintf("/t-view-%d-%s", os.Getpid(), strings.ReplaceAll(t.Name(), "/", "-"))
+	key := fmt.Sprintf("/t-view-%d-%s-%s", os.Getpid(), runID, strings.ReplaceAll(t.Name(), "/", "-"))
 	r, err := Create(key, size)
 	if err != nil {
 		t.Fatal(err)

@@ -27,6 +27,7 @@ package conformance
 import (
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"strings"
@@ -58,10 +59,15 @@ type harness struct {
 
 var keySeq atomic.Int64
 
+// runID tells this run's keys from those of an earlier run that had the
+// same PID (PIDs wrap) and left something behind when it was killed. It
+// follows the sequence number, which keeps the keys' documented prefix.
+var runID = fmt.Sprintf("r%06x", rand.Uint32()&0xffffff)
+
 // Key returns a key unique to this process and test, and arranges for its
 // object to be removed when the test ends.
 func (h *harness) Key(tag string) string {
-	name := fmt.Sprintf("cf-%s-%d-%d-%s", h.b.Name(), os.Getpid(), keySeq.Add(1), tag)
+	name := fmt.Sprintf("cf-%s-%d-%d%s-%s", h.b.Name(), os.Getpid(), keySeq.Add(1), runID, tag)
 	key := "/" + name
 	h.t.Cleanup(func() { h.remove(name) })
 	return key
