@@ -134,6 +134,8 @@ func classify(err error) error {
 		return because("", err, ErrCorrupt)
 	case errors.Is(err, backend.ErrUntrusted):
 		return because("", err, ErrUntrustedOwner)
+	case errors.Is(err, backend.ErrInUse):
+		return because(inUsePrefix+inUseReason(err), nil, ErrInUse)
 	case errors.Is(err, os.ErrDeadlineExceeded):
 		return because("", err, ErrTimeout)
 	case errors.Is(err, fs.ErrExist):

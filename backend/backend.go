@@ -24,6 +24,7 @@ import (
 	"context"
 	"errors"
 	"io/fs"
+	"time"
 )
 
 // ErrForeign is matched by a backend's errors when the name holds something
@@ -204,24 +205,79 @@ type PendingObject struct {
 // Info describes a named object as a Lister sees it, before package shm
 // reads its header.
 type Info struct {
-	Name string      // the name, without a leading '/'
+	Name string      // the name, without a leading '/' (a temporary name when Temp)
 	Size int64       // the object's size in bytes
 	Mode fs.FileMode // permission bits
 	UID  int         // owner, or -1 when unknown
 	GID  int         // group, or -1 when unknown
 	// Attached is the number of processes that map the object, or -1 when
-	// the backend cannot tell.
+	// the backend cannot tell (package shm then counts them in
+	// /proc/*/maps, by Dev and Ino).
 	Attached int
 	// ID is a backend-specific handle for backends whose objects cannot be
 	// found by name alone (SysV: the shmid); see IDOpener. Empty otherwise.
 	ID string
+	// Path is where the object lives, for people: a file's path, an
+	// abstract socket's name ("@..."); empty when it has none (SysV).
+	Path string
+	// Temp is set for an object under a temporary name: being created and
+	// not yet published, or left by a creator that died before it
+	// published it (see Pender), or a removal's leftover. Its header names
+	// its key.
+	Temp bool
+	// Dev and Ino identify the object's file as /proc/PID/maps shows it
+	// (the device as unix.Mkdev encodes it), or are 0 when there is none.
+	Dev, Ino uint64
+	// Changed is when the object's status last changed (ctime), or zero.
+	Changed time.Time
+	// Foreign is set for something under the backend's names that cannot
+	// be one of its objects (a symbolic link, a FIFO, a hard-linked file),
+	// and says what it is. The other fields are what the backend saw.
+	Foreign string
 }
 
-// Lister is implemented by backends that can enumerate their objects.
-// Objects still being created are not listed. Name is empty when the
-// backend cannot know it without mapping the object (SysV); ID is then set.
+// Lister is implemented by backends that can enumerate their objects:
+// published ones, and those under temporary names with Temp set. Name is
+// empty when the backend cannot know it without mapping the object (SysV);
+// ID is then set.
 type Lister interface {
 	List() ([]Info, error)
+}
+
+// Inspector is implemented by backends that can read an object's first
+// bytes without mapping it for writing (POSIX and file: pread on a
+// read-only descriptor; SysV: a read-only attachment), so that listing and
+// Stat need only read permission and leave the object as it is.
+type Inspector interface {
+	// Inspect returns the first n bytes of the object that in names (by
+	// ID when set, else by Name) and its Info as of now. It fails with an
+	// error matching fs.ErrNotExist when the object is gone, and
+	// ErrForeign when it cannot be one of the backend's objects.
+	Inspect(in Info, n int) ([]byte, Info, error)
+}
+
+// ErrInUse is matched by a Remover's errors when the object is, or may be,
+// in use: package shm reports it as shm.ErrInUse.
+var ErrInUse = errors.New("in use")
+
+// Remover is implemented by backends that can prove that no process uses
+// an object, each with a proof of its own (a write lease on a file, which
+// the kernel grants only when no other descriptor or mapping exists; the
+// file backend's flock protocol; SysV's attach count), and remove it under
+// that proof. Package shm removes stale regions only through it: objects of
+// a backend without it are never stale unless a complete /proc walk proves
+// them unmapped.
+type Remover interface {
+	// Unused returns nil when the backend can prove now that no process
+	// uses the object in, and otherwise an error matching ErrInUse that
+	// says why (or why it cannot tell). It removes nothing.
+	Unused(in Info) error
+	// RemoveUnused removes the object in when no process uses it, proved
+	// as Unused proves it and held while it calls check with the object's
+	// first n bytes and its Info as of now. check's error stops the removal
+	// and is returned as is. An object with Temp set goes under its
+	// temporary name.
+	RemoveUnused(in Info, n int, check func(head []byte, now Info) error) error
 }
 
 // WithTrust returns a context that carries the caller's policy on whose

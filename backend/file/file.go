@@ -516,3 +516,27 @@ func (b *Backend) RemovePending(id string) error { return b.objs().RemovePending
 func (s *segment) StillNamed() (bool, error) {
 	return dirobj.SameFile(int(s.f.Fd()), s.final)
 }
+
+// Inspect implements backend.Inspector: the object's first n bytes, read
+// with pread from a read-only descriptor (no mapping, no lock; read
+// permission suffices), and its Info.
+func (b *Backend) Inspect(in backend.Info, n int) ([]byte, backend.Info, error) {
+	return b.objs().Head(in.Name, n)
+}
+
+// Unused implements backend.Remover: a write lease, or where the
+// filesystem or the caller's rights allow none, an exclusive flock (every
+// segment holds a shared one), or a complete walk of /proc/*/maps.
+func (b *Backend) Unused(in backend.Info) error { return b.removals().Unused(in.Name) }
+
+// RemoveUnused implements backend.Remover, under that proof.
+func (b *Backend) RemoveUnused(in backend.Info, n int, check func(head []byte, now backend.Info) error) error {
+	return b.removals().RemoveUnused(in.Name, in.Temp, n, check)
+}
+
+// removals is the directory as removals see it: with the flock protocol.
+func (b *Backend) removals() dirobj.Dir {
+	d := b.objs()
+	d.Flock = true
+	return d
+}

@@ -427,8 +427,8 @@ func TestHalfMadeInvisible(t *testing.T) {
 	is(t, err, fs.ErrNotExist)
 	list, err := b.List()
 	ok(t, err, "List")
-	if len(list) != 0 {
-		t.Fatalf("List shows %v", list)
+	if len(list) != 1 || !list[0].Temp || !strings.HasPrefix(list[0].Name, file.TempPrefix+name+".") {
+		t.Fatalf("List shows %v, want the object under its temporary name, Temp set", list)
 	}
 	names := dirNames(t, dir)
 	if len(names) != 1 || !strings.HasPrefix(names[0], file.TempPrefix+name+".") {
@@ -455,9 +455,21 @@ func TestList(t *testing.T) {
 	ok(t, os.Symlink("t-file-list-a", filepath.Join(dir, "t-file-list-link")), "Symlink")
 	list, err := b.List()
 	ok(t, err, "List")
-	want := backend.Info{Name: "t-file-list-a", Size: 4096, Mode: 0o640, UID: os.Getuid(), GID: os.Getgid(), Attached: -1}
-	if len(list) != 1 || list[0] != want {
-		t.Fatalf("List = %+v, want [%+v]", list, want)
+	byName := map[string]backend.Info{}
+	for _, in := range list {
+		if in.Temp {
+			in.Name = "temp"
+		}
+		byName[in.Name] = in
+	}
+	a0 := byName["t-file-list-a"]
+	want := backend.Info{Name: "t-file-list-a", Size: 4096, Mode: 0o640, UID: os.Getuid(), GID: os.Getgid(), Attached: -1,
+		Path: filepath.Join(dir, "t-file-list-a"), Dev: a0.Dev, Ino: a0.Ino, Changed: a0.Changed}
+	if len(list) != 4 || a0 != want || a0.Ino == 0 || a0.Changed.IsZero() {
+		t.Fatalf("List = %+v, want 4 entries, with %+v", list, want)
+	}
+	if !byName["temp"].Temp || byName["t-file-list-dir"].Foreign != "a directory" || byName["t-file-list-link"].Foreign != "a symbolic link" {
+		t.Fatalf("List = %+v: want the unpublished one with Temp set, and the directory and the link Foreign, saying what they are", list)
 	}
 	// Open refuses what is not a regular file, and says what it is.
 	_, err = b.Open("t-file-list-link")

@@ -74,7 +74,7 @@ func (b *Backend) ListContext(ctx context.Context) ([]backend.Info, error) {
 	var wg sync.WaitGroup
 	for i, addr := range addrs {
 		r := &res[i]
-		r.in = backend.Info{UID: -1, GID: -1, Attached: -1}
+		r.in = backend.Info{UID: -1, GID: -1, Attached: -1, Path: "@" + addr}
 		if id := addr[len(AddrPrefix):]; strings.HasPrefix(id, "#") {
 			r.in.ID = id
 		} else {

@@ -261,3 +261,21 @@ var (
 	_ backend.Chowner       = (*segment)(nil)
 	_ backend.Fder          = (*segment)(nil)
 )
+
+// Inspect implements backend.Inspector: the object's first n bytes, read
+// with pread from a read-only descriptor (no mapping; read permission
+// suffices), and its Info.
+func (b *Backend) Inspect(in backend.Info, n int) ([]byte, backend.Info, error) {
+	return b.objs().Head(in.Name, n)
+}
+
+// Unused implements backend.Remover: a write lease, which the kernel grants
+// only when no other process has the file open or mapped, or else a
+// complete walk of /proc/*/maps.
+func (b *Backend) Unused(in backend.Info) error { return b.objs().Unused(in.Name) }
+
+// RemoveUnused implements backend.Remover, under the lease (see
+// internal/dirobj for the protocol and its remaining windows).
+func (b *Backend) RemoveUnused(in backend.Info, n int, check func(head []byte, now backend.Info) error) error {
+	return b.objs().RemoveUnused(in.Name, in.Temp, n, check)
+}

@@ -103,6 +103,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -666,3 +667,96 @@ var (
 // modeAs converts permission bits to the type of ipc_perm's mode field,
 // which is uint16 on some 32-bit architectures and uint32 elsewhere.
 func modeAs[T uint16 | uint32](_ T, perm uint32) T { return T(perm) }
+
+// idOf finds the shmid of the segment that in names: its ID, or its name's
+// key_t.
+func (b *Backend) idOf(in backend.Info) (int, string, error) {
+	if in.ID != "" {
+		n, err := parseID(in.ID)
+		return n, idPath(n), err
+	}
+	key := b.key(in.Name)
+	path := keyPath(in.Name, key)
+	id, err := unix.SysvShmGet(key, 0, 0)
+	if err != nil {
+		return 0, path, &fs.PathError{Op: "shmget", Path: path, Err: err}
+	}
+	return id, path, nil
+}
+
+// infoOf describes segment id from IPC_STAT.
+func infoOf(id int, name string) (backend.Info, *unix.SysvShmDesc, error) {
+	var ds unix.SysvShmDesc
+	if _, err := unix.SysvShmCtl(id, unix.IPC_STAT, &ds); err != nil || ds.Perm.Mode&shmDest != 0 {
+		if err == nil || err == unix.EINVAL || err == unix.EIDRM {
+			err = unix.ENOENT
+		}
+		return backend.Info{}, nil, &fs.PathError{Op: "shmctl IPC_STAT", Path: idPath(id), Err: err}
+	}
+	return backend.Info{
+		Name: name, Size: int64(ds.Segsz), Mode: fs.FileMode(ds.Perm.Mode & 0o777),
+		UID: int(ds.Perm.Uid), GID: int(ds.Perm.Gid), Attached: int(ds.Nattch),
+		ID: strconv.Itoa(id), Changed: time.Unix(int64(ds.Ctime), 0),
+	}, &ds, nil
+}
+
+// Inspect implements backend.Inspector: the segment's first n bytes, read
+// through a read-only attachment (which, as any attachment, records this
+// process as the last to attach), and its Info.
+func (b *Backend) Inspect(in backend.Info, n int) ([]byte, backend.Info, error) {
+	id, path, err := b.idOf(in)
+	if err != nil {
+		return nil, backend.Info{}, err
+	}
+	now, _, err := infoOf(id, in.Name)
+	if err != nil {
+		return nil, backend.Info{}, err
+	}
+	s, err := attach(id, path, unix.SHM_RDONLY)
+	if err != nil {
+		return nil, backend.Info{}, err
+	}
+	defer s.Close()
+	head := make([]byte, min(n, len(s.mem)))
+	copy(head, s.mem)
+	return head, now, nil
+}
+
+// Unused implements backend.Remover: the kernel's attach count.
+func (b *Backend) Unused(in backend.Info) error {
+	id, _, err := b.idOf(in)
+	if err != nil {
+		return err
+	}
+	now, _, err := infoOf(id, in.Name)
+	if err != nil {
+		return err
+	}
+	if now.Attached != 0 {
+		return fmt.Errorf("%w: %d processes attached", backend.ErrInUse, now.Attached)
+	}
+	return nil
+}
+
+// RemoveUnused implements backend.Remover: IPC_RMID by shmid, when check
+// accepts the segment's first bytes and the kernel counts no attachment
+// but the one that read them. A process that attaches between the count
+// and the removal keeps a segment whose key is gone (two system calls
+// apart; see cmd/shmctl's README).
+func (b *Backend) RemoveUnused(in backend.Info, n int, check func(head []byte, now backend.Info) error) error {
+	id, path, err := b.idOf(in)
+	if err != nil {
+		return err
+	}
+	head, now, err := b.Inspect(backend.Info{ID: strconv.Itoa(id), Name: in.Name}, n)
+	if err != nil {
+		return err
+	}
+	if err := check(head, now); err != nil {
+		return err
+	}
+	if err := b.Unused(backend.Info{ID: strconv.Itoa(id)}); err != nil {
+		return err
+	}
+	return rmid(id, path)
+}

@@ -12,9 +12,11 @@ package dirobj
 import (
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"io/fs"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -30,6 +32,10 @@ type Dir struct {
 	// ReadOnly makes Open and OpenContext open objects for reading only
 	// (read permission suffices).
 	ReadOnly bool
+	// Flock says that every user of an object holds a shared flock on it
+	// (the file backend's protocol): where a lease cannot be had, an
+	// exclusive flock proves that nobody uses it.
+	Flock bool
 }
 
 // Join returns the path of the object name.
@@ -146,8 +152,10 @@ func (d Dir) Unlink(name string) error {
 	return nil
 }
 
-// List returns every regular file in the directory but those whose name
-// starts with TempPrefix. Attached is -1.
+// List returns the directory's objects: published ones, those under
+// temporary names (TempPrefix, or a removal's TombPrefix) with Temp set,
+// and anything else found there, with Foreign saying what it is. Attached
+// is -1.
 func (d Dir) List() ([]backend.Info, error) {
 	ents, err := ReadDir(d.Path)
 	if err != nil {
@@ -155,19 +163,37 @@ func (d Dir) List() ([]backend.Info, error) {
 	}
 	var out []backend.Info
 	for _, name := range ents {
-		if strings.HasPrefix(name, d.TempPrefix) {
-			continue
-		}
 		var st unix.Stat_t
-		if err := unix.Lstat(d.Join(name), &st); err != nil || st.Mode&unix.S_IFMT != unix.S_IFREG {
-			continue
+		if err := unix.Lstat(d.Join(name), &st); err != nil {
+			continue // gone meanwhile
 		}
-		out = append(out, backend.Info{
-			Name: name, Size: st.Size, Mode: fs.FileMode(st.Mode & 0o777),
-			UID: int(st.Uid), GID: int(st.Gid), Attached: -1,
-		})
+		in := d.info(name, &st)
+		if err := d.Inspect(name, &st); err != nil {
+			var fe *ForeignError
+			if errors.As(err, &fe) {
+				in.Foreign = fe.What
+			}
+		}
+		out = append(out, in)
 	}
 	return out, nil
+}
+
+// info describes the file name whose status is st.
+func (d Dir) info(name string, st *unix.Stat_t) backend.Info {
+	return backend.Info{
+		Name: name, Size: st.Size, Mode: fs.FileMode(st.Mode & 0o777),
+		UID: int(st.Uid), GID: int(st.Gid), Attached: -1,
+		Path: d.Join(name), Temp: d.isTemp(name),
+		Dev: uint64(st.Dev), Ino: uint64(st.Ino),
+		Changed: time.Unix(st.Ctim.Unix()),
+	}
+}
+
+// isTemp tells whether name is a temporary name: an object being created,
+// or a removal's tombstone.
+func (d Dir) isTemp(name string) bool {
+	return strings.HasPrefix(name, d.TempPrefix) || strings.HasPrefix(name, TombPrefix)
 }
 
 // ReadDir returns the names in dir (without "." and ".."), unsorted.

@@ -69,8 +69,8 @@ func TestCreateTempPublishList(t *testing.T) {
 	if a.Tmp == b.Tmp || a.Final != b.Final || a.Final != d.Join("t-file-a") {
 		t.Fatalf("temp %q and %q for %q", a.Tmp, b.Tmp, a.Final)
 	}
-	if list, err := d.List(); err != nil || len(list) != 0 {
-		t.Fatalf("List = %v, %v before Publish", list, err)
+	if list, err := d.List(); err != nil || len(list) != 2 || !list[0].Temp || !list[1].Temp {
+		t.Fatalf("List = %v, %v before Publish, want two objects with Temp set", list, err)
 	}
 	if err := Publish(a.Tmp, a.Final); err != nil {
 		t.Fatal(err)
