@@ -841,4 +841,3 @@ func findKey(key string, opts []Option) (*object, string, error) {
 	}
 	return nil, bname, last
 }
-
