@@ -611,3 +611,23 @@ func guard(f func()) (err error) {
 	f()
 	return nil
 }
+
+// Guard runs f on the region's data with memory faults caught: when
+// another process truncated the object under this mapping (POSIX and file
+// regions can be truncated by any process that may write them), a touch of
+// a page past the new end makes Guard return an error matching ErrCorrupt
+// instead of killing the process. Only f's own goroutine is protected, and
+// only while f runs: f must not keep data. Close waits for Guard to
+// return. Use it for your accesses to data that peers you do not trust
+// could cut short; memfd regions are sealed and SysV segments cannot
+// shrink, so they need none.
+func (r *Region) Guard(f func(data []byte)) error {
+	if !r.enter() {
+		return r.err("guard", ErrClosed)
+	}
+	defer r.leave()
+	if err := guard(func() { f(r.data) }); err != nil {
+		return r.err("guard", err)
+	}
+	return nil
+}

@@ -83,7 +83,9 @@ const MaxSize = 1 << 40
 // owner only (GEOPM's "secure" owner).
 const DefaultMode fs.FileMode = 0o600
 
-// Option configures Create, Open and OpenContext.
+// Option configures Create, Open and OpenContext (and, WithBackend alone,
+// Stat and Remove). Each option's doc says which calls it applies to; given
+// to another, it makes the call fail with ErrInvalidOption.
 type Option func(*options) error
 
 type options struct {
@@ -96,6 +98,36 @@ type options struct {
 	readOnly bool
 	trusted  map[int]bool // owners Open accepts besides this process's uid and root
 	anyOwner bool
+
+	op opKind // what the options are for
+}
+
+// opKind is the call that options are given to: an option that means
+// nothing to it is an error (ErrInvalidOption), not silently ignored.
+type opKind int
+
+const (
+	opCreate opKind = 1 << iota
+	opOpen
+	opStat // Stat and Remove
+)
+
+// applies fails unless the options are for one of ops.
+func (o *options) applies(name string, ops opKind) error {
+	if o.op&ops != 0 {
+		return nil
+	}
+	return because(name+" does not apply to "+o.op.String(), nil, ErrInvalidOption)
+}
+
+func (k opKind) String() string {
+	switch k {
+	case opCreate:
+		return "Create"
+	case opOpen:
+		return "Open"
+	}
+	return "Stat or Remove"
 }
 
 // trusts tells whether Open accepts a region owned by uid.
@@ -105,6 +137,7 @@ func (o *options) trusts(uid int) bool {
 
 // WithBackend chooses the backend that holds the region. Without it, the
 // key's prefix, SHM_BACKEND or the automatic choice decide (see EnvBackend).
+// It applies to every call that takes options.
 func WithBackend(b backend.Backend) Option {
 	return func(o *options) error {
 		if b == nil {
@@ -117,9 +150,12 @@ func WithBackend(b backend.Backend) Option {
 
 // WithMode sets the permission bits of a new region (default 0600). They are
 // applied exactly, whatever the process umask, and the umask is not touched.
-// Open ignores it.
+// It applies to Create.
 func WithMode(perm fs.FileMode) Option {
 	return func(o *options) error {
+		if err := o.applies("WithMode", opCreate); err != nil {
+			return err
+		}
 		if perm&^fs.ModePerm != 0 {
 			return because("mode "+perm.String()+" has bits beyond 0777", nil, ErrInvalidOption)
 		}
@@ -130,9 +166,13 @@ func WithMode(perm fs.FileMode) Option {
 
 // WithInit runs init on the new region's data before any user can attach:
 // Open waits until it has returned. When it returns an error, Create
-// removes the region and returns that error. Open ignores it.
+// removes the region and returns that error; when it panics, Create
+// removes the region and the panic goes on. It applies to Create.
 func WithInit(init func(data []byte) error) Option {
 	return func(o *options) error {
+		if err := o.applies("WithInit", opCreate); err != nil {
+			return err
+		}
 		o.init = init
 		return nil
 	}
@@ -143,9 +183,12 @@ func WithInit(init func(data []byte) error) Option {
 // Create removes it (as Remove would) and creates the region anew. When
 // someone still uses it, Create fails with ErrExist as without this option,
 // and the error says why. Objects under the key that are not regions of
-// ours are never removed. Open ignores it.
+// ours are never removed. It applies to Create.
 func WithReplaceStale() Option {
 	return func(o *options) error {
+		if err := o.applies("WithReplaceStale", opCreate); err != nil {
+			return err
+		}
 		o.replace = true
 		return nil
 	}
@@ -157,7 +200,7 @@ func WithReplaceStale() Option {
 //
 // Deprecated: the lock is always robust; drop the option.
 func WithRobustLock() Option {
-	return func(*options) error { return nil }
+	return func(o *options) error { return o.applies("WithRobustLock", opCreate) }
 }
 
 // WithFaultGuard makes the lock of the Region that Create or Open returns
@@ -168,9 +211,13 @@ func WithRobustLock() Option {
 // TryLock, Unlock and MarkConsistent run under debug.SetPanicOnFault and
 // return ErrCorrupt instead. Without it, only the lock's waiting path and
 // the header checks are guarded, and the uncontended Lock and Unlock cost
-// what a C mutex costs. Use Region.Guard for your own accesses to the data.
+// what a C mutex costs. Use Region.Guard for your own accesses to the
+// data. It applies to Create and Open.
 func WithFaultGuard() Option {
 	return func(o *options) error {
+		if err := o.applies("WithFaultGuard", opCreate|opOpen); err != nil {
+			return err
+		}
 		o.guard = true
 		return nil
 	}
@@ -181,9 +228,12 @@ func WithFaultGuard() Option {
 // faults, which kills the process). A read-only Region takes no slot of the
 // user table and cannot lock: Lock, TryLock, LockContext, Signal and
 // Broadcast fail with an error matching fs.ErrPermission. It can Wait on a
-// Futex and Wake one. Create rejects it with ErrInvalidOption.
+// Futex and Wake one. It applies to Open.
 func WithReadOnly() Option {
 	return func(o *options) error {
+		if err := o.applies("WithReadOnly", opOpen); err != nil {
+			return err
+		}
 		o.readOnly = true
 		return nil
 	}
@@ -197,9 +247,12 @@ func WithReadOnly() Option {
 // a squatter's region would trust data and a lock the squatter controls.
 // A region owned by another uid fails with an error matching
 // ErrUntrustedOwner. A root controller attaching to the regions of a user's
-// application (GEOPM's case) names that user here. Create ignores it.
+// application (GEOPM's case) names that user here. It applies to Open.
 func WithTrustedUIDs(uids ...int) Option {
 	return func(o *options) error {
+		if err := o.applies("WithTrustedUIDs", opOpen); err != nil {
+			return err
+		}
 		if o.trusted == nil {
 			o.trusted = map[int]bool{}
 		}
@@ -214,9 +267,12 @@ func WithTrustedUIDs(uids ...int) Option {
 }
 
 // WithAnyOwner makes Open accept a region whoever owns it: for data that
-// this process does not trust anyway.
+// this process does not trust anyway. It applies to Open.
 func WithAnyOwner() Option {
 	return func(o *options) error {
+		if err := o.applies("WithAnyOwner", opOpen); err != nil {
+			return err
+		}
 		o.anyOwner = true
 		return nil
 	}
@@ -227,9 +283,12 @@ func WithAnyOwner() Option {
 // Each open Region holds a slot of the region's user table, 32 bytes of its
 // header, from Open or Create to Close: the slot tells the lock whether the
 // Region's process lives. An Open that finds every slot taken fails with
-// ErrTooManyUsers. Open ignores it.
+// ErrTooManyUsers. It applies to Create.
 func WithMaxUsers(n int) Option {
 	return func(o *options) error {
+		if err := o.applies("WithMaxUsers", opCreate); err != nil {
+			return err
+		}
 		if n < 1 || n > MaxUsers {
 			return because("max users "+strconv.Itoa(n)+" is not between 1 and "+strconv.Itoa(MaxUsers), nil, ErrInvalidOption)
 		}
@@ -238,8 +297,8 @@ func WithMaxUsers(n int) Option {
 	}
 }
 
-func buildOptions(opts []Option) (options, error) {
-	o := options{mode: DefaultMode, users: DefaultUsers}
+func buildOptions(opts []Option, op opKind) (options, error) {
+	o := options{mode: DefaultMode, users: DefaultUsers, op: op}
 	for _, opt := range opts {
 		if opt == nil {
 			continue
@@ -325,12 +384,9 @@ func parseKey(key string) (string, error) {
 // "." or "..". Create fails with ErrExist when the key is taken, and with an
 // error matching syscall.ENOSPC when there is no room for the region.
 func Create(key string, size int, opts ...Option) (*Region, error) {
-	o, err := buildOptions(opts)
+	o, err := buildOptions(opts, opCreate)
 	if err != nil {
 		return nil, &Error{Op: "create", Key: key, Err: err}
-	}
-	if o.readOnly {
-		return nil, &Error{Op: "create", Key: key, Err: because("Create makes a region read-write; WithReadOnly is for Open", nil, ErrInvalidOption)}
 	}
 	if err := checkSize(size, o.users); err != nil {
 		return nil, &Error{Op: "create", Key: key, Err: err}
@@ -538,7 +594,7 @@ const (
 )
 
 func open(ctx context.Context, key string, deadline time.Time, once bool, opts []Option) (*Region, error) {
-	o, err := buildOptions(opts)
+	o, err := buildOptions(opts, opOpen)
 	if err != nil {
 		return nil, &Error{Op: "open", Key: key, Err: err}
 	}

@@ -816,7 +816,7 @@ func Stat(key string, opts ...Option) (Info, error) {
 // the object on the first that has it. It returns the name of the backend
 // that gave the answer (or the only candidate), for errors.
 func findKey(key string, opts []Option) (*object, string, error) {
-	o, err := buildOptions(opts)
+	o, err := buildOptions(opts, opStat)
 	if err != nil {
 		return nil, "", err
 	}

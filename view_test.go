@@ -106,3 +106,50 @@ func TestViewBadInputs(t *testing.T) {
 		t.Errorf("View after Close: %v, want ErrClosed", err)
 	}
 }
+
+// An option given to a call it means nothing to is an error, not ignored.
+func TestOptionsApply(t *testing.T) {
+	r := viewRegion(t, 64)
+	key := r.Key()
+	for _, c := range []struct {
+		name string
+		err  error
+	}{
+		{"Remove WithInit", Remove(key, WithInit(func([]byte) error { return nil }))},
+		{"Stat WithMode", func() error { _, err := Stat(key, WithMode(0o644)); return err }()},
+		{"Open WithMode", func() error { _, err := Open(key, 0, WithMode(0o644)); return err }()},
+		{"Open WithMaxUsers", func() error { _, err := Open(key, 0, WithMaxUsers(3)); return err }()},
+		{"Open WithReplaceStale", func() error { _, err := Open(key, 0, WithReplaceStale()); return err }()},
+		{"Create WithReadOnly", func() error { _, err := Create(key+"-x", 64, WithReadOnly()); return err }()},
+		{"Create WithTrustedUIDs", func() error { _, err := Create(key+"-x", 64, WithTrustedUIDs(1)); return err }()},
+	} {
+		if !errors.Is(c.err, ErrInvalidOption) || !strings.Contains(c.err.Error(), "does not apply to") {
+			t.Errorf("%s: %v, want ErrInvalidOption saying it does not apply", c.name, c.err)
+		}
+	}
+	u, err := Open(key, 0, WithBackend(r.be), WithFaultGuard(), WithTrustedUIDs(1), WithAnyOwner())
+	if err != nil {
+		t.Fatalf("Open with options that apply: %v", err)
+	}
+	u.Close()
+}
+
+// Guard turns a fault on a truncated object's data into ErrCorrupt.
+func TestGuard(t *testing.T) {
+	r := viewRegion(t, 3*4096)
+	if err := r.Guard(func(d []byte) { d[0] = 1 }); err != nil {
+		t.Fatalf("Guard of a healthy region: %v", err)
+	}
+	f, err := r.File()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if err := f.Truncate(4096); err != nil {
+		t.Fatal(err)
+	}
+	err = r.Guard(func(d []byte) { d[len(d)-1] = 1 })
+	if !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("Guard of a write past the truncated end: %v, want ErrCorrupt", err)
+	}
+}
