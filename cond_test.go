@@ -365,11 +365,16 @@ func TestCondKilledWaiterUncounted(t *testing.T) {
 	if w := atomic.LoadUint32(&r.hdr.Cond.Waiters); w != 1 {
 		t.Fatalf("%d waiters counted after the waiter died, want its 1 until its slot is reused", w)
 	}
-	u, err := Open(key, 0) // takes the dead waiter's slot
+	u, err := Open(key, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer u.Close()
+	l, err := u.Lock() // takes the dead waiter's slot
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.Unlock()
 	if w := atomic.LoadUint32(&r.hdr.Cond.Waiters); w != 0 {
 		t.Fatalf("%d waiters counted after the dead waiter's slot was reused, want 0", w)
 	}

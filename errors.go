@@ -45,8 +45,8 @@ var (
 	// ErrUntrustedOwner: Open found a region owned by a uid it does not
 	// trust (see WithTrustedUIDs). It matches fs.ErrPermission.
 	ErrUntrustedOwner error = &sentinel{"region's owner is not trusted", fs.ErrPermission}
-	// ErrTooManyUsers: Open found every slot of the region's user table
-	// taken (see WithMaxUsers).
+	// ErrTooManyUsers: a Region's first lock found every slot of the
+	// region's user table taken (see WithMaxUsers).
 	ErrTooManyUsers = errors.New("too many users")
 	// ErrOwnerDead: the process that held the lock died while holding it
 	// (the lock is now the caller's, and the data it guards may be half

@@ -67,6 +67,11 @@ func (r *Region) dupFd() (int, error) {
 	if err != nil {
 		return -1, r.err("file", &fs.PathError{Op: "dup", Path: r.key, Err: err})
 	}
+	// An ordinary blocking descriptor for whoever gets it (the backend may
+	// have opened it O_NONBLOCK, not to block on a peer's lease).
+	if fl, err := unix.FcntlInt(uintptr(fd), unix.F_GETFL, 0); err == nil && fl&unix.O_NONBLOCK != 0 {
+		unix.FcntlInt(uintptr(fd), unix.F_SETFL, fl&^unix.O_NONBLOCK)
+	}
 	return fd, nil
 }
 
@@ -135,12 +140,7 @@ func openFd(fd int, what string) (*Region, error) {
 	}
 	switch st {
 	case headerOK:
-		r := newRegionFrom("/"+name, name, fdBackend{}, seg, mem, h)
-		if err := r.claimSlot(); err != nil {
-			seg.Close()
-			return fail("/"+name, err)
-		}
-		return r, nil
+		return newRegionFrom("/"+name, name, fdBackend{}, seg, mem, h), nil
 	case headerNotReady:
 		seg.Close()
 		if creatorDead {

@@ -120,7 +120,7 @@ const (
 // Users of a region: how many slots a new region gets, and the most it may have.
 const (
 	// DefaultUsers is the number of Regions, in all processes together,
-	// that may have a region open at once when its creator does not say
+	// that may use a region's lock at once when its creator does not say
 	// otherwise with WithMaxUsers.
 	DefaultUsers = 256
 	// MaxUsers is the largest number WithMaxUsers accepts: the lock word

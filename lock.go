@@ -147,12 +147,15 @@ func (r *Region) fastLock() (Lock, bool) {
 	if r.guardLock || raceEnabled {
 		return Lock{}, false
 	}
+	if !r.pinned.Load() {
+		r.pinned.Store(true) // Close must wait for pinned sections (see pin.go)
+	}
 	procPin()
 	if !r.closed.Load() {
 		w := r.word
 		cur := atomic.LoadUint32(w)
-		if cur&^lockGen == 0 && r.me != 0 {
-			v := nextGen(cur) | r.me
+		if cur&^lockGen == 0 && r.me.Load() != 0 {
+			v := nextGen(cur) | r.me.Load()
 			if atomic.CompareAndSwapUint32(w, cur, v) {
 				procUnpin()
 				return Lock{r: r, v: v}, true
@@ -170,11 +173,13 @@ func (r *Region) lock(ctx context.Context, try bool) (Lock, error) {
 		return Lock{}, r.err("lock", ErrClosed)
 	}
 	defer r.leave()
-	if r.me == 0 {
+	if r.me.Load() == 0 {
 		if r.readOnly {
 			return Lock{}, r.err("lock", because("a read-only Region cannot lock", nil, fs.ErrPermission))
 		}
-		return Lock{}, r.err("lock", because("this Region has no user slot", nil, ErrInvalidOption))
+		if err := r.ensureSlot(); err != nil {
+			return Lock{}, r.err("lock", err)
+		}
 	}
 	if r.guardLock {
 		var l Lock
@@ -196,7 +201,7 @@ func (r *Region) lockFast() (Lock, bool) {
 	w := r.word
 	cur := atomic.LoadUint32(w)
 	if cur&^lockGen == 0 {
-		v := nextGen(cur) | r.me
+		v := nextGen(cur) | r.me.Load()
 		if atomic.CompareAndSwapUint32(w, cur, v) {
 			raceAcquire(unsafe.Pointer(&raceLock))
 			return Lock{r: r, v: v}, true
@@ -241,7 +246,7 @@ func (r *Region) waitLock(ctx context.Context, try bool, want uint32) (Lock, err
 				}
 			case owner == 0:
 				return Lock{}, r.err("lock", ErrLocked) // handed to waiters
-			case owner == r.me:
+			case owner == r.me.Load():
 				return Lock{}, r.err("lock", ErrLocked)
 			default:
 				st, err := r.judge(owner, true)
@@ -306,7 +311,7 @@ func (r *Region) waitLock(ctx context.Context, try bool, want uint32) (Lock, err
 				return r.acquired(l, cur&lockDied != 0)
 			}
 			continue
-		case owner != 0 && owner != r.me:
+		case owner != 0 && owner != r.me.Load():
 			st, err := r.judge(owner, deep)
 			if err != nil {
 				return Lock{}, err
@@ -357,7 +362,7 @@ func (r *Region) waitLock(ctx context.Context, try bool, want uint32) (Lock, err
 // take acquires the free lock whose word is cur, setting the flags in keep,
 // and clears the hand-off.
 func (r *Region) take(cur, keep, want uint32) (Lock, bool) {
-	v := holding(cur, r.me, want)
+	v := holding(cur, r.me.Load(), want)
 	if !atomic.CompareAndSwapUint32(r.word, cur, v|cur&lockDied|keep) {
 		return Lock{}, false
 	}
@@ -387,7 +392,7 @@ func (r *Region) takeOver(cur, want uint32, deep bool) (Lock, bool) {
 	if st, _ := r.judge(cur&lockOwner, deep); st != holderDead {
 		return Lock{}, false
 	}
-	v := holding(cur, r.me, want)
+	v := holding(cur, r.me.Load(), want)
 	if !atomic.CompareAndSwapUint32(r.word, cur, v|lockDied|cur&lockWaiters) {
 		return Lock{}, false
 	}
@@ -453,7 +458,7 @@ func (l Lock) Unlock() error {
 	if r == nil {
 		return &Error{Op: "unlock", Err: ErrNotLocked}
 	}
-	if !r.guardLock && !raceEnabled {
+	if !r.guardLock && !raceEnabled && r.pinned.Load() {
 		procPin() // see fastLock
 		if !r.closed.Load() && atomic.CompareAndSwapUint32(r.word, l.v, l.v&lockGen) {
 			procUnpin()
@@ -571,13 +576,13 @@ func (l Lock) MarkConsistent() error {
 // releaseHeld frees the lock if this Region holds it, at Close: the holding
 // ends as Unlock would end it.
 func (r *Region) releaseHeld() {
-	if r.me == 0 {
+	if r.me.Load() == 0 {
 		return
 	}
 	w := r.word
 	for {
 		cur := atomic.LoadUint32(w)
-		if cur&lockOwner != r.me {
+		if cur&lockOwner != r.me.Load() {
 			return
 		}
 		if atomic.CompareAndSwapUint32(w, cur, free(cur)) {

@@ -75,15 +75,20 @@ func lockChild(role, key string) error {
 		syscall.Syscall(syscall.SYS_EXIT, 0, 0, 0)
 		return errors.New("the main thread did not exit")
 	case "twoheld":
-		// Open a second region after key, hold key's lock, and wait.
+		// Hold key's lock, then lock and unlock a second region: its slot,
+		// armed last, comes first on this process's robust list.
+		if _, err := r.Lock(); err != nil {
+			return err
+		}
 		r2, err := Open(key+"-b", 10*time.Second)
 		if err != nil {
 			return err
 		}
-		_ = r2
-		if _, err := r.Lock(); err != nil {
+		l2, err := r2.Lock()
+		if err != nil {
 			return err
 		}
+		l2.Unlock()
 		fmt.Println("locked", os.Getpid())
 		select {}
 	case "futexwait":
@@ -192,21 +197,24 @@ func TestLockBasics(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer u.Close()
-	if r.me == 0 || u.me == 0 || r.me == u.me {
-		t.Fatalf("user slots %d and %d, want two different ones", r.me, u.me)
-	}
-	if r.armed.TID() == 0 {
-		t.Fatal("the owner's slot is not armed on a robust list")
+	if r.me.Load() != 0 || u.me.Load() != 0 {
+		t.Fatalf("user slots %d and %d before any lock, want none yet", r.me.Load(), u.me.Load())
 	}
 	l, err := r.Lock()
 	if err != nil {
 		t.Fatal(err)
 	}
-	if owner := atomic.LoadUint32(r.word) & lockOwner; owner != r.me {
-		t.Fatalf("word names slot %d, want %d", owner, r.me)
+	if owner := atomic.LoadUint32(r.word) & lockOwner; owner != r.me.Load() || owner == 0 {
+		t.Fatalf("word names slot %d, want %d", owner, r.me.Load())
+	}
+	if r.armed.TID() == 0 {
+		t.Fatal("the owner's slot is not armed on a robust list")
 	}
 	if _, err := u.TryLock(); !errors.Is(err, ErrLocked) {
 		t.Fatalf("TryLock while held: %v", err)
+	}
+	if u.me.Load() == 0 || u.me.Load() == r.me.Load() {
+		t.Fatalf("user slots %d and %d, want two different ones", r.me.Load(), u.me.Load())
 	}
 	if _, err := r.TryLock(); !errors.Is(err, ErrLocked) {
 		t.Fatalf("TryLock through the holding Region: %v", err)
@@ -403,20 +411,35 @@ func testHolderKilled(t *testing.T, attr *syscall.SysProcAttr, env ...string) {
 	}
 }
 
-// Slots: one per open Region, given back at Close, never more than the
-// table holds.
+// Slots: a Region takes one at its first lock and gives it back at Close;
+// never more than the table holds.
 func TestUserSlots(t *testing.T) {
 	r, key := lockRegion(t, "slots", WithMaxUsers(3))
+	lockOnce := func(x *Region) error {
+		l, err := x.Lock()
+		if err == nil {
+			l.Unlock()
+		}
+		return err
+	}
+	if err := lockOnce(r); err != nil {
+		t.Fatal(err)
+	}
 	var us []*Region
-	for range 2 {
+	for range 3 {
 		u, err := Open(key, 0)
 		if err != nil {
 			t.Fatal(err)
 		}
 		us = append(us, u)
 	}
-	if _, err := Open(key, 0); !errors.Is(err, ErrTooManyUsers) {
-		t.Fatalf("Open of a fourth user of 3: %v, want ErrTooManyUsers", err)
+	for _, u := range us[:2] {
+		if err := lockOnce(u); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := lockOnce(us[2]); !errors.Is(err, ErrTooManyUsers) {
+		t.Fatalf("first Lock of a fourth user of 3: %v, want ErrTooManyUsers", err)
 	}
 	info, err := Stat(key)
 	if err != nil {
@@ -431,22 +454,20 @@ func TestUserSlots(t *testing.T) {
 		}
 	}
 	us[0].Close()
-	u, err := Open(key, 0)
-	if err != nil {
-		t.Fatalf("Open after a Close freed a slot: %v", err)
+	if err := lockOnce(us[2]); err != nil {
+		t.Fatalf("Lock after a Close freed a slot: %v", err)
 	}
-	u.Close()
 	us[1].Close()
+	us[2].Close()
 	for _, n := range []int{0, -1, MaxUsers + 1} {
 		if _, err := Create(key+"-bad", 64, WithMaxUsers(n)); !errors.Is(err, ErrInvalidOption) {
 			t.Fatalf("WithMaxUsers(%d): %v, want ErrInvalidOption", n, err)
 		}
 	}
-	_ = r
 }
 
-// A slot of a process killed while it had the region open (not holding the
-// lock) is reused by the next Open.
+// A slot of a process killed while it had the region open is reused by the
+// next Region that locks.
 func TestUserSlotOfDeadProcessReused(t *testing.T) {
 	r, key := lockRegion(t, "reuse", WithMaxUsers(2))
 	cmd, out := startLockChild(t, "hold", key, nil)
@@ -464,7 +485,12 @@ func TestUserSlotOfDeadProcessReused(t *testing.T) {
 	l.Unlock()
 	u, err := Open(key, 0)
 	if err != nil {
-		t.Fatalf("Open into the dead user's slot: %v", err)
+		t.Fatal(err)
+	}
+	if l, err := u.Lock(); err != nil {
+		t.Fatalf("Lock taking the dead user's slot: %v", err)
+	} else {
+		l.Unlock()
 	}
 	u.Close()
 }
@@ -569,6 +595,13 @@ func TestLockLinksTampered(t *testing.T) {
 		b, err := Open(key, 0)
 		if err != nil {
 			t.Fatal(err)
+		}
+		for _, x := range []*Region{a, b} { // take their slots
+			if l, err := x.Lock(); err != nil {
+				t.Fatal(err)
+			} else {
+				l.Unlock()
+			}
 		}
 		atomic.StoreUint64(&a.slots[a.mine].Link, link)
 		if err := a.Close(); !errors.Is(err, ErrCorrupt) {
@@ -805,6 +838,11 @@ func TestReadOnlyUser(t *testing.T) {
 	}
 	r, key := lockRegion(t, "readonly", WithMode(0o644))
 	copy(r.Bytes()[16:], "hello")
+	if l, err := r.Lock(); err != nil { // the owner takes its slot
+		t.Fatal(err)
+	} else {
+		l.Unlock()
+	}
 	if _, err := Create(key+"-x", 64, WithReadOnly()); !errors.Is(err, ErrInvalidOption) {
 		t.Fatalf("Create WithReadOnly: %v, want ErrInvalidOption", err)
 	}

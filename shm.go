@@ -278,12 +278,13 @@ func WithAnyOwner() Option {
 	}
 }
 
-// WithMaxUsers sets how many Regions, in all processes together, may have
-// the new region open at once (DefaultUsers when not given; 1 to MaxUsers).
-// Each open Region holds a slot of the region's user table, 32 bytes of its
-// header, from Open or Create to Close: the slot tells the lock whether the
-// Region's process lives. An Open that finds every slot taken fails with
-// ErrTooManyUsers. It applies to Create.
+// WithMaxUsers sets how many Regions, in all processes together, may use
+// the new region's lock at once (DefaultUsers when not given; 1 to
+// MaxUsers). A Region takes a slot of the region's user table, 32 bytes of
+// its header, at its first Lock, TryLock, LockContext or Wait, and keeps it
+// until Close: the slot tells the lock whether the Region's process lives.
+// Regions that never lock take none. A first lock that finds every slot
+// taken fails with ErrTooManyUsers. It applies to Create.
 func WithMaxUsers(n int) Option {
 	return func(o *options) error {
 		if err := o.applies("WithMaxUsers", opCreate); err != nil {
@@ -330,16 +331,18 @@ type Region struct {
 	// The user slot of this Region: slots[mine], which the lock word
 	// names as me (mine+1); me is 0 for a Region without a slot.
 	mine  uint32
-	me    uint32
+	me    atomic.Uint32 // set once, by claim; read by the uncontended lock
 	armed sys.Armed
 
 	closed    atomic.Bool
 	closing   chan struct{} // closed by Close: waiters leave
 	inflight  atomic.Int64  // calls in the lock's code, which Close lets leave before it unmaps
+	pinned    atomic.Bool   // the uncontended lock ran: Close waits for its pinned sections
 	shrinks   bool          // the object can shrink under us: fault-protect the slow paths
 	guardLock bool          // WithFaultGuard: fault-protect every lock path
 	readOnly  bool          // WithReadOnly: mapped PROT_READ, no user slot
 	mu        sync.Mutex    // Unlink, Chown, Close
+	claimMu   sync.Mutex    // the user slot's claim, at the first lock
 	unlinked  bool
 	created   int64        // header's creation stamp, to recognise our object
 	creator   sys.Identity // header's creator, likewise
@@ -442,15 +445,7 @@ func Create(key string, size int, opts ...Option) (*Region, error) {
 		r = newRegionFrom(key, name, be, p, mem, h)
 	}
 	r.guardLock = o.guard
-	// Nobody else sees the table yet: slot 0 is free.
-	if err := r.claimSlot(); err != nil {
-		p.Discard()
-		return fail(err)
-	}
-	discard := func() {
-		r.releaseSlot()
-		p.Discard()
-	}
+	discard := func() { p.Discard() }
 	if !r.hdr.ready() {
 		if o.init != nil {
 			if err := runInit(o.init, r.data, discard); err != nil {
@@ -559,7 +554,9 @@ func newRegionFrom(key, name string, be backend.Backend, seg backend.Segment, me
 		creator: h.creator(),
 		closing: make(chan struct{}),
 	}
-	r.word = &r.hdr.Lock.Word
+	// The word's address, computed without touching the mapping (&r.hdr.
+	// Lock.Word would load through r.hdr for its nil check: a page fault).
+	r.word = (*uint32)(unsafe.Add(unsafe.Pointer(r.hdr), unsafe.Offsetof(header{}.Lock)))
 	if s, ok := seg.(backend.Sealed); !ok || !s.Sealed() {
 		r.shrinks = true
 	}
@@ -612,20 +609,20 @@ func open(ctx context.Context, key string, deadline time.Time, once bool, opts [
 	var timer *time.Timer
 	backoff := minBackoff
 	var last error // why the last try did not succeed
+	var cw backend.CreateWaiter
+	for _, be := range bes {
+		if w, ok := be.(backend.CreateWaiter); ok {
+			cw = w // the first that can tell: it wakes us; the others are polled
+			break
+		}
+	}
 	for {
 		last = nil
 		for _, be := range bes {
 			r, err, retry := tryOpen(ctx, deadline, be, key, name, &o)
 			if r != nil {
 				r.guardLock = o.guard
-				if o.readOnly {
-					r.readOnly = true
-					return r, nil
-				}
-				if err := r.claimSlot(); err != nil {
-					r.seg.Close()
-					return fail(err)
-				}
+				r.readOnly = o.readOnly
 				return r, nil
 			}
 			if !retry {
@@ -649,6 +646,20 @@ func open(ctx context.Context, key string, deadline time.Time, once bool, opts [
 				return fail(notThere(last, nil, true))
 			}
 			wait = min(wait, left)
+		}
+		if cw != nil && last == nil {
+			// Nothing under the key yet: sleep until it is published
+			// (or the others' next poll).
+			wctx, cancel := context.WithTimeout(ctx, wait)
+			werr := cw.WaitCreate(wctx, name)
+			cancel()
+			if ctx.Err() != nil {
+				return fail(notThere(last, ctx.Err(), errors.Is(ctx.Err(), context.DeadlineExceeded)))
+			}
+			if werr == nil || wctx.Err() != nil {
+				continue
+			}
+			cw = nil // cannot watch here: poll
 		}
 		if timer == nil {
 			timer = time.NewTimer(wait)
@@ -688,11 +699,21 @@ func tryOpen(ctx context.Context, deadline time.Time, be backend.Backend, key, n
 			defer cancel()
 		}
 	}
+	// The first bytes the backend reads to size the mapping are the header:
+	// keep them, and check them rather than read them again.
+	var seen *header
+	sizeOf := func(head []byte) (int64, error) {
+		if len(head) >= headerSize {
+			seen = new(header)
+			copy(unsafe.Slice((*byte)(unsafe.Pointer(seen)), headerSize), head)
+		}
+		return regionLen(head)
+	}
 	switch {
 	case readOnly:
-		seg, err = ro.OpenReadOnly(ctx, name, headerSize, regionLen)
+		seg, err = ro.OpenReadOnly(ctx, name, headerSize, sizeOf)
 	case sized:
-		seg, err = so.OpenSized(ctx, name, headerSize, regionLen)
+		seg, err = so.OpenSized(ctx, name, headerSize, sizeOf)
 	case waits:
 		seg, err = co.OpenContext(ctx, name)
 	default:
@@ -718,7 +739,10 @@ func tryOpen(ctx context.Context, deadline time.Time, be backend.Backend, key, n
 	var st headerState
 	var why error
 	var creatorDead bool
-	h, copied := peekHeader(seg, mem)
+	h, copied := seen, seen != nil
+	if !copied {
+		h, copied = peekHeader(seg, mem)
+	}
 	if copied {
 		st, why = checkHeaderOf(h, int64(len(mem)), name)
 		creatorDead = st == headerNotReady && sys.Check(h.creator()) == sys.Dead
@@ -981,11 +1005,18 @@ func (r *Region) Close() error {
 	r.closed.Store(true)
 	close(r.closing)
 	// Wake this Region's waiters (and, spuriously, other processes'),
-	// and let them leave before the memory goes; the uncontended lock's
-	// pinned sections end too (see pin.go).
-	sys.FutexWake(r.word, 1<<30)
+	// if it has any, and let them leave before the memory goes; the
+	// uncontended lock's pinned sections end too (see pin.go).
+	if r.inflight.Load() != 0 {
+		sys.FutexWake(r.word, 1<<30)
+	}
 	cancelWatchers(r.seg.Bytes())
-	waitPinned()
+	if r.pinned.Load() {
+		// A goroutine may be in a pinned section (see pin.go). One that
+		// sets pinned after this load sees closed (both are sequentially
+		// consistent) and leaves without touching the mapping.
+		waitPinned()
+	}
 	for wait := time.Microsecond; r.inflight.Load() != 0; wait = min(2*wait, time.Millisecond) {
 		time.Sleep(wait)
 	}

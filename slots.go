@@ -25,6 +25,22 @@ func errTooManyUsers(n uint32) error {
 	return because("all "+strconv.Itoa(int(n))+" user slots are taken; the creator can allow more with WithMaxUsers", nil, ErrTooManyUsers)
 }
 
+// ensureSlot gives r a user slot if it has none: a Region takes one at its
+// first lock, and keeps it until Close. The caller has entered (see
+// enter), so Close waits for it.
+func (r *Region) ensureSlot() error {
+	r.claimMu.Lock()
+	defer r.claimMu.Unlock()
+	if r.me.Load() != 0 {
+		return nil
+	}
+	var err error
+	if ferr := guard(func() { err = r.claimSlot() }); ferr != nil {
+		return ferr
+	}
+	return err
+}
+
 // claimSlot takes a free slot of r's table for r, arms it and records it in
 // r. The caller has checked the header.
 func (r *Region) claimSlot() error {
@@ -56,7 +72,10 @@ func (r *Region) claimSlot() error {
 		// so the lock cannot name it now unless it did before our swap
 		// (a user that died holding, between the two looks); a waiter may
 		// also be taking the lock over from it. Either way, give it back.
-		if atomic.LoadUint32(&r.hdr.Lock.Word)&lockOwner == i+1 || r.hazardOn(i+1) {
+		// (A free slot needs no look at the hazards: a waiter that took
+		// the lock over from a holder in it compares the word's
+		// generation, which a new user's holding changes.)
+		if atomic.LoadUint32(&r.hdr.Lock.Word)&lockOwner == i+1 || lv != slotFree && r.hazardOn(i+1) {
 			atomic.CompareAndSwapUint32(&s.Live, slotClaiming, lv)
 			continue
 		}
@@ -71,12 +90,14 @@ func (r *Region) claimSlot() error {
 		atomic.StoreUint64(&s.Start, me.Start)
 		atomic.StoreUint32(&s.NS, uint32(me.NS))
 		r.mine = i
-		r.me = i + 1
 		if armed, err := sys.Arm(&s.Live); err == nil {
 			r.armed = armed
 		} else {
 			atomic.StoreUint32(&s.Live, newByPIDTag())
 		}
+		// Only now may the uncontended lock, in other goroutines, name
+		// the slot: a holder's slot is never claiming (see judgeSlot).
+		r.me.Store(i + 1)
 		return nil
 	}
 	return errTooManyUsers(n)
@@ -122,7 +143,7 @@ func (r *Region) hazardOn(owner uint32) bool {
 // entry leaves this process's robust list all the same, before the memory
 // goes.
 func (r *Region) releaseSlot() (tampered bool) {
-	if r.me == 0 {
+	if r.me.Load() == 0 {
 		return false
 	}
 	s := &r.slots[r.mine]
@@ -136,7 +157,7 @@ func (r *Region) releaseSlot() (tampered bool) {
 	if old&sys.FutexWaiters != 0 {
 		sys.FutexWake(&s.Live, 1<<30)
 	}
-	r.me = 0
+	r.me.Store(0)
 	return tampered
 }
 

@@ -178,9 +178,10 @@ type Info struct {
 	Ready bool
 	// Lock is the state of the region's lock.
 	Lock LockInfo
-	// Users are the Regions that have the region open, one per slot of its
-	// user table (a process that opened it twice appears twice; slots of
-	// processes known to be dead are left out), and
+	// Users are the Regions that have used the lock and are still open, one
+	// per slot of its user table (a process that locked through two
+	// Regions appears twice; Regions that never locked have no slot; slots
+	// of processes known to be dead are left out), and
 	// MaxUsers is the size of that table (WithMaxUsers).
 	Users    []User
 	MaxUsers int

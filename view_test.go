@@ -5,8 +5,10 @@ import (
 	"fmt"
 	"math"
 	"os"
+	"slices"
 	"strings"
 	"testing"
+	"time"
 	"unsafe"
 )
 
@@ -152,4 +154,35 @@ func TestGuard(t *testing.T) {
 	if !errors.Is(err, ErrCorrupt) {
 		t.Fatalf("Guard of a write past the truncated end: %v, want ErrCorrupt", err)
 	}
+}
+
+// An Open that waits for a key wakes when it is published, not at its next
+// poll: it logs the delay from Create's return to Open's.
+func TestOpenWakesAtCreate(t *testing.T) {
+	var lat []time.Duration
+	for i := range 30 {
+		key := fmt.Sprintf("/t-view-%d-%s-wake-%d", os.Getpid(), runID, i)
+		got := make(chan time.Time, 1)
+		go func() {
+			u, err := Open(key, 30*time.Second)
+			at := time.Now()
+			if err != nil {
+				t.Error(err)
+			} else {
+				u.Close()
+			}
+			got <- at
+		}()
+		time.Sleep(time.Duration(5+i%20) * time.Millisecond) // the waiter is deep in its backoff
+		r, err := Create(key, 64)
+		created := time.Now()
+		if err != nil {
+			t.Fatal(err)
+		}
+		lat = append(lat, (<-got).Sub(created))
+		r.Unlink()
+		r.Close()
+	}
+	slices.Sort(lat)
+	t.Logf("Open returned %v (p50), %v (p99) after Create", lat[len(lat)/2], lat[len(lat)-1])
 }

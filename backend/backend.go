@@ -104,6 +104,16 @@ type ContextOpener interface {
 	OpenContext(ctx context.Context, name string) (Segment, error)
 }
 
+// CreateWaiter is implemented by backends that can tell when an object may
+// have been published, so that an Open waiting for a key wakes at once
+// instead of polling (POSIX and file: inotify on the directory).
+type CreateWaiter interface {
+	// WaitCreate returns when an object named name may have appeared
+	// (spuriously too), or when ctx is done. It is called after a look
+	// found no such object: an object published since must end the wait.
+	WaitCreate(ctx context.Context, name string) error
+}
+
 // SizedOpener is implemented by backends whose objects a peer may resize
 // (POSIX, file), so that Open maps what the region needs rather than the
 // whole object, however large a peer made it.

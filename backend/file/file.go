@@ -540,3 +540,8 @@ func (b *Backend) removals() dirobj.Dir {
 	d.Flock = true
 	return d
 }
+
+// WaitCreate implements backend.CreateWaiter: inotify on the directory.
+func (b *Backend) WaitCreate(ctx context.Context, name string) error {
+	return b.objs().WaitCreate(ctx, name)
+}

@@ -279,3 +279,8 @@ func (b *Backend) Unused(in backend.Info) error { return b.objs().Unused(in.Name
 func (b *Backend) RemoveUnused(in backend.Info, n int, check func(head []byte, now backend.Info) error) error {
 	return b.objs().RemoveUnused(in.Name, in.Temp, n, check)
 }
+
+// WaitCreate implements backend.CreateWaiter: inotify on the directory.
+func (b *Backend) WaitCreate(ctx context.Context, name string) error {
+	return b.objs().WaitCreate(ctx, name)
+}

@@ -190,11 +190,9 @@ func (d Dir) open(name string) (int, *unix.Stat_t, error) {
 		unix.Close(fd)
 		return -1, nil, &fs.PathError{Op: "open", Path: p, Err: unix.ENOENT}
 	}
-	// The descriptor is handed out (backend.Fder): make it an ordinary
-	// blocking one. O_NONBLOCK means nothing for a regular file's I/O.
-	if fl, err := unix.FcntlInt(uintptr(fd), unix.F_GETFL, 0); err == nil {
-		unix.FcntlInt(uintptr(fd), unix.F_SETFL, fl&^unix.O_NONBLOCK)
-	}
+	// The descriptor stays O_NONBLOCK, which means nothing for a regular
+	// file's I/O and mappings (package shm's Region.File clears it on the
+	// descriptor it hands out).
 	return fd, &st, nil
 }
 
