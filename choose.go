@@ -32,8 +32,11 @@ import (
 //     "file:/dir/name". The registered factory gets the absolute
 //     directory between the ':' and the key's last '/' ("" when there is
 //     none: "file:/name" is a file in FileDir) and the key is what follows
-//     it. A key NAME:/... whose NAME is not registered is ErrInvalidKey; a
-//     ':' in a key that has no '/' after it is part of the key ("a:b");
+//     it. NAME:KEY, without a '/', is KEY in the default place too
+//     ("sysv:name"), except for file, whose keys are paths ("file:name" is
+//     ErrInvalidKey). A key NAME:/... whose NAME is not registered is
+//     ErrInvalidKey; a ':' in a key that has no '/' after it is part of the
+//     key ("a:b");
 //  2. WithBackend;
 //  3. the SHM_BACKEND environment variable, whose NAME must be registered
 //     (ErrInvalidOption otherwise), with ARG for its factory;
@@ -73,6 +76,11 @@ func splitKey(key string) (be backend.Backend, rest string, err error) {
 			return nil, key, because("unknown backend "+strconv.Quote(prefix)+" ("+registered()+")", nil, ErrInvalidKey)
 		}
 		return nil, key, nil
+	}
+	if prefix == "file" && !strings.HasPrefix(after, "/") {
+		// The one rule of a backend's own, kept from before the registry:
+		// a file key is a path, never file:name.
+		return nil, key, because("a file key is file:/absolute/dir/name", nil, ErrInvalidKey)
 	}
 	arg, rest := "", after
 	if i := strings.LastIndexByte(after, '/'); i > 0 {

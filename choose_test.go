@@ -236,6 +236,7 @@ func TestKeyNamesRegisteredBackend(t *testing.T) {
 		{"sysv:/dir/" + n, "", ErrInvalidKey, "no argument"},
 		{"memfd:/dir/" + n, "", ErrInvalidKey, "no argument"},
 		{"posix:dir/" + n, "", ErrInvalidKey, "absolute"},
+		{"file:" + n, "", ErrInvalidKey, "file:/absolute/dir/name"},
 		{"/" + n, "nosuch", ErrInvalidOption, names},
 		{"/" + n, "nosuch:/dir", ErrInvalidOption, names},
 		{"/" + n, "sysv:/dir", ErrInvalidOption, "no argument"},

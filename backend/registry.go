@@ -14,7 +14,8 @@ import (
 // Package shm calls the factory registered under NAME for:
 //
 //   - a key that names its backend, "NAME:/KEY" or "NAME:KEY", with arg ""
-//     (posix:/app);
+//     (posix:/app; package shm refuses file:app, since file keys are
+//     paths);
 //   - a key "NAME:/DIR/KEY", with arg "/DIR": everything between the ':'
 //     and the key's last '/' (file:/run/app/data gives "/run/app"); such a
 //     directory must be absolute;
