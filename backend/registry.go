@@ -23,8 +23,8 @@ import (
 //
 // The built-in backends take these arguments: posix, a directory of POSIX
 // shared memory (default /dev/shm); file, the directory of its regions
-// (default the per-user directory that file.DefaultDir returns, created
-// when missing); sysv and memfd take none.
+// (default file.DefaultDir, whose per-user directory it creates when
+// missing and checks is private); sysv and memfd take none.
 //
 // A Factory fails with an error matching fs.ErrInvalid when it does not
 // take arg (package shm reports that as shm.ErrInvalidKey for a key and as
@@ -56,8 +56,9 @@ var (
 // beginning with a letter (so never containing the ':' that ends a key's
 // prefix or a '/'); "auto" is reserved (SHM_BACKEND=auto asks for the
 // automatic choice). Register panics if name is not such a name, if it is
-// already registered, or if f is nil, as sql.Register does. Package shm
-// registers "posix", "sysv", "memfd" and "file".
+// already registered, or if f is nil, as sql.Register does. The built-in
+// backend packages register "posix", "sysv", "memfd" and "file"; package
+// shm imports them.
 func Register(name string, f Factory) {
 	if err := checkName(name); err != nil {
 		panic("backend: Register: " + err.Error())
