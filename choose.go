@@ -4,7 +4,6 @@ import (
 	"errors"
 	"io/fs"
 	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -12,109 +11,111 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/shmgo/shm/backend"
+	// The built-in backends register themselves: keys and SHM_BACKEND can
+	// always name them.
 	"github.com/shmgo/shm/backend/file"
-	"github.com/shmgo/shm/backend/memfd"
+	_ "github.com/shmgo/shm/backend/memfd"
 	"github.com/shmgo/shm/backend/posix"
-	"github.com/shmgo/shm/backend/sysv"
+	_ "github.com/shmgo/shm/backend/sysv"
 )
 
 // EnvBackend names the environment variable that sets the default backend
-// of a process: "posix", "sysv", "memfd", "file" (in the default directory),
-// "file:/some/dir", or "auto" (the same as unset).
-const EnvBackend = "SHM_BACKEND"
-
-// Choosing a backend. In order of precedence:
+// of a process: NAME or NAME:ARG for a registered backend (see
+// backend.Register), or "auto" (the same as unset). The built-in ones:
+// "posix", "posix:/some/tmpfs", "sysv", "memfd", "file" (in FileDir), and
+// "file:/some/dir".
 //
-//  1. a key that names its backend: "posix:/name", "sysv:/name",
-//     "memfd:/name", "file:/dir/name";
+// A backend is chosen, in order of precedence, by:
+//
+//  1. a key that names its backend, NAME:/KEY or NAME:/DIR/KEY for a
+//     registered NAME: "posix:/name", "sysv:/name", "memfd:/name",
+//     "file:/dir/name". The registered factory gets the absolute
+//     directory between the ':' and the key's last '/' ("" when there is
+//     none: "file:/name" is a file in FileDir) and the key is what follows
+//     it. NAME:KEY, without a '/', is KEY in the default place too
+//     ("sysv:name"), except for file, whose keys are paths ("file:name" is
+//     ErrInvalidKey). A key NAME:/... whose NAME is not registered is
+//     ErrInvalidKey; a ':' in a key that has no '/' after it is part of the
+//     key ("a:b");
 //  2. WithBackend;
-//  3. the SHM_BACKEND environment variable;
+//  3. the SHM_BACKEND environment variable, whose NAME must be registered
+//     (ErrInvalidOption otherwise), with ARG for its factory;
 //  4. automatic: Create takes POSIX when /dev/shm is a writable tmpfs with
-//     room for the region, else memfd, else a file in $XDG_RUNTIME_DIR (or
-//     the temporary directory); Open looks for the key in the same order.
+//     room for the region, else memfd, else a file in FileDir; Open looks
+//     for the key in the same order.
 //
-// A key that names a backend and a WithBackend that gives another one is
+// A key that names a backend and a WithBackend that gives another one (by
+// Name) is ErrInvalidOption. A factory that does not take the argument it
+// is given (sysv:/dir/name) makes the key ErrInvalidKey and SHM_BACKEND
 // ErrInvalidOption.
+const EnvBackend = "SHM_BACKEND"
 
 // FileDir returns the directory the automatic choice and SHM_BACKEND=file
 // use for the file backend: $XDG_RUNTIME_DIR when set, else a directory of
 // this user's own in the temporary directory (shmgo-UID, mode 0700), so that
-// other users cannot plant objects under our keys.
-func FileDir() string {
-	if d := os.Getenv("XDG_RUNTIME_DIR"); d != "" {
-		return d
-	}
-	return filepath.Join(os.TempDir(), "shmgo-"+strconv.Itoa(os.Getuid()))
+// other users cannot plant objects under our keys. It is file.DefaultDir.
+func FileDir() string { return file.DefaultDir() }
+
+// registered lists the registered backends' names for a message.
+func registered() string {
+	return "registered: " + strings.Join(backend.Names(), ", ")
 }
 
-// makeFileDir creates FileDir's per-user directory if needed and checks
-// that it is ours and private.
-func makeFileDir(dir string) error {
-	if dir == os.Getenv("XDG_RUNTIME_DIR") {
-		return nil
-	}
-	if err := os.Mkdir(dir, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
-		return err
-	}
-	var st unix.Stat_t
-	if err := unix.Lstat(dir, &st); err != nil {
-		return &fs.PathError{Op: "lstat", Path: dir, Err: err}
-	}
-	if st.Mode&unix.S_IFMT != unix.S_IFDIR || int(st.Uid) != os.Geteuid() || st.Mode&0o077 != 0 {
-		return &fs.PathError{Op: "check", Path: dir, Err: errors.New("not a private directory of this user")}
-	}
-	return nil
-}
-
-// splitKey separates a backend prefix from a key. For "file:/dir/name" the
-// backend carries the directory and the key part is "/name".
+// splitKey separates a backend prefix from a key: for "NAME:/DIR/KEY" with
+// NAME registered, the backend NAME's factory makes from "/DIR", and the
+// rest of the key, "/KEY".
 func splitKey(key string) (be backend.Backend, rest string, err error) {
 	prefix, after, ok := strings.Cut(key, ":")
 	if !ok || strings.Contains(prefix, "/") {
 		return nil, key, nil
 	}
-	be, err = namedBackend(prefix, after, true)
-	if err != nil || be == nil {
+	f, ok := backend.Lookup(prefix)
+	if !ok {
+		if strings.Contains(after, "/") {
+			// Not an ordinary key either: those have no '/' after the first byte.
+			return nil, key, because("unknown backend "+strconv.Quote(prefix)+" ("+registered()+")", nil, ErrInvalidKey)
+		}
+		return nil, key, nil
+	}
+	if prefix == "file" && !strings.HasPrefix(after, "/") {
+		// The one rule of a backend's own, kept from before the registry:
+		// a file key is a path, never file:name.
+		return nil, key, because("a file key is file:/absolute/dir/name", nil, ErrInvalidKey)
+	}
+	arg, rest := "", after
+	if i := strings.LastIndexByte(after, '/'); i > 0 {
+		if after[0] != '/' {
+			return nil, key, because("a key with a directory is NAME:/absolute/dir/name", nil, ErrInvalidKey)
+		}
+		arg, rest = after[:i], after[i:]
+	}
+	be, err = f(arg)
+	if err != nil {
+		if errors.Is(err, fs.ErrInvalid) {
+			return nil, key, because("", err, ErrInvalidKey)
+		}
 		return nil, key, err
 	}
-	if prefix == "file" {
-		after = "/" + filepath.Base(after)
-	}
-	return be, after, nil
+	return be, rest, nil
 }
 
-// namedBackend returns the backend called name. For "file", arg is the
-// directory (in a key: the path of the object, whose directory is taken).
-// It returns nil, nil for a name that is not a backend's when inKey, since
-// "abc:def" is an ordinary key.
-func namedBackend(name, arg string, inKey bool) (backend.Backend, error) {
-	switch name {
-	case "posix":
-		return posix.New(), nil
-	case "sysv":
-		return sysv.New(), nil
-	case "memfd":
-		return memfd.New(), nil
-	case "file":
-		dir := arg
-		if inKey {
-			if !strings.HasPrefix(arg, "/") || strings.HasSuffix(arg, "/") {
-				return nil, because("a file key is file:/absolute/dir/name", nil, ErrInvalidKey)
-			}
-			dir = filepath.Dir(arg)
-		}
-		if dir == "" {
-			dir = FileDir()
-			if err := makeFileDir(dir); err != nil {
-				return nil, err
-			}
-		}
-		return file.New(dir), nil
+// builtin makes the built-in backend name (registered by this package's
+// imports) from arg, for the automatic choice.
+func builtin(name, arg string) (backend.Backend, error) {
+	f, ok := backend.Lookup(name)
+	if !ok {
+		panic("shm: built-in backend " + name + " is not registered")
 	}
-	if inKey {
-		return nil, nil
+	return f(arg)
+}
+
+// mustBuiltin is builtin for the arguments that cannot fail.
+func mustBuiltin(name, arg string) backend.Backend {
+	be, err := builtin(name, arg)
+	if err != nil {
+		panic("shm: built-in backend " + name + ": " + err.Error())
 	}
-	return nil, because("unknown backend "+name, nil, ErrInvalidOption)
+	return be
 }
 
 // backendsFor resolves the backends for key: one, or, when the choice is
@@ -140,8 +141,15 @@ func backendsFor(key string, o *options, size int64) (name string, bes []backend
 	}
 	if env := os.Getenv(EnvBackend); env != "" && env != "auto" {
 		n, arg, _ := strings.Cut(env, ":")
-		be, err := namedBackend(n, arg, false)
+		f, ok := backend.Lookup(n)
+		if !ok {
+			return "", nil, because(EnvBackend+"="+env, because("unknown backend "+strconv.Quote(n)+" ("+registered()+")", nil, ErrInvalidOption))
+		}
+		be, err := f(arg)
 		if err != nil {
+			if errors.Is(err, fs.ErrInvalid) {
+				return "", nil, because(EnvBackend+"="+env, err, ErrInvalidOption)
+			}
 			return "", nil, because(EnvBackend+"="+env, err)
 		}
 		return name, []backend.Backend{be}, nil
@@ -150,20 +158,23 @@ func backendsFor(key string, o *options, size int64) (name string, bes []backend
 		// Create tries these in order, moving on when one is full.
 		var bes []backend.Backend
 		if posixHasRoom(size) {
-			bes = append(bes, posix.New())
+			bes = append(bes, mustBuiltin("posix", ""))
 		}
 		if memfdWorks() {
-			bes = append(bes, memfd.New())
+			bes = append(bes, mustBuiltin("memfd", ""))
 		}
 		if len(bes) == 0 {
-			if err := makeFileDir(FileDir()); err != nil {
+			// "": FileDir, created if missing and checked.
+			be, err := builtin("file", "")
+			if err != nil {
 				return "", nil, err
 			}
-			bes = append(bes, file.New(FileDir()))
+			bes = append(bes, be)
 		}
 		return name, bes, nil
 	}
-	return name, []backend.Backend{posix.New(), memfd.New(), file.New(FileDir())}, nil
+	// Open only looks: FileDir as it is, neither created nor checked.
+	return name, []backend.Backend{mustBuiltin("posix", ""), mustBuiltin("memfd", ""), mustBuiltin("file", FileDir())}, nil
 }
 
 // posixHasRoom tells whether /dev/shm is a writable tmpfs with room for

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/shmgo/shm/backend"
 	"github.com/shmgo/shm/backend/posix"
 	"github.com/shmgo/shm/backend/sysv"
 )
@@ -182,4 +183,68 @@ func TestFileDirIsPrivate(t *testing.T) {
 		t.Fatalf("Create in a world-writable FileDir: %v", err)
 	}
 	os.Chmod(dir, 0o700)
+}
+
+// A key or SHM_BACKEND names any registered backend, with the directory its
+// factory takes; a name that is not registered, or an argument a backend
+// does not take, is refused with the registered names.
+func TestKeyNamesRegisteredBackend(t *testing.T) {
+	t.Setenv(EnvBackend, "")
+	pdir, err := os.MkdirTemp(posix.DefaultDir, "t-choose-dir-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(pdir)
+	n := chooseName("pdir")
+	key := "posix:" + pdir + "/" + n
+	r, err := Create(key, 64)
+	if err != nil {
+		t.Fatal(err)
+	}
+	removeOnCleanup(t, r)
+	if _, err := os.Stat(pdir + "/" + n); err != nil || r.Backend() != "posix" {
+		t.Fatalf("Create %s: backend %q, %v", key, r.Backend(), err)
+	}
+	t.Setenv(EnvBackend, "posix:"+pdir)
+	u, err := Open("/"+n, time.Second)
+	if err != nil {
+		t.Fatalf("SHM_BACKEND=posix:%s: %v", pdir, err)
+	}
+	u.Close()
+	r.Unlink()
+
+	// file:/name is a file in FileDir.
+	t.Setenv(EnvBackend, "")
+	t.Setenv("XDG_RUNTIME_DIR", t.TempDir())
+	f, err := Create("file:/"+n, 64)
+	if err != nil {
+		t.Fatal(err)
+	}
+	removeOnCleanup(t, f)
+	if _, err := os.Stat(FileDir() + "/" + n); err != nil {
+		t.Errorf("file:/%s is not in FileDir: %v", n, err)
+	}
+	f.Unlink()
+
+	names := strings.Join(backend.Names(), ", ")
+	for _, c := range []struct {
+		key, env string
+		want     error
+		msg      string
+	}{
+		{"nosuch:/" + n, "", ErrInvalidKey, names},
+		{"sysv:/dir/" + n, "", ErrInvalidKey, "no argument"},
+		{"memfd:/dir/" + n, "", ErrInvalidKey, "no argument"},
+		{"posix:dir/" + n, "", ErrInvalidKey, "absolute"},
+		{"file:" + n, "", ErrInvalidKey, "file:/absolute/dir/name"},
+		{"/" + n, "nosuch", ErrInvalidOption, names},
+		{"/" + n, "nosuch:/dir", ErrInvalidOption, names},
+		{"/" + n, "sysv:/dir", ErrInvalidOption, "no argument"},
+	} {
+		t.Setenv(EnvBackend, c.env)
+		_, err := Create(c.key, 64)
+		if !errors.Is(err, c.want) || !strings.Contains(err.Error(), c.msg) {
+			t.Errorf("Create %s with %s=%s: %v, want %v saying %q", c.key, EnvBackend, c.env, err, c.want, c.msg)
+		}
+	}
 }

@@ -37,17 +37,13 @@ const (
 	envInNS    = "SHM_OPS_IN_NEW_IPC_NS"
 )
 
+// backendOf makes the backend of a spec, NAME[:ARG] as in SHM_BACKEND.
 func backendOf(spec string) backend.Backend {
-	name, dir, _ := strings.Cut(spec, ":")
-	switch name {
-	case "posix":
-		return posix.NewDir(dir)
-	case "sysv":
-		return sysv.New()
-	case "memfd":
-		return memfd.New()
-	case "file":
-		return file.New(dir)
+	name, arg, _ := strings.Cut(spec, ":")
+	if f, ok := backend.Lookup(name); ok {
+		if be, err := f(arg); err == nil {
+			return be
+		}
 	}
 	panic("unknown backend spec " + spec)
 }

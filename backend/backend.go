@@ -8,6 +8,14 @@
 // region header, the ready handshake and the lock; a backend only creates,
 // opens, maps and removes raw objects.
 //
+// A backend package makes its backend available by name with Register, in
+// an init function, as a database/sql driver does with sql.Register; a
+// program imports it (import _ "example.com/tmpf") and then names it in a
+// key ("tmpf:/name") or in SHM_BACKEND=tmpf[:ARG]; tools built with it
+// (shmctl --backend, shmbench -backend) find it with Lookup and Names. The built-in
+// backends, posix, sysv, memfd and file, register themselves; package shm
+// imports them.
+//
 // A backend reports failures with errors that match fs.ErrExist,
 // fs.ErrNotExist and fs.ErrPermission where they mean the same (a
 // syscall.Errno such as EEXIST does), os.ErrDeadlineExceeded when a wait
@@ -44,8 +52,9 @@ var ErrUntrusted = errors.New("owner not trusted")
 // bytes, no '/' and no NUL, not "." or "..". Sizes are the whole object
 // (package shm's header plus the user's data), at least 1 byte.
 type Backend interface {
-	// Name is a short lower-case name such as "posix"; it is also the
-	// prefix a key may carry ("posix:/name").
+	// Name is a short lower-case name such as "posix": the name its
+	// package registers it under (see Register), which is also the prefix
+	// a key may carry ("posix:/name").
 	Name() string
 
 	// Create makes a new object of exactly size bytes, with permission

@@ -3,75 +3,78 @@ package main
 import (
 	"fmt"
 	"os"
-	"sort"
+	"slices"
 	"sync/atomic"
 
 	"github.com/shmgo/shm"
 	"github.com/shmgo/shm/backend"
-	"github.com/shmgo/shm/backend/file"
-	"github.com/shmgo/shm/backend/memfd"
-	"github.com/shmgo/shm/backend/posix"
-	"github.com/shmgo/shm/backend/sysv"
 )
 
-// backends makes each backend by name. dir is the file backend's directory.
-var backends = map[string]func(dir string) backend.Backend{
-	"posix": func(string) backend.Backend { return posix.New() },
-	"sysv":  func(string) backend.Backend { return sysv.New() },
-	"file":  func(dir string) backend.Backend { return file.New(dir) },
-	"memfd": func(string) backend.Backend { return memfd.New() },
-	// auto: no WithBackend, package shm's own choice (the key's prefix,
-	// SHM_BACKEND, or POSIX when /dev/shm has room).
-	"auto": func(string) backend.Backend { return nil },
+// builtinOrder is the order of -backend all for the built-in backends; any
+// other registered backend follows, by name, then auto: no WithBackend,
+// package shm's own choice (the key's prefix, SHM_BACKEND, or POSIX when
+// /dev/shm has room).
+var builtinOrder = []string{"posix", "sysv", "file", "memfd"}
+
+// backendNames returns the names -backend takes, in the order of -backend
+// all: the registered backends (backend.Names) and auto.
+func backendNames() []string {
+	names := backend.Names()
+	var out []string
+	for _, n := range builtinOrder {
+		if slices.Contains(names, n) {
+			out = append(out, n)
+		}
+	}
+	for _, n := range names {
+		if !slices.Contains(builtinOrder, n) {
+			out = append(out, n)
+		}
+	}
+	return append(out, "auto")
 }
 
-// backendOrder is the order of -backend all.
-var backendOrder = []string{"posix", "sysv", "file", "memfd", "auto"}
-
-func backendNames() []string {
-	var names []string
-	for _, n := range backendOrder {
-		if _, ok := backends[n]; ok {
-			names = append(names, n)
-		}
+// newBackend makes the backend called name from its factory's argument
+// (for file, its directory), or nil for auto.
+func newBackend(name, arg string) (backend.Backend, error) {
+	if name == "auto" {
+		return nil, nil
 	}
-	var rest []string
-	for n := range backends {
-		found := false
-		for _, m := range names {
-			found = found || m == n
-		}
-		if !found {
-			rest = append(rest, n)
-		}
+	f, ok := backend.Lookup(name)
+	if !ok {
+		return nil, fmt.Errorf("unknown backend")
 	}
-	sort.Strings(rest)
-	return append(names, rest...)
+	return f(arg)
 }
 
 // benv is one backend, ready to benchmark.
 type benv struct {
 	name   string
 	be     backend.Backend
-	dir    string // the file backend's directory
+	dir    string // the file backend's directory: its factory's argument
 	rmDir  bool   // we made dir
 	keySeq atomic.Int64
 }
 
 func newBenv(name string, c *config) (*benv, error) {
-	mk, ok := backends[name]
-	if !ok {
-		return nil, fmt.Errorf("unknown backend")
-	}
-	e := &benv{name: name, dir: c.dir}
-	if name == "file" && e.dir == "" {
-		d, err := os.MkdirTemp("", "t-bench-file-")
-		if err != nil {
-			return nil, err
+	e := &benv{name: name}
+	if name == "file" {
+		// Not the default directory, which the benchmark would litter.
+		e.dir = c.dir
+		if e.dir == "" {
+			d, err := os.MkdirTemp("", "t-bench-file-")
+			if err != nil {
+				return nil, err
+			}
+			e.dir, e.rmDir = d, true
 		}
-		e.dir, e.rmDir = d, true
 	}
-	e.be = mk(e.dir)
+	be, err := newBackend(name, e.dir)
+	if err != nil {
+		e.close()
+		return nil, err
+	}
+	e.be = be
 	return e, nil
 }
 

@@ -1,15 +1,17 @@
 // Command shmbench measures package shm: creating, attaching, locking,
 // filling and handing turns through a region, on each backend.
 //
-//	go run ./cmd/shmbench [-backend posix|sysv|file|memfd|all] [-workload NAME|all]
+//	go run ./cmd/shmbench [-backend posix|sysv|file|memfd|auto|all] [-workload NAME|all]
 //	                      [-n N] [-size BYTES] [-procs P] [-goroutines G] [-chunk BYTES]
 //
 // It prints one line per workload and backend:
 //
 //	workload=<name> backend=<backend> size=<bytes> ns_per_op=<number> [key=value ...]
 //
-// -backend auto passes no WithBackend: package shm chooses, as it does for
-// a program that does not say.
+// -backend takes any registered backend (see backend.Register: a shmbench
+// built with a third-party one measures it too); -backend auto passes no
+// WithBackend: package shm chooses, as it does for a program that does not
+// say.
 //
 // Workloads:
 //
@@ -52,6 +54,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strings"
 	"time"
 )
@@ -121,7 +124,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	if c.backend == "all" {
 		bes = backendNames()
 	} else {
-		if _, ok := backends[c.backend]; !ok {
+		if !slices.Contains(backendNames(), c.backend) {
 			fmt.Fprintf(stderr, "shmbench: unknown backend %q\n", c.backend)
 			return 2
 		}

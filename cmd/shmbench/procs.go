@@ -239,13 +239,13 @@ func workerMain() int {
 		fmt.Fprintf(os.Stderr, "shmbench worker: bad %s: %v\n", envArgs, err)
 		return 2
 	}
-	mk, ok := backends[a.Backend]
-	if !ok {
-		fmt.Fprintf(os.Stderr, "shmbench worker: unknown backend %q\n", a.Backend)
+	be, err := newBackend(a.Backend, a.Dir)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "shmbench worker: backend %q: %v\n", a.Backend, err)
 		return 2
 	}
 	var opt shm.Option
-	if be := mk(a.Dir); be != nil {
+	if be != nil {
 		opt = shm.WithBackend(be)
 	}
 	if role == "own" {

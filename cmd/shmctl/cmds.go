@@ -615,15 +615,11 @@ func defineCreate(c *cli, s *optSet) runner {
 				return c.usageErr("create", "bad --owner %s: %v", quoteArg(*owner), err)
 			}
 		}
+		// The factory's argument: the key's directory, or file's --dir;
+		// file's own default (FileDir, made if missing) otherwise.
 		dir := keyDir
 		if sel == "file" && dir == "" && len(c.dirs) > 0 {
 			dir = c.dirs[0]
-		}
-		if sel == "file" && dir == "" {
-			dir = shm.FileDir()
-			if err := os.MkdirAll(dir, 0o700); err != nil {
-				return c.fail("create", err)
-			}
 		}
 		be, err := c.newBackend(sel, dir, false)
 		if err != nil {
@@ -885,7 +881,7 @@ func (c *cli) resolve(arg string, inspect bool) (found, error) {
 	var err error
 	if dir != "" {
 		var b backend.Backend
-		b, err = c.newBackend("file", dir, inspect)
+		b, err = c.newBackend(prefix, dir, inspect)
 		bs = []backend.Backend{b}
 	} else {
 		bs, err = c.backends(prefix, inspect)

@@ -33,7 +33,7 @@ func defineCompletion(c *cli, s *optSet) runner {
 func valueWords(o *opt) string {
 	switch o.long {
 	case "backend":
-		return strings.Join(backendNames, " ")
+		return strings.Join(backendNames(), " ")
 	case "sort":
 		return strings.Join(sortFields, " ")
 	}
@@ -100,7 +100,7 @@ _shmctl() {
 	b.WriteString(`        help) COMPREPLY=( $(compgen -W "` + strings.Join(names, " ") + ` keys json exit" -- "$cur") ); return ;;
     esac
     case $prev in
-        --backend) COMPREPLY=( $(compgen -W "` + strings.Join(backendNames, " ") + `" -- "$cur") ); return ;;
+        --backend) COMPREPLY=( $(compgen -W "` + strings.Join(backendNames(), " ") + `" -- "$cur") ); return ;;
         --sort) COMPREPLY=( $(compgen -W "` + strings.Join(sortFields, " ") + `" -- "$cur") ); return ;;
         --dir|--shm-dir) COMPREPLY=( $(compgen -d -- "$cur") ); return ;;
         --owner|-u) COMPREPLY=( $(compgen -u -- "$cur") ); return ;;

@@ -27,12 +27,14 @@ the options.`
 
 const keysText = `
 A KEY is a region's key: "/name" or "name", 1 to 200 bytes without '/' or
-NUL. It may name its backend: posix:/name, sysv:/name, memfd:/name, or
-file:/dir/name for a file region in /dir. Without a prefix, --backend
-chooses; without either, every backend is searched (and create uses
-posix). A SysV segment may also be named by its shmid, as ipcs(1) shows
-it: sysv:@SHMID (for stat, rm, dump and lock), or SHMID with stat --id and
-rm --id; stat --shmkey and rm --shmkey take its key_t.
+NUL. It may name its backend, any that --backend takes: posix:/name,
+sysv:/name, memfd:/name, file:/name; with a directory, file:/dir/name for
+a file region in /dir, posix:/dir/name for POSIX shared memory in another
+tmpfs. Without a prefix, --backend chooses; without either, every
+backend is searched (and create uses posix). A SysV segment may also be
+named by its shmid, as ipcs(1) shows it: sysv:@SHMID (for stat, rm, dump
+and lock), or SHMID with stat --id and rm --id; stat --shmkey and rm
+--shmkey take its key_t.
 
 File regions are looked for in the directories given with --dir, else in
 the library's default ones ($XDG_RUNTIME_DIR, or $TMPDIR/shmgo-UID, that

@@ -34,10 +34,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
-	"path/filepath"
 	"runtime"
 	"runtime/debug"
+	"slices"
 	"strings"
 
 	"github.com/shmgo/shm"
@@ -45,7 +46,6 @@ import (
 	"github.com/shmgo/shm/backend/file"
 	"github.com/shmgo/shm/backend/memfd"
 	"github.com/shmgo/shm/backend/posix"
-	"github.com/shmgo/shm/backend/sysv"
 )
 
 // Exit statuses, as the classic tools use them.
@@ -59,8 +59,27 @@ const (
 	exitNotFound  = 127
 )
 
-// backendNames are the backends shmctl knows, in the order it searches.
-var backendNames = []string{"posix", "sysv", "memfd", "file"}
+// builtinOrder is the order in which shmctl searches the built-in backends.
+var builtinOrder = []string{"posix", "sysv", "memfd", "file"}
+
+// backendNames returns the registered backends (backend.Names) in the
+// order shmctl searches them: the built-in ones, then any other that this
+// binary registers (a shmctl built with a third-party backend), by name.
+func backendNames() []string {
+	names := backend.Names()
+	out := make([]string, 0, len(names))
+	for _, n := range builtinOrder {
+		if slices.Contains(names, n) {
+			out = append(out, n)
+		}
+	}
+	for _, n := range names {
+		if !slices.Contains(builtinOrder, n) {
+			out = append(out, n)
+		}
+	}
+	return out
+}
 
 // runner runs a command on its positional arguments; rest is what follows
 // the command's last positional argument (lock: CMD and its arguments).
@@ -232,17 +251,17 @@ const (
 
 // common adds the options that select backends and their directories.
 func (c *cli) common(s *optSet, kind int) {
-	help := "only look at backend B: " + strings.Join(backendNames, ", ") + " (repeatable, or B,B; default: all)"
+	help := "only look at backend B: " + strings.Join(backendNames(), ", ") + " (repeatable, or B,B; default: all)"
 	if kind == optsCreate {
-		help = "create the region on backend B: " + strings.Join(backendNames, ", ") + " (default posix)"
+		help = "create the region on backend B: " + strings.Join(backendNames(), ", ") + " (default posix)"
 	}
 	s.Func("backend", 0, "B", help, func(v string) error {
 		for _, b := range strings.Split(v, ",") {
 			if b = strings.TrimSpace(b); b == "" {
 				continue
 			}
-			if !known(b) {
-				return fmt.Errorf("unknown backend (want one of %s)", strings.Join(backendNames, ", "))
+			if _, ok := backend.Lookup(b); !ok {
+				return fmt.Errorf("unknown backend (want one of %s)", strings.Join(backendNames(), ", "))
 			}
 			c.sel = append(c.sel, b)
 		}
@@ -258,39 +277,27 @@ func (c *cli) common(s *optSet, kind int) {
 	})
 }
 
-func known(name string) bool {
-	for _, n := range backendNames {
-		if n == name {
-			return true
-		}
+// newBackend makes the registered backend called name from its factory's
+// argument arg (a directory, for posix and file: see backend.Factory);
+// posix's is --shm-dir when arg is "". inspect selects a memfd backend that
+// accepts a descriptor from any server: shmctl then only reads headers and
+// data, it does not trust them.
+func (c *cli) newBackend(name string, arg string, inspect bool) (backend.Backend, error) {
+	f, ok := backend.Lookup(name)
+	if !ok {
+		return nil, usagef("unknown backend %q (want one of %s)", name, strings.Join(backendNames(), ", "))
 	}
-	return false
-}
-
-// newBackend makes the backend called name. inspect selects a memfd
-// backend that accepts a descriptor from any server: shmctl then only reads
-// headers and data, it does not trust them.
-func (c *cli) newBackend(name string, dir string, inspect bool) (backend.Backend, error) {
-	switch name {
-	case "posix":
-		if c.shmDir == "" {
-			return posix.New(), nil
-		}
-		return posix.NewDir(c.shmDir), nil
-	case "sysv":
-		return sysv.New(), nil
-	case "memfd":
-		if inspect {
-			return memfd.New(memfd.WithAnyServer()), nil
-		}
-		return memfd.New(), nil
-	case "file":
-		if dir == "" {
-			dir = shm.FileDir()
-		}
-		return file.New(dir), nil
+	switch {
+	case name == "posix" && arg == "":
+		arg = c.shmDir
+	case name == "memfd" && arg == "" && inspect:
+		return memfd.New(memfd.WithAnyServer()), nil
 	}
-	return nil, usagef("unknown backend %q (want one of %s)", name, strings.Join(backendNames, ", "))
+	be, err := f(arg)
+	if errors.Is(err, fs.ErrInvalid) {
+		return nil, usagef("%v", err)
+	}
+	return be, err
 }
 
 // backends returns the backends selected by --backend, --dir and a key's
@@ -305,7 +312,7 @@ func (c *cli) backends(prefix string, inspect bool) ([]backend.Backend, error) {
 		names = []string{prefix}
 	}
 	if len(names) == 0 {
-		names = backendNames
+		names = backendNames()
 	}
 	var out []backend.Backend
 	seen := map[string]bool{}
@@ -360,21 +367,21 @@ func (c *cli) fileDirs() []string {
 }
 
 // splitKey separates a backend prefix ("sysv:/name", "posix:name",
-// "file:/dir/name") from a key. Only the names of known backends count as
-// prefixes. For file, the directory goes to dir and the key is "/name".
+// "file:/dir/name") from a key, as package shm does. Only the names of
+// registered backends count as prefixes. A directory ("file:/dir/name",
+// "posix:/dir/name": what lies between the ':' and the key's last '/', when
+// absolute) goes to dir, the factory's argument, and the key is "/name".
 func splitKey(arg string) (prefix, dir, key string) {
 	i := strings.IndexByte(arg, ':')
 	if i <= 0 || strings.Contains(arg[:i], "/") {
 		return "", "", arg
 	}
-	switch p, rest := arg[:i], arg[i+1:]; p {
-	case "file":
-		if strings.HasPrefix(rest, "/") && !strings.HasSuffix(rest, "/") {
-			return p, filepath.Dir(rest), "/" + filepath.Base(rest)
-		}
-		return p, "", rest
-	case "posix", "sysv", "memfd":
-		return p, "", rest
+	p, rest := arg[:i], arg[i+1:]
+	if _, ok := backend.Lookup(p); !ok {
+		return "", "", arg
 	}
-	return "", "", arg
+	if j := strings.LastIndexByte(rest, '/'); j > 0 && rest[0] == '/' {
+		return p, rest[:j], rest[j:]
+	}
+	return p, "", rest
 }

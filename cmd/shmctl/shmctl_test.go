@@ -24,7 +24,6 @@ import (
 
 	"github.com/shmgo/shm"
 	"github.com/shmgo/shm/backend"
-	"github.com/shmgo/shm/backend/file"
 	"github.com/shmgo/shm/backend/posix"
 	"github.com/shmgo/shm/backend/sysv"
 )
@@ -72,15 +71,13 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
+// backendOf makes the backend of a spec, NAME[:ARG] as in SHM_BACKEND.
 func backendOf(spec string) backend.Backend {
-	name, dir, _ := strings.Cut(spec, ":")
-	switch name {
-	case "posix":
-		return posix.NewDir(dir)
-	case "sysv":
-		return sysv.New()
-	case "file":
-		return file.New(dir)
+	name, arg, _ := strings.Cut(spec, ":")
+	if f, ok := backend.Lookup(name); ok {
+		if be, err := f(arg); err == nil {
+			return be
+		}
 	}
 	panic("unknown backend spec " + spec)
 }
