@@ -394,6 +394,15 @@ func (p *Proc) Expect(prefix string) string {
 	return r
 }
 
+// ExpectLine waits for the child's next report and fails the test unless
+// it is exactly want.
+func (p *Proc) ExpectLine(want string) {
+	p.t.Helper()
+	if r := p.Expect(""); r != want {
+		p.t.Fatalf("child %s said %q, want %q; its output:\n%s", p.role, r, want, p.Output())
+	}
+}
+
 // Send writes a line to the child (Child.Hear).
 func (p *Proc) Send(line string) {
 	p.t.Helper()

@@ -46,6 +46,8 @@ func TestReportsAndLines(t *testing.T) {
 	if r := p.Expect("heard"); r != "heard one" {
 		t.Fatalf("report %q", r)
 	}
+	p.Send("two")
+	p.ExpectLine("heard two")
 	p.Wait()
 	if _, ok := p.Next(); ok {
 		t.Fatal("a report after the child exited")
