@@ -426,6 +426,9 @@ func (p *Proc) Wait() {
 	}
 }
 
+// Signal sends sig to the child.
+func (p *Proc) Signal(sig os.Signal) error { return p.cmd.Process.Signal(sig) }
+
 // Kill sends SIGKILL to the child and reaps it.
 func (p *Proc) Kill() {
 	p.cmd.Process.Signal(syscall.SIGKILL)
