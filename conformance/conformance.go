@@ -106,6 +106,8 @@ type harness struct {
 
 	mu    sync.Mutex
 	names []string // of every key the test made, for cleanup and leak checks
+
+	listNoted bool // list logged an error about another program's object
 }
 
 // config is what the module's own tests may ask of the suite beyond what
