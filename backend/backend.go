@@ -24,8 +24,43 @@
 // and the operation.
 //
 // Capabilities that not every backend has are optional interfaces, which
-// package shm detects with a type assertion: a Segment may implement
-// Chowner, Fder or Sealed; a Backend may implement Lister.
+// package shm detects with a type assertion. What each one gives, and the
+// tests of package conformance that look for it (a test whose interface a
+// backend lacks says so and checks what package shm does without it):
+//
+//   - Segment Owned: Open refuses a region of an owner it does not trust
+//     (shm.WithTrustedUIDs). Not optional in effect: a backend whose
+//     segments lack it must refuse such owners in Open itself (Trusts,
+//     ErrUntrusted), or conformance's Squatter test fails.
+//   - Segment Fder: package shm reads and writes the header through the
+//     descriptor, and shm.Stat and shm.List learn the object's mode, owner
+//     and file from it (fstat); Region.File. Conformance: Truncated
+//     (ftruncate through it), the Stat checks of Modes and Chown (unless
+//     the backend is a Lister and IDOpener), BigRegion's room check.
+//   - Segment Sealed: Truncated expects the object to refuse to shrink.
+//   - Segment Chowner: Region.Chown (else shm.ErrInvalidOption).
+//     Conformance: Chown.
+//   - Segment Unlinker, Namer: Region.Unlink without opening the name again
+//     to check that it still names this region.
+//   - Backend ContextOpener, SizedOpener: Open keeps to its timeout, and
+//     maps only what the region needs.
+//   - Backend ReadOnlyOpener: shm.WithReadOnly (else shm.ErrInvalidOption).
+//     Conformance: ReadOnly.
+//   - Backend Pender, or VisibleBeforePublish with Segment Creator: Open
+//     fails at once with shm.ErrOwnerDead when a creator died before
+//     publishing, and cleanup finds what it left. Conformance:
+//     CreatorDiesBeforeReady, and the cleanup after every test.
+//   - Backend Lister (ContextLister, IDOpener): shm.List, shm.RemoveStale
+//     and cmd/shmctl see the backend's objects. Conformance: ManyRegions
+//     and the leak checks of InitPanics and BadInputs.
+//
+// Package shm removes an object as stale (shm.Remove, shm.WithReplaceStale,
+// shmctl gc) only when it can prove that no process uses it. It has proofs
+// of its own for the module's backends; for any other it counts the
+// processes of /proc/*/maps that map the file of an Fder segment, which
+// proves nothing where some process cannot be inspected (a PID 1 whose maps
+// even root may not read), and then refuses with shm.ErrInUse.
+// Conformance's ReplaceStale test checks that refusal then.
 package backend
 
 import (
@@ -163,7 +198,8 @@ type Namer interface {
 // file's owner (POSIX, file), the SysV segment's owner (shm_perm.uid), the
 // uid of the process that serves a memfd. Package shm uses it to refuse a
 // region that someone it does not trust put under a key (a squatter); see
-// shm.WithTrustedUIDs.
+// shm.WithTrustedUIDs, which holds on every backend: a backend whose
+// segments do not implement Owned must refuse such owners in Open itself.
 type Owned interface {
 	Owner() int
 }
@@ -174,7 +210,10 @@ type Chowner interface {
 }
 
 // Fder is implemented by segments backed by a file descriptor. The
-// descriptor belongs to the segment and is valid until Close.
+// descriptor belongs to the segment and is valid until Close. Package shm
+// reads and writes the header through it (pread, pwrite), and learns the
+// object's mode, owner and file from it (fstat) for Stat, List and the
+// count of the processes that map the object.
 type Fder interface {
 	Fd() uintptr
 }

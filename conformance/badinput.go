@@ -126,7 +126,7 @@ func ownPIDNS() uint64 {
 }
 
 // badDeadPID returns the PID of a process that has exited and been reaped.
-func badDeadPID(h *H) int {
+func badDeadPID(h *harness) int {
 	cmd := exec.Command("true")
 	if err := cmd.Run(); err != nil {
 		h.t.Fatalf("running true to get a dead PID: %v", err)
@@ -137,7 +137,7 @@ func badDeadPID(h *H) int {
 // badCase is the state of one bad input: a fresh valid key, and what to
 // undo when it is done.
 type badCase struct {
-	h      *H
+	h      *harness
 	key    string   // "/cf-<backend>-<pid>-<n>-bad"
 	name   string   // key without the '/'
 	absent []string // more keys (with a backend prefix) that must name nothing afterwards
@@ -228,7 +228,7 @@ func badOpen(key string) func(*badCase) error {
 }
 
 // badInputs is the table. Cases that plant or create use the case's key.
-func badInputs(h *H, dead int) []badInput {
+func badInputs(h *harness, dead int) []badInput {
 	var in []badInput
 	add := func(b badInput) { in = append(in, b) }
 	corrupt := []error{shm.ErrCorrupt}
@@ -347,18 +347,18 @@ func badInputs(h *H, dead int) []badInput {
 		needRoot: "opening as another uid (as root, permission bits are bypassed)",
 		setup:    func(c *badCase) { c.region(shm.WithMode(0)) },
 		op: func(c *badCase) error {
-			ch := c.h.start("badopen", c.key, nil, asUser(c.h.t, 65534, 65534))
-			ev := ch.expect("result ")
-			ch.wait()
+			ch := c.h.start("badopen", c.key, nil, asOther)
+			ev := ch.Expect("result ")
+			ch.Wait()
 			return badParseRemote(c.key, ev)
 		}})
 	add(badInput{name: "uid 65534 opens a 0600 region of root", want: []error{fs.ErrPermission},
 		needRoot: "opening as another uid",
 		setup:    func(c *badCase) { c.region() },
 		op: func(c *badCase) error {
-			ch := c.h.start("badopen", c.key, nil, asUser(c.h.t, 65534, 65534))
-			ev := ch.expect("result ")
-			ch.wait()
+			ch := c.h.start("badopen", c.key, nil, asOther)
+			ev := ch.Expect("result ")
+			ch.Wait()
 			return badParseRemote(c.key, ev)
 		}})
 
@@ -431,7 +431,7 @@ func badInputs(h *H, dead int) []badInput {
 // each fails with exactly the sentinel the documentation gives, and leaves
 // nothing behind: no object under the key, nothing new of ours in the
 // backend's listing or directory, no SysV segment, no socket, no descriptor.
-func testBadInputs(h *H) {
+func testBadInputs(h *harness) {
 	t := h.t
 	dead := badDeadPID(h)
 	if ownPIDNS() == 0 {
@@ -570,27 +570,25 @@ func (h *harness) badGone(key string, opts ...shm.Option) {
 }
 
 // badOurs lists what this process has made with the suite's keys of this
-// backend, wherever it shows: the backend's listing, its directory
-// (including temporary files), SysV segments created by this process,
-// abstract sockets.
+// backend, wherever it shows: the backend's listing (backend.Lister), the
+// objects being created for the test's keys (backend.Pender), SysV
+// segments created by this process, abstract sockets.
 func (h *harness) badOurs() map[string]bool {
 	prefix := fmt.Sprintf("cf-%s-%d-", h.b.Name(), os.Getpid())
 	out := map[string]bool{}
-	if l, ok := h.b.(backend.Lister); ok {
-		infos, err := l.List()
-		h.ok(err, "List")
-		for _, in := range infos {
+	if _, ok := h.b.(backend.Lister); ok {
+		for _, in := range h.list() {
 			if strings.Contains(in.Name, prefix) {
 				out["listed "+in.Name] = true
 			}
 		}
 	}
-	if d, ok := h.b.(interface{ Dir() string }); ok {
-		ents, err := os.ReadDir(d.Dir())
-		h.ok(err, "reading the backend's directory")
-		for _, e := range ents {
-			if strings.Contains(e.Name(), prefix) {
-				out["file "+e.Name()] = true
+	if p, ok := h.b.(backend.Pender); ok {
+		for _, name := range h.tracked() {
+			objs, err := p.Pending(name, 0)
+			h.ok(err, "Pending")
+			for _, o := range objs {
+				out["being created for "+name+": "+o.ID] = true
 			}
 		}
 	}
@@ -703,7 +701,7 @@ func badParseRemote(key, ev string) error {
 // roleBadOpen opens the key once and reports how that failed, with the
 // sentinels its error matches.
 func roleBadOpen(c *childCtx) error {
-	r, err := shm.Open(c.spec.Key, 0, c.opt())
+	r, err := shm.Open(c.key, 0, c.opt())
 	if err == nil {
 		c.say("result opened")
 		return r.Close()

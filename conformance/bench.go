@@ -2,13 +2,9 @@ package conformance
 
 import (
 	"bytes"
-	"encoding/json"
 	"fmt"
 	"os"
-	"os/exec"
-	"regexp"
-	"strings"
-	"sync"
+	"strconv"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -16,18 +12,16 @@ import (
 
 	"github.com/shmgo/shm"
 	"github.com/shmgo/shm/backend"
+	"github.com/shmgo/shm/internal/reexec"
 	"github.com/shmgo/shm/internal/sys"
 )
 
-// envBenchChild marks a worker process of Bench; it holds a benchSpec as
-// JSON.
-const envBenchChild = "SHMGO_BENCH_CHILD"
-
+// benchSpec is what a worker process of Bench does (internal/reexec: the
+// worker runs the same benchmark, once, whose Bench call plays the role).
 type benchSpec struct {
-	Bench string // b.Name() of the Bench call that started the worker
-	Role  string // "contend" or "pingpong"
-	Key   string
-	N     int
+	Role string // "contend" or "pingpong"
+	Key  string
+	N    int
 }
 
 // The control block at the start of a cross-process benchmark's region
@@ -222,10 +216,7 @@ func benchWord(data []byte, off int) *uint32 { return (*uint32)(unsafe.Pointer(&
 
 // benchWorkers are the running worker processes of one benchmark.
 type benchWorkers struct {
-	mu     sync.Mutex
-	failed error
-	wg     sync.WaitGroup
-	cmds   []*exec.Cmd
+	procs []*reexec.Proc
 }
 
 // startBenchWorkers starts one worker per element of ns, playing role on
@@ -235,80 +226,46 @@ func startBenchWorkers(b *testing.B, parent, role, key string, ns []int) *benchW
 	b.Helper()
 	ws := &benchWorkers{}
 	for _, n := range ns {
-		spec, err := json.Marshal(benchSpec{Bench: parent, Role: role, Key: key, N: n})
-		if err != nil {
-			b.Fatal(err)
-		}
-		cmd := exec.Command(os.Args[0], "-test.run=^$", "-test.bench="+benchPattern(parent), "-test.benchtime=1x")
-		cmd.Env = append(os.Environ(), envBenchChild+"="+string(spec))
-		var out bytes.Buffer
-		cmd.Stdout = &out
-		cmd.Stderr = &out
-		if err := cmd.Start(); err != nil {
-			ws.kill()
-			b.Fatal(err)
-		}
-		ws.cmds = append(ws.cmds, cmd)
-		ws.wg.Go(func() {
-			if err := cmd.Wait(); err != nil {
-				ws.mu.Lock()
-				if ws.failed == nil {
-					ws.failed = fmt.Errorf("bench worker %s: %v\n%s", role, err, out.String())
-				}
-				ws.mu.Unlock()
-			}
-		})
+		ws.procs = append(ws.procs, reexec.Start(b, role, []string{key, strconv.Itoa(n)}, reexec.InBenchmark(parent)))
 	}
-	b.Cleanup(ws.kill)
 	return ws
 }
 
+// check returns the failure of the first worker that has failed, if any.
 func (ws *benchWorkers) check() error {
-	ws.mu.Lock()
-	defer ws.mu.Unlock()
-	return ws.failed
-}
-
-func (ws *benchWorkers) kill() {
-	for _, cmd := range ws.cmds {
-		cmd.Process.Kill()
+	for _, p := range ws.procs {
+		if err := p.Err(); err != nil {
+			return fmt.Errorf("bench worker: %v\n%s", err, p.Output())
+		}
 	}
-	ws.wg.Wait()
+	return nil
 }
 
+// wait waits for every worker to exit.
 func (ws *benchWorkers) wait() error {
-	ws.wg.Wait()
+	for _, p := range ws.procs {
+		<-p.Done()
+	}
 	return ws.check()
 }
 
-// benchPattern is a -test.bench pattern that selects exactly the benchmark
-// named name.
-func benchPattern(name string) string {
-	parts := strings.Split(name, "/")
-	for i, p := range parts {
-		parts[i] = "^" + regexp.QuoteMeta(p) + "$"
-	}
-	return strings.Join(parts, "/")
-}
-
-// benchChild plays the worker role in the environment, if this process is
+// benchChild plays the worker role this process was started for, if it is
 // a worker of the Bench call b, and exits.
 func benchChild(b *testing.B, newBackend func(testing.TB) backend.Backend) bool {
-	raw := os.Getenv(envBenchChild)
-	if raw == "" {
+	c, ok := reexec.In(b)
+	if !ok {
+		if reexec.IsChild() {
+			// Never run the benchmarks (and start workers) in a worker.
+			fmt.Fprintf(os.Stderr, "bench worker: %s is not the benchmark it was started for\n", b.Name())
+			os.Exit(3)
+		}
 		return false
 	}
-	var spec benchSpec
-	if err := json.Unmarshal([]byte(raw), &spec); err != nil || spec.Bench != b.Name() {
-		// Never run the benchmarks (and start workers) in a worker.
-		fmt.Fprintf(os.Stderr, "bench worker: %s is not %s (%v)\n", b.Name(), spec.Bench, err)
-		os.Exit(3)
+	n, err := strconv.Atoi(c.Arg(1))
+	if err == nil {
+		err = benchWork(benchSpec{Role: c.Role(), Key: c.Arg(0), N: n}, newBackend(b))
 	}
-	if err := benchWork(spec, newBackend(b)); err != nil {
-		fmt.Fprintf(os.Stderr, "bench worker %s: %v\n", spec.Role, err)
-		os.Exit(1)
-	}
-	os.Exit(0)
+	c.Exit(err)
 	return true
 }
 

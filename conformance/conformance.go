@@ -14,6 +14,53 @@
 // (goroutines and processes, TryLock, deadlines, a holder killed with
 // SIGKILL), foreign objects under a key, exact modes under a umask, a second
 // user, creation races, many regions without leaks, and a 256 MiB region.
+// go test -run selects some of its tests as usual
+// (-run 'TestConformance/Lock'); their names are not part of the API.
+//
+// # What a backend must provide
+//
+// The suite uses a backend only through what package backend documents. A
+// backend.Backend whose segments' Bytes are shared memory, whose Create
+// applies the mode exactly and publishes exclusively, and whose errors
+// match the fs sentinels and backend.ErrForeign as package backend says
+// passes every test that needs nothing more. The optional interfaces add
+// these checks; a test whose interface the backend lacks logs so and
+// checks what package shm promises without it instead:
+//
+//   - backend.Owned on segments (or an Open that refuses untrusted owners
+//     itself, with backend.ErrUntrusted): needed, not optional, for
+//     Squatter: package shm refuses a region of an untrusted owner on every
+//     backend, and can do so only thus.
+//   - backend.Fder on segments: Truncated shrinks the object through the
+//     descriptor and checks that package shm survives it (backend.Sealed
+//     segments must refuse instead); Modes and Chown compare what shm.Stat
+//     says with what was asked, which Stat can learn only from the
+//     descriptor (or from the listing of a backend.Lister that is also a
+//     backend.IDOpener); BigRegion checks the room on the descriptor's
+//     filesystem.
+//   - backend.Chowner on segments: Chown changes the owner; without it,
+//     Region.Chown must fail with shm.ErrInvalidOption.
+//   - backend.ReadOnlyOpener: ReadOnly opens a region as a user who may only
+//     read it; without it, WithReadOnly must fail with
+//     shm.ErrInvalidOption.
+//   - backend.Pender: CreatorDiesBeforeReady expects an Open to fail at once
+//     with shm.ErrOwnerDead for a creator killed before publishing, and
+//     removes what it left with RemovePending (as does the cleanup of every
+//     test, and the leak checks of InitPanics and BadInputs look for it);
+//     so does backend.VisibleBeforePublish, for objects visible from Create
+//     on. Without either, Open must simply not find the key.
+//   - backend.Lister: ManyRegions and the leak checks of InitPanics and
+//     BadInputs look for objects left behind in the listing (by ID, through
+//     backend.IDOpener, for objects listed without a name).
+//
+// ReplaceStale expects WithReplaceStale to replace a killed creator's
+// region that nobody maps. Package backend documents no way for a backend
+// to prove that nobody maps one of its objects: package shm then counts
+// the processes of /proc/*/maps that map the segment's descriptor
+// (backend.Fder), which proves nothing where some process cannot be
+// inspected. Where package shm has no proof, the test checks that it
+// refuses with shm.ErrExist and shm.ErrInUse, as shm.Remove documents,
+// and says so.
 //
 // Cross-process tests re-execute the test binary: the child runs the same
 // test, whose Run call sees an environment variable and plays its part
@@ -22,6 +69,10 @@
 // directory, say) should pass its configuration through an environment
 // variable set with t.Setenv before Run. Tests that need root (another uid)
 // skip, saying why, when not run as root.
+//
+// The suite is not exported test by test: its cross-process tests need
+// Run's re-execution of the calling test, and go test -run already
+// selects a part of it.
 package conformance
 
 import (
@@ -29,8 +80,8 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"os"
-	"path/filepath"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 
@@ -38,23 +89,34 @@ import (
 	"github.com/shmgo/shm/backend"
 )
 
-// Test is one behaviour of the suite.
-type Test struct {
-	Name string
-	Run  func(h *H)
+// test is one behaviour of the suite.
+type test struct {
+	name string
+	run  func(h *harness)
 }
 
-// H is what a test of the suite gets: the testing.T, the backend, and
+// harness is what a test of the suite gets: the testing.T, the backend, and
 // helpers to make keys and children.
-type H struct {
-	*harness
-}
-
 type harness struct {
 	t          *testing.T
 	b          backend.Backend
 	newBackend func(testing.TB) backend.Backend
 	runName    string // t.Name() of the Run call, to re-execute it
+	cfg        config
+
+	mu    sync.Mutex
+	names []string // of every key the test made, for cleanup and leak checks
+
+	listNoted bool // list logged an error about another program's object
+}
+
+// config is what the module's own tests may ask of the suite beyond what
+// package backend documents (see export_test.go).
+type config struct {
+	// staleProof: package shm proves by itself that nobody uses a region
+	// of this backend (the module's own backends), so WithReplaceStale
+	// must replace a dead creator's unused region.
+	staleProof bool
 }
 
 var keySeq atomic.Int64
@@ -67,25 +129,42 @@ var runID = fmt.Sprintf("r%06x", rand.Uint32()&0xffffff)
 // Key returns a key unique to this process and test, and arranges for its
 // object to be removed when the test ends.
 func (h *harness) Key(tag string) string {
-	name := fmt.Sprintf("cf-%s-%d-%d%s-%s", h.b.Name(), os.Getpid(), keySeq.Add(1), runID, tag)
-	key := "/" + name
-	h.t.Cleanup(func() { h.remove(name) })
+	key := fmt.Sprintf("/cf-%s-%d-%d%s-%s", h.b.Name(), os.Getpid(), keySeq.Add(1), runID, tag)
+	h.track(key)
 	return key
 }
 
+// track arranges for the object under key (made by h.Key, or derived from
+// such a key) to be removed when the test ends, and for the leak checks to
+// look for what is left of it.
+func (h *harness) track(key string) {
+	name := strings.TrimPrefix(key, "/")
+	h.mu.Lock()
+	h.names = append(h.names, name)
+	h.mu.Unlock()
+	h.t.Cleanup(func() { h.remove(name) })
+}
+
+// tracked returns the names of every key the test made.
+func (h *harness) tracked() []string {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return append([]string(nil), h.names...)
+}
+
 // remove unlinks name until the backend says it is gone, and removes the
-// temporary objects a killed creator may have left for it in the backend's
-// directory, if it has one.
+// objects being created for it (backend.Pender) that a killed creator may
+// have left.
 func (h *harness) remove(name string) {
 	for range 10 {
 		if err := h.b.Unlink(name); err != nil {
 			break
 		}
 	}
-	if d, ok := h.b.(interface{ Dir() string }); ok {
-		tmps, _ := filepath.Glob(filepath.Join(d.Dir(), ".shmgo-*tmp."+name+".*"))
-		for _, f := range tmps {
-			os.Remove(f)
+	if p, ok := h.b.(backend.Pender); ok {
+		objs, _ := p.Pending(name, 0)
+		for _, o := range objs {
+			p.RemovePending(o.ID)
 		}
 	}
 }
@@ -94,15 +173,24 @@ func (h *harness) remove(name string) {
 func (h *harness) Opt() shm.Option { return shm.WithBackend(h.b) }
 
 // Run runs every conformance test against the backend newBackend returns,
-// each as a subtest of t.
+// each as a subtest of t (go test -run selects some: -run
+// 'TestConformance/Lock'). Test names are not part of the API.
+//
+// newBackend is called once per test, and again in every child process.
+// Children re-execute the test that called Run, selected by its name
+// (reexec.InTest): run alone, that test must reach the same Run call.
 func Run(t *testing.T, newBackend func(testing.TB) backend.Backend) {
+	run(t, newBackend, config{})
+}
+
+func run(t *testing.T, newBackend func(testing.TB) backend.Backend, cfg config) {
 	if runChild(t, newBackend) {
 		return
 	}
-	for _, tc := range Tests() {
-		t.Run(tc.Name, func(t *testing.T) {
-			h := &H{&harness{t: t, b: newBackend(t), newBackend: newBackend, runName: parentName(t)}}
-			tc.Run(h)
+	for _, tc := range tests() {
+		t.Run(tc.name, func(t *testing.T) {
+			h := &harness{t: t, b: newBackend(t), newBackend: newBackend, runName: parentName(t), cfg: cfg}
+			tc.run(h)
 		})
 	}
 }
@@ -113,9 +201,9 @@ func parentName(t *testing.T) string {
 	return n[:strings.LastIndexByte(n, '/')]
 }
 
-// Tests returns the suite, to run a part of it or to list it.
-func Tests() []Test {
-	return []Test{
+// tests returns the suite.
+func tests() []test {
+	return []test{
 		{"ShareInProcess", testShareInProcess},
 		{"ShareAcrossProcesses", testShareAcrossProcesses},
 		{"CreateExisting", testCreateExisting},

@@ -16,6 +16,7 @@ import (
 	"unsafe"
 
 	"github.com/shmgo/shm"
+	"github.com/shmgo/shm/internal/reexec"
 )
 
 func init() {
@@ -70,7 +71,7 @@ func killTrials() int {
 // landed in the critical section (then the counters are at most one apart;
 // otherwise they are equal). It logs the recovery time, from the kill to
 // the next holding, at the median and the 99th percentile.
-func testLockKilledAtRandom(h *H) {
+func testLockKilledAtRandom(h *harness) {
 	key := h.Key("random")
 	r := h.create(key, 64)
 	p := pairOf(r)
@@ -79,9 +80,9 @@ func testLockKilledAtRandom(h *H) {
 	dead := 0
 	for i := range n {
 		ch := h.start("spin", key, nil)
-		ch.expect("ready")
-		ch.send("go")
-		ch.expect("spinning")
+		ch.Expect("ready")
+		ch.Send("go")
+		ch.Expect("spinning")
 		stop := make(chan struct{})
 		var contending sync.WaitGroup
 		if i%2 == 1 {
@@ -112,7 +113,7 @@ func testLockKilledAtRandom(h *H) {
 		}
 		time.Sleep(time.Duration(rand.Int64N(int64(3 * time.Millisecond))))
 		killed := time.Now()
-		ch.kill()
+		ch.Kill()
 		close(stop)
 		contending.Wait()
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
@@ -232,7 +233,7 @@ const stallAfter = 30 * time.Second
 // takes the lock within stallAfter), and after the last repair the ledger
 // is exact: the total is the steady processes' updates plus the ones the
 // killed processes completed.
-func testLockLoadKilled(h *H) {
+func testLockLoadKilled(h *harness) {
 	const P, G = 4, 8
 	kills := 80
 	if testing.Short() {
@@ -240,30 +241,30 @@ func testLockLoadKilled(h *H) {
 	}
 	key := h.Key("loadkill")
 	r := h.create(key, 64)
-	var steady []*child
+	var steady []*reexec.Proc
 	for range P {
 		c := h.start("loadrepair", key, []string{strconv.Itoa(G), "0"})
-		c.expect("ready")
+		c.Expect("ready")
 		steady = append(steady, c)
 	}
 	for _, c := range steady {
-		c.send("go")
+		c.Send("go")
 	}
 	for range kills {
 		k := h.start("loadrepair", key, []string{strconv.Itoa(G), "1"})
-		k.expect("ready")
-		k.send("go")
-		k.expect("spinning")
+		k.Expect("ready")
+		k.Send("go")
+		k.Expect("spinning")
 		time.Sleep(time.Duration(1+rand.Int64N(4)) * time.Millisecond)
-		k.kill()
+		k.Kill()
 	}
 	var total uint64
 	for _, c := range steady {
-		c.send("stop")
-		ev := c.expect("done")
+		c.Send("stop")
+		ev := c.Expect("done")
 		n, _ := strconv.ParseUint(strings.TrimPrefix(ev, "done "), 10, 64)
 		total += n
-		c.wait()
+		c.Wait()
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
@@ -305,19 +306,19 @@ func roleHoldExec(c *childCtx) error {
 
 // testLockHolderExecs: a holder that execs no longer maps the region; its
 // PID lives on, but the lock is taken over with ErrOwnerDead.
-func testLockHolderExecs(h *H) {
+func testLockHolderExecs(h *harness) {
 	key := h.Key("exec")
 	r := h.create(key, 64)
 	ch := h.start("holdexec", key, nil)
-	ch.expect("ready")
-	ch.send("go")
-	ch.expect("locked")
-	ch.send("exec")
+	ch.Expect("ready")
+	ch.Send("go")
+	ch.Expect("locked")
+	ch.Send("exec")
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	l, err := r.LockContext(ctx)
 	h.is(err, shm.ErrOwnerDead)
-	if err := syscall.Kill(ch.cmd.Process.Pid, 0); err != nil {
+	if err := syscall.Kill(ch.PID(), 0); err != nil {
 		h.t.Fatalf("the holder's PID is gone (%v): the test meant it to live on after exec", err)
 	}
 	p := pairOf(r)
@@ -327,19 +328,19 @@ func testLockHolderExecs(h *H) {
 	p.b = p.a
 	h.ok(l.MarkConsistent(), "MarkConsistent")
 	h.ok(l.Unlock(), "Unlock")
-	ch.kill()
+	ch.Kill()
 }
 
 // testTryLockDeadHolder: TryLock takes a dead holder's lock over at once,
 // with ErrOwnerDead, instead of reporting it held.
-func testTryLockDeadHolder(h *H) {
+func testTryLockDeadHolder(h *harness) {
 	key := h.Key("trydead")
 	r := h.create(key, 64)
 	ch := h.start("hold", key, []string{"1000"})
-	ch.expect("locked")
+	ch.Expect("locked")
 	_, err := r.TryLock()
 	h.is(err, shm.ErrLocked)
-	ch.kill()
+	ch.Kill()
 	l, err := r.TryLock()
 	h.is(err, shm.ErrOwnerDead)
 	if c := counter(r.Bytes()); c != 1000 {
@@ -355,7 +356,7 @@ func testTryLockDeadHolder(h *H) {
 // testCloseWhileLocking: Close runs while other goroutines lock, try, wait
 // and unlock through the same Region. No crash; every call ends, those
 // after Close with ErrClosed; the lock is left free for others.
-func testCloseWhileLocking(h *H) {
+func testCloseWhileLocking(h *harness) {
 	for round := range 20 {
 		key := h.Key("closerace")
 		r := h.create(key, 64)

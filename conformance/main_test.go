@@ -11,10 +11,9 @@ import (
 	"strings"
 	"testing"
 	"time"
-)
 
-// envChild marks a child process of the suite (conformance.envChild).
-const envChild = "SHMGO_CONFORMANCE_CHILD"
+	"github.com/shmgo/shm/internal/reexec"
+)
 
 // TestMain runs the tests, then, in the parent process only, checks that the
 // suite left nothing behind: no object or temporary file in /dev/shm named
@@ -22,7 +21,7 @@ const envChild = "SHMGO_CONFORMANCE_CHILD"
 // process created, no abstract unix socket named with its keys, and no more
 // open descriptors than before. On a leak it says what leaked and fails.
 func TestMain(m *testing.M) {
-	if os.Getenv(envChild) != "" {
+	if reexec.IsChild() {
 		os.Exit(m.Run()) // a child plays its role and exits inside m.Run
 	}
 	// Let the runtime make what it keeps for the life of the process (the

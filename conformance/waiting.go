@@ -6,6 +6,7 @@ import (
 	"io/fs"
 	"os"
 	"strings"
+	"testing"
 	"time"
 	"unsafe"
 
@@ -26,10 +27,10 @@ type waitData struct {
 	Word shm.Futex
 }
 
-func waitDataOf(h interface{ Fatalf(string, ...any) }, r *shm.Region) *waitData {
+func waitDataOf(t testing.TB, r *shm.Region) *waitData {
 	d, err := shm.View[waitData](r, 0)
 	if err != nil {
-		h.Fatalf("View: %v", err)
+		t.Fatalf("View: %v", err)
 	}
 	return d
 }
@@ -59,21 +60,21 @@ func roleFutexWait(c *childCtx) error {
 
 // testFutexAcrossProcesses: a Futex.Wait in another process ends when this
 // one stores and wakes, and a Wait in this process ends at its deadline.
-func testFutexAcrossProcesses(h *H) {
+func testFutexAcrossProcesses(h *harness) {
 	key := h.Key("futex")
 	r := h.create(key, 64)
 	d := waitDataOf(h.t, r)
 	ch := h.start("futexwait", key, nil)
-	ch.expect("ready")
-	ch.send("go")
-	ch.expect("waiting")
+	ch.Expect("ready")
+	ch.Send("go")
+	ch.Expect("waiting")
 	time.Sleep(time.Millisecond)
 	d.Word.Store(7)
 	d.Word.Wake(1)
-	if ev := ch.expect("woke"); ev != "woke 7" {
+	if ev := ch.Expect("woke"); ev != "woke 7" {
 		h.t.Fatalf("waiter said %q, want woke 7", ev)
 	}
-	ch.wait()
+	ch.Wait()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Millisecond)
 	defer cancel()
 	h.is(d.Word.Wait(ctx, 7), shm.ErrTimeout)
@@ -119,14 +120,14 @@ func roleCondPong(c *childCtx) error {
 
 // testCondAcrossProcesses: a ping-pong through Lock.Wait and Signal with
 // another process loses no wake-up in 50 rounds each way.
-func testCondAcrossProcesses(h *H) {
+func testCondAcrossProcesses(h *harness) {
 	key := h.Key("cond")
 	r := h.create(key, 64)
 	d := waitDataOf(h.t, r)
 	ch := h.start("condpong", key, nil)
-	ch.expect("ready")
-	ch.send("go")
-	ch.expect("waiting")
+	ch.Expect("ready")
+	ch.Send("go")
+	ch.Expect("waiting")
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	l, err := r.Lock()
@@ -141,8 +142,8 @@ func testCondAcrossProcesses(h *H) {
 		}
 	}
 	h.ok(l.Unlock(), "Unlock")
-	ch.expect("done")
-	ch.wait()
+	ch.Expect("done")
+	ch.Wait()
 }
 
 // roleCondSleep waits on the condition until it is killed.
@@ -167,14 +168,14 @@ func roleCondSleep(c *childCtx) error {
 
 // testCondWaiterKilled: a process killed in Lock.Wait blocks nobody: the
 // lock is free, and Signal and Broadcast return.
-func testCondWaiterKilled(h *H) {
+func testCondWaiterKilled(h *harness) {
 	key := h.Key("condkill")
 	r := h.create(key, 64)
 	ch := h.start("condsleep", key, nil)
-	ch.expect("ready")
-	ch.send("go")
-	ch.expect("waiting")
-	ch.kill()
+	ch.Expect("ready")
+	ch.Send("go")
+	ch.Expect("waiting")
+	ch.Kill()
 	l, err := r.TryLock()
 	h.ok(err, "TryLock after a waiter was killed in Wait")
 	h.ok(r.Signal(), "Signal")
@@ -185,10 +186,10 @@ func testCondWaiterKilled(h *H) {
 // roleReadOnly opens the region read-only, as a user who may only read
 // it: reads it, cannot lock, and waits on the Futex.
 func roleReadOnly(c *childCtx) error {
-	if _, err := shm.Open(c.spec.Key, 0, c.opt()); !errors.Is(err, fs.ErrPermission) {
+	if _, err := shm.Open(c.key, 0, c.opt()); !errors.Is(err, fs.ErrPermission) {
 		return errors.New("read-write Open by a user who may only read: " + errString(err) + ", want fs.ErrPermission")
 	}
-	r, err := shm.Open(c.spec.Key, 10*time.Second, c.opt(), shm.WithReadOnly())
+	r, err := shm.Open(c.key, 10*time.Second, c.opt(), shm.WithReadOnly())
 	if err != nil {
 		return err
 	}
@@ -229,7 +230,7 @@ func errString(err error) string {
 // WithReadOnly, reads it, waits on a Futex in it, and may not lock. A
 // backend without backend.ReadOnlyOpener refuses WithReadOnly with
 // ErrInvalidOption.
-func testReadOnly(h *H) {
+func testReadOnly(h *harness) {
 	key := h.Key("readonly")
 	r := h.create(key, 64, shm.WithMode(0o644))
 	if _, ok := h.b.(backend.ReadOnlyOpener); !ok {
@@ -248,17 +249,17 @@ func testReadOnly(h *H) {
 	}
 	copy(r.Bytes()[16:], "hello")
 	d := waitDataOf(h.t, r)
-	ch := h.start("readonly", key, nil, asUser(h.t, 65534, 65534))
-	ch.expect("waiting")
+	ch := h.start("readonly", key, nil, asOther)
+	ch.Expect("waiting")
 	d.Word.Store(1)
 	d.Word.Wake(1)
-	ch.expect("woke")
-	ch.wait()
+	ch.Expect("woke")
+	ch.Wait()
 }
 
 // testViewChecks: View and Slice refuse what cannot be shared or does not
 // fit, with ErrInvalidView saying why, on every backend's memory.
-func testViewChecks(h *H) {
+func testViewChecks(h *harness) {
 	r := h.create(h.Key("view"), 4096)
 	type withString struct{ S string }
 	type withSlice struct{ B []byte }

@@ -1,13 +1,10 @@
 package file_test
 
 import (
-	"bufio"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"os"
-	"os/exec"
 	"os/signal"
 	"path/filepath"
 	"slices"
@@ -22,36 +19,24 @@ import (
 	"github.com/shmgo/shm/backend"
 	"github.com/shmgo/shm/backend/file"
 	"github.com/shmgo/shm/internal/dirobj"
+	"github.com/shmgo/shm/internal/reexec"
 )
 
-// Cross-process tests re-execute the test binary; TestMain sees envRole and
-// plays that role instead of running the tests.
-const (
-	envRole = "SHMGO_FILE_TEST_ROLE"
-	envDir  = "SHMGO_FILE_TEST_DIR"
-	envName = "SHMGO_FILE_TEST_NAME"
-)
-
+// Cross-process tests re-execute the test binary (internal/reexec); TestMain
+// plays the child's role instead of running the tests. A child's arguments
+// are the backend's directory and the object's name.
 func TestMain(m *testing.M) {
-	if role := os.Getenv(envRole); role != "" {
-		if err := runRole(role, os.Getenv(envDir), os.Getenv(envName)); err != nil {
-			fmt.Fprintf(os.Stderr, "child %s: %v\n", role, err)
-			fmt.Printf("error %v\n", err)
-			os.Exit(1)
-		}
-		os.Exit(0)
+	for _, role := range []string{"probe", "race", "user", "modes", "exlock", "lease", "inuse"} {
+		reexec.Register(role, func(c *reexec.Child) error { return runRole(c, role, c.Arg(0), c.Arg(1)) })
 	}
+	reexec.Main()
 	os.Exit(m.Run())
 }
 
 // runRole is what a child process does. It talks to the parent with lines on
 // stdout and stdin.
-func runRole(role, dir, name string) error {
-	in := bufio.NewReader(os.Stdin)
-	hear := func() string {
-		line, _ := in.ReadString('\n')
-		return strings.TrimSpace(line)
-	}
+func runRole(c *reexec.Child, role, dir, name string) error {
+	hear := c.Hear
 	b := file.New(dir)
 	switch role {
 	case "probe":
@@ -64,7 +49,7 @@ func runRole(role, dir, name string) error {
 		if err != nil {
 			return err
 		}
-		fmt.Printf("ex=%v sh=%v inuse=%v\n", ex, sh, inUse)
+		c.Say("ex=%v sh=%v inuse=%v", ex, sh, inUse)
 		return nil
 	case "race":
 		// Create, wait for the parent's go, then Publish.
@@ -73,15 +58,15 @@ func runRole(role, dir, name string) error {
 			return err
 		}
 		defer p.Close()
-		fmt.Println("created")
+		c.Say("created")
 		if hear() != "go" {
 			return errors.New("no go")
 		}
 		switch err := p.Publish(); {
 		case err == nil:
-			fmt.Println("won")
+			c.Say("won")
 		case errors.Is(err, fs.ErrExist):
-			fmt.Println("lost")
+			c.Say("lost")
 		default:
 			return err
 		}
@@ -96,7 +81,7 @@ func runRole(role, dir, name string) error {
 		defer r.Close()
 		got := string(r.Bytes()[:5])
 		copy(r.Bytes()[100:], "reply from the user")
-		fmt.Printf("read %s\n", got)
+		c.Say("read %s", got)
 		hear()
 		return nil
 	case "modes":
@@ -115,7 +100,7 @@ func runRole(role, dir, name string) error {
 				return err
 			}
 		}
-		fmt.Println("ok")
+		c.Say("ok")
 		return nil
 	case "exlock":
 		// Hold an exclusive flock on dir/name through a read-only
@@ -128,14 +113,14 @@ func runRole(role, dir, name string) error {
 		if err := unix.Flock(fd, unix.LOCK_EX|unix.LOCK_NB); err != nil {
 			return fmt.Errorf("flock LOCK_EX: %w", err)
 		}
-		fmt.Println("locked")
+		c.Say("locked")
 		if l := hear(); l != "unlock" {
 			return fmt.Errorf("heard %q", l)
 		}
 		if err := unix.Flock(fd, unix.LOCK_UN); err != nil {
 			return err
 		}
-		fmt.Println("unlocked")
+		c.Say("unlocked")
 		hear()
 		return nil
 	case "lease":
@@ -149,7 +134,7 @@ func runRole(role, dir, name string) error {
 		if _, err := unix.FcntlInt(uintptr(fd), unix.F_SETLEASE, unix.F_WRLCK); err != nil {
 			return fmt.Errorf("F_SETLEASE F_WRLCK: %w", err)
 		}
-		fmt.Println("leased")
+		c.Say("leased")
 		hear()
 		return nil
 	case "inuse":
@@ -157,7 +142,7 @@ func runRole(role, dir, name string) error {
 		if err != nil {
 			return err
 		}
-		fmt.Printf("inuse=%v\n", inUse)
+		c.Say("inuse=%v", inUse)
 		return nil
 	}
 	return fmt.Errorf("unknown role %q", role)
@@ -189,91 +174,17 @@ func probe(path string) (ex, sh bool, err error) {
 	return
 }
 
-// child is a running child process.
-type child struct {
-	t     *testing.T
-	cmd   *exec.Cmd
-	stdin io.WriteCloser
-	lines chan string
-	done  chan struct{}
-	err   error
-	errb  strings.Builder
-}
-
-func startChild(t *testing.T, role, dir, name string, opts ...func(*exec.Cmd)) *child {
+func startChild(t *testing.T, role, dir, name string, opts ...reexec.Option) *reexec.Proc {
 	t.Helper()
-	cmd := exec.Command(os.Args[0], "-test.run=^"+t.Name()+"$", "-test.count=1")
-	cmd.Env = append(os.Environ(), envRole+"="+role, envDir+"="+dir, envName+"="+name)
-	for _, o := range opts {
-		o(cmd)
-	}
-	c := &child{t: t, cmd: cmd, lines: make(chan string, 16), done: make(chan struct{})}
-	cmd.Stderr = &c.errb
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if c.stdin, err = cmd.StdinPipe(); err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() {
-		sc := bufio.NewScanner(out)
-		for sc.Scan() {
-			c.lines <- sc.Text()
-		}
-		c.err = cmd.Wait()
-		close(c.lines)
-		close(c.done)
-	}()
-	t.Cleanup(func() {
-		c.cmd.Process.Kill()
-		<-c.done
-	})
-	return c
-}
-
-// next returns the child's next line.
-func (c *child) next() string {
-	c.t.Helper()
-	select {
-	case l, ok := <-c.lines:
-		if !ok {
-			<-c.done
-			c.t.Fatalf("child exited (%v) without a word; stderr:\n%s", c.err, c.errb.String())
-		}
-		return l
-	case <-time.After(2 * time.Minute):
-		c.t.Fatalf("child silent for 2 minutes")
-	}
-	return ""
-}
-
-func (c *child) send(line string) {
-	c.t.Helper()
-	if _, err := io.WriteString(c.stdin, line+"\n"); err != nil {
-		c.t.Fatal(err)
-	}
-}
-
-// finish closes the child's stdin and waits for it to exit successfully.
-func (c *child) finish() {
-	c.t.Helper()
-	c.stdin.Close()
-	<-c.done
-	if c.err != nil {
-		c.t.Fatalf("child failed: %v; stderr:\n%s", c.err, c.errb.String())
-	}
+	return reexec.Start(t, role, []string{dir, name}, opts...)
 }
 
 // probeFrom runs a probe child on dir/name and returns its verdict line.
 func probeFrom(t *testing.T, dir, name string) string {
 	t.Helper()
 	c := startChild(t, "probe", dir, name)
-	l := c.next()
-	c.finish()
+	l := c.Expect("")
+	c.Wait()
 	return l
 }
 
@@ -532,14 +443,14 @@ func TestInUseKilledUser(t *testing.T) {
 		t.Fatalf("InUse = %v, %v after the owner's Close; want false", inUse, err)
 	}
 	c := startChild(t, "user", dir, name)
-	if l := c.next(); l != "read hello" {
+	if l := c.Expect(""); l != "read hello" {
 		t.Fatalf("child said %q", l)
 	}
 	if inUse, err := b.InUse(name); err != nil || !inUse {
 		t.Fatalf("InUse = %v, %v while a child maps it; want true", inUse, err)
 	}
-	ok(t, c.cmd.Process.Signal(syscall.SIGKILL), "kill")
-	<-c.done
+	ok(t, c.Signal(syscall.SIGKILL), "kill")
+	<-c.Done()
 	if inUse, err := b.InUse(name); err != nil || inUse {
 		t.Fatalf("InUse = %v, %v after the child was killed; want false", inUse, err)
 	}
@@ -552,20 +463,20 @@ func TestCreateRaceProcesses(t *testing.T) {
 		name := fmt.Sprintf("t-file-race-%d", round)
 		c1 := startChild(t, "race", dir, name)
 		c2 := startChild(t, "race", dir, name)
-		for _, c := range []*child{c1, c2} {
-			if l := c.next(); l != "created" {
+		for _, c := range []*reexec.Proc{c1, c2} {
+			if l := c.Expect(""); l != "created" {
 				t.Fatalf("child said %q", l)
 			}
 		}
-		c1.send("go")
-		c2.send("go")
-		got := []string{c1.next(), c2.next()}
+		c1.Send("go")
+		c2.Send("go")
+		got := []string{c1.Expect(""), c2.Expect("")}
 		slices.Sort(got)
 		if !slices.Equal(got, []string{"lost", "won"}) {
 			t.Fatalf("round %d: children said %v, want one won and one lost", round, got)
 		}
-		c1.finish()
-		c2.finish()
+		c1.Wait()
+		c2.Wait()
 	}
 	names := dirNames(t, dir)
 	if !slices.Equal(names, []string{"t-file-race-0", "t-file-race-1", "t-file-race-2"}) {
@@ -589,14 +500,14 @@ func TestShareAcrossProcesses(t *testing.T) {
 	defer r.Unlink()
 	copy(r.Bytes(), "hello")
 	c := startChild(t, "user", dir, name)
-	if l := c.next(); l != "read hello" {
+	if l := c.Expect(""); l != "read hello" {
 		t.Fatalf("child said %q", l)
 	}
 	if got := string(r.Bytes()[100:119]); got != "reply from the user" {
 		t.Fatalf("owner reads %q", got)
 	}
-	c.send("bye")
-	c.finish()
+	c.Send("bye")
+	c.Wait()
 }
 
 // A file shrunk under a mapping is caught by the next Open.
@@ -684,54 +595,15 @@ func othersDir(t *testing.T, perm fs.FileMode) string {
 	ok(t, err, "mkdir under /tmp")
 	t.Cleanup(func() { os.RemoveAll(dir) })
 	ok(t, os.Chmod(dir, perm), "chmod")
-	ok(t, reachable(dir, 65534, 65534), "a directory for uid 65534")
+	ok(t, reexec.Reachable(dir, 65534, 65534), "a directory for uid 65534")
 	return dir
-}
-
-// reachable checks, by the permission bits, that uid and gid (with no other
-// groups) may search every directory on the way to path, and path itself:
-// search a directory, execute a file.
-func reachable(path string, uid, gid uint32) error {
-	path, err := filepath.Abs(path)
-	if err != nil {
-		return err
-	}
-	for p := path; ; p = filepath.Dir(p) {
-		var st syscall.Stat_t
-		if err := syscall.Stat(p, &st); err != nil {
-			return err
-		}
-		bits := st.Mode & 0o7
-		switch {
-		case st.Uid == uid:
-			bits = st.Mode >> 6 & 0o7
-		case st.Gid == gid:
-			bits = st.Mode >> 3 & 0o7
-		}
-		if bits&0o1 == 0 {
-			return fmt.Errorf("uid %d gid %d cannot reach %s: %s is mode %#o, owner %d:%d", uid, gid, path, p, st.Mode&0o7777, st.Uid, st.Gid)
-		}
-		if p == "/" {
-			return nil
-		}
-	}
 }
 
 // asNobody runs a child as uid and gid 65534, from a copy of the test binary
 // that it can execute.
-func asNobody(t *testing.T) func(*exec.Cmd) {
+func asNobody(t *testing.T) reexec.Option {
 	t.Helper()
-	data, err := os.ReadFile(os.Args[0])
-	ok(t, err, "read test binary")
-	exe := filepath.Join(othersDir(t, 0o755), "file.test")
-	ok(t, os.WriteFile(exe, data, 0o755), "copy test binary")
-	ok(t, reachable(exe, 65534, 65534), "the test binary for uid 65534")
-	return func(cmd *exec.Cmd) {
-		cmd.Path = exe
-		cmd.Args[0] = exe
-		cmd.Dir = "/"
-		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534, Groups: []uint32{}}}
-	}
+	return reexec.AsUser(65534, 65534)
 }
 
 // An unprivileged owner can create regions it cannot read itself (the lock
@@ -744,10 +616,10 @@ func TestOtherUser(t *testing.T) {
 	nobody := asNobody(t)
 	dir := othersDir(t, 0o777)
 	c := startChild(t, "modes", dir, "t-file-nobody", nobody)
-	if l := c.next(); l != "ok" {
+	if l := c.Expect(""); l != "ok" {
 		t.Fatalf("unprivileged creator said %q", l)
 	}
-	c.finish()
+	c.Wait()
 	for i, perm := range []fs.FileMode{0o000, 0o200, 0o400} {
 		fi, err := os.Lstat(filepath.Join(dir, fmt.Sprintf("t-file-nobody-%d", i)))
 		ok(t, err, "Lstat")
@@ -769,10 +641,10 @@ func TestOtherUser(t *testing.T) {
 	}
 }
 
-func probeAs(t *testing.T, dir, name string, as func(*exec.Cmd)) string {
+func probeAs(t *testing.T, dir, name string, as reexec.Option) string {
 	t.Helper()
 	c := startChild(t, "inuse", dir, name, as)
-	l := c.next()
-	c.finish()
+	l := c.Expect("")
+	c.Wait()
 	return l
 }

@@ -7,7 +7,6 @@ import (
 	"io/fs"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -19,14 +18,15 @@ import (
 	"github.com/shmgo/shm"
 	"github.com/shmgo/shm/backend/file"
 	"github.com/shmgo/shm/internal/dirobj"
+	"github.com/shmgo/shm/internal/reexec"
 )
 
 // anotherUser runs a child as uid 65534 when the tests run as root, and as
 // the same user otherwise (another process all the same).
-func anotherUser(t *testing.T) func(*exec.Cmd) {
+func anotherUser(t *testing.T) reexec.Option {
 	if os.Geteuid() != 0 {
 		t.Logf("not root: the lock holder runs as this user")
-		return func(*exec.Cmd) {}
+		return reexec.Env() // nothing
 	}
 	return asNobody(t)
 }
@@ -58,8 +58,8 @@ func TestOpenKeepsDeadlineUnderForeignLock(t *testing.T) {
 	defer b.Unlink(key[1:])
 
 	c := startChild(t, "exlock", dir, key[1:], as)
-	if l := c.next(); l != "locked" {
-		t.Fatalf("lock holder said %q; stderr:\n%s", l, c.errb.String())
+	if l := c.Expect(""); l != "locked" {
+		t.Fatalf("lock holder said %q; stderr:\n%s", l, c.Output())
 	}
 
 	// A short timeout, a long default: Open gives up at its timeout.
@@ -112,8 +112,8 @@ func TestOpenKeepsDeadlineUnderForeignLock(t *testing.T) {
 		t.Fatalf("Open(key, 1m) returned (%v) after %v, while the lock is held", res.err, res.d)
 	case <-time.After(25 * def):
 	}
-	c.send("unlock")
-	if l := c.next(); l != "unlocked" {
+	c.Send("unlock")
+	if l := c.Expect(""); l != "unlocked" {
 		t.Fatalf("lock holder said %q", l)
 	}
 	res = <-ch
@@ -123,7 +123,7 @@ func TestOpenKeepsDeadlineUnderForeignLock(t *testing.T) {
 		t.Fatalf("region holds %q", got)
 	}
 	ok(t, res.r.Close(), "Close")
-	c.finish()
+	c.Wait()
 }
 
 // TestOpenContextCancelledUnderForeignLock: a cancelled context ends the
@@ -135,7 +135,7 @@ func TestOpenContextCancelledUnderForeignLock(t *testing.T) {
 	s := create(t, b, name, 4096, 0o644)
 	ok(t, s.Close(), "Close")
 	c := startChild(t, "exlock", dir, name)
-	if l := c.next(); l != "locked" {
+	if l := c.Expect(""); l != "locked" {
 		t.Fatalf("lock holder said %q", l)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
@@ -157,9 +157,9 @@ func TestOpenContextCancelledUnderForeignLock(t *testing.T) {
 	if !errors.Is(err, context.Canceled) || errors.Is(err, os.ErrDeadlineExceeded) {
 		t.Fatalf("OpenContext cancelled: %v, want context.Canceled", err)
 	}
-	c.send("unlock")
-	c.next()
-	c.finish()
+	c.Send("unlock")
+	c.Expect("")
+	c.Wait()
 }
 
 // TestOpenUnderLease: another process's write lease on a region's file
@@ -174,11 +174,11 @@ func TestOpenUnderLease(t *testing.T) {
 	ok(t, r.Close(), "Close") // a write lease needs the file open nowhere else
 	defer b.Unlink(key[1:])
 	c := startChild(t, "lease", dir, key[1:])
-	if l := c.next(); l != "leased" {
+	if l := c.Expect(""); l != "leased" {
 		if strings.Contains(l, "F_SETLEASE") {
 			t.Skipf("no leases on %s: %s", dir, l)
 		}
-		t.Fatalf("child said %q; stderr:\n%s", l, c.errb.String())
+		t.Fatalf("child said %q; stderr:\n%s", l, c.Output())
 	}
 	done := make(chan error, 1)
 	t0 := time.Now()
@@ -198,7 +198,7 @@ func TestOpenUnderLease(t *testing.T) {
 	if !errors.Is(err, os.ErrDeadlineExceeded) || !strings.Contains(err.Error(), "lease") {
 		t.Fatalf("Open under a lease: %v, want a timeout that names the lease", err)
 	}
-	c.finish()
+	c.Wait()
 }
 
 // TestOpenForeign: anything but a regular file with one link under a name

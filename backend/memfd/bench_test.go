@@ -24,7 +24,7 @@ func BenchmarkAttach(b *testing.B) {
 		b.Run(bc.name, func(b *testing.B) {
 			key := testKey("bench")
 			owner := startChild(b, "owner", []string{key, "600", bc.name})
-			if l := owner.expect(); l != "ready" {
+			if l := owner.Expect(""); l != "ready" {
 				b.Fatalf("owner: %q", l)
 			}
 			for b.Loop() {
@@ -34,8 +34,8 @@ func BenchmarkAttach(b *testing.B) {
 				}
 				r.Close()
 			}
-			owner.send("unlink")
-			owner.wait()
+			owner.Send("unlink")
+			owner.Wait()
 		})
 	}
 }

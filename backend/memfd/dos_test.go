@@ -124,7 +124,7 @@ func TestIdleConnectionsFromOtherUID(t *testing.T) {
 			fds := countFDs(t)
 
 			attacker := startChild(t, "idle", []string{key, strconv.Itoa(idle), mode}, asUser(t, 65534, 65534))
-			if l := attacker.expect(); l != "connected "+strconv.Itoa(idle) {
+			if l := attacker.Expect(""); l != "connected "+strconv.Itoa(idle) {
 				t.Errorf("the idle peer: %q, want all %d connections accepted", l, idle)
 			}
 
@@ -152,8 +152,8 @@ func TestIdleConnectionsFromOtherUID(t *testing.T) {
 			if n := countFDs(t) - fds; n > 64 {
 				t.Errorf("the owner holds %d more descriptors with the idle peer connected", n)
 			}
-			attacker.send("done")
-			attacker.wait()
+			attacker.Send("done")
+			attacker.Wait()
 		})
 	}
 }

@@ -19,6 +19,7 @@ import (
 	"github.com/shmgo/shm"
 	"github.com/shmgo/shm/backend"
 	"github.com/shmgo/shm/backend/memfd"
+	"github.com/shmgo/shm/internal/reexec"
 )
 
 func name(key string) string { return strings.TrimPrefix(key, "/") }
@@ -262,7 +263,7 @@ func TestOwnerGone(t *testing.T) {
 		t.Run(how, func(t *testing.T) {
 			key := testKey("gone")
 			owner := startChild(t, "owner", []string{key, "600"})
-			if l := owner.expect(); l != "ready" {
+			if l := owner.Expect(""); l != "ready" {
 				t.Fatalf("owner: %q", l)
 			}
 			b := memfd.New()
@@ -273,11 +274,10 @@ func TestOwnerGone(t *testing.T) {
 			defer u.Close()
 			switch how {
 			case "kill":
-				owner.cmd.Process.Kill()
-				<-owner.done
+				owner.Kill()
 			default:
-				owner.send(how)
-				owner.wait()
+				owner.Send(how)
+				owner.Wait()
 			}
 			if string(u.Bytes()[:10]) != "owner data" {
 				t.Fatalf("data after the owner left: %q", u.Bytes()[:10])
@@ -321,10 +321,10 @@ func TestUnlinkFromUser(t *testing.T) {
 	defer r.Close()
 	copy(r.Bytes(), "kept")
 	c := startChild(t, "unlink", []string{key})
-	if l := c.expect(); l != "ok" {
+	if l := c.Expect(""); l != "ok" {
 		t.Fatalf("child Unlink: %q", l)
 	}
-	c.wait()
+	c.Wait()
 	if _, err := shm.Open(key, 0, shm.WithBackend(b)); !errors.Is(err, shm.ErrNotExist) {
 		t.Fatalf("Open after a user's Unlink: %v", err)
 	}
@@ -332,10 +332,10 @@ func TestUnlinkFromUser(t *testing.T) {
 		t.Fatal("owner lost its data")
 	}
 	c = startChild(t, "unlink", []string{key})
-	if l := c.expect(); !strings.HasPrefix(l, "err false true") {
+	if l := c.Expect(""); !strings.HasPrefix(l, "err false true") {
 		t.Fatalf("second Unlink from a user: %q, want ErrNotExist", l)
 	}
-	c.wait()
+	c.Wait()
 }
 
 // TestAccess checks the owner's checks of other uids, the user's check of
@@ -345,11 +345,11 @@ func TestAccess(t *testing.T) {
 		t.Skip("the access checks need root to run children as other uids")
 	}
 	b := memfd.New()
-	open := func(key string, opts ...childOpt) string {
+	open := func(key string, opts ...reexec.Option) string {
 		t.Helper()
 		c := startChild(t, "open", []string{key}, opts...)
-		l := c.expect()
-		c.wait()
+		l := c.Expect("")
+		c.Wait()
 		return l
 	}
 	mk := func(perm fs.FileMode) (*shm.Region, string) {
@@ -362,7 +362,7 @@ func TestAccess(t *testing.T) {
 		copy(r.Bytes(), "root data")
 		return r, key
 	}
-	nobody := func(groups ...uint32) childOpt { return asUser(t, 65534, 65534, groups...) }
+	nobody := func(groups ...uint32) reexec.Option { return asUser(t, 65534, 65534, groups...) }
 
 	r600, k600 := mk(0o600)
 	if l := open(k600, nobody()); !strings.HasPrefix(l, "err true false") {
@@ -399,10 +399,10 @@ func TestAccess(t *testing.T) {
 	}
 	// Another uid may not remove the key (sticky /dev/shm semantics).
 	c := startChild(t, "unlink", []string{k666}, nobody())
-	if l := c.expect(); !strings.HasPrefix(l, "err true false") {
+	if l := c.Expect(""); !strings.HasPrefix(l, "err true false") {
 		t.Fatalf("uid 65534 unlinking root's 0666 region: %q, want ErrPermission", l)
 	}
-	c.wait()
+	c.Wait()
 	if l := open(k666); l != "ok child data" {
 		t.Fatalf("root after the refused Unlink: %q", l)
 	}
@@ -416,7 +416,7 @@ func TestSquatter(t *testing.T) {
 	}
 	key := testKey("squat")
 	sq := startChild(t, "owner", []string{key, "666"}, asUser(t, 65534, 65534))
-	if l := sq.expect(); l != "ready" {
+	if l := sq.Expect(""); l != "ready" {
 		t.Fatalf("squatter: %q", l)
 	}
 	_, err := shm.Open(key, 0, shm.WithBackend(memfd.New()))
@@ -436,28 +436,28 @@ func TestSquatter(t *testing.T) {
 		t.Fatalf("Open trusting any uid: %v", err)
 	}
 	u.Close()
-	sq.send("exit")
-	sq.wait()
+	sq.Send("exit")
+	sq.Wait()
 
 	// The other way round: uid 65534 does not take root's memory... it does:
 	// root is always trusted. It refuses a server of a third uid unless told.
 	key = testKey("squat2")
 	sq = startChild(t, "owner", []string{key, "666"}, asUser(t, 65533, 65533))
-	if l := sq.expect(); l != "ready" {
+	if l := sq.Expect(""); l != "ready" {
 		t.Fatalf("squatter: %q", l)
 	}
 	c := startChild(t, "open", []string{key}, asUser(t, 65534, 65534))
-	if l := c.expect(); !strings.HasPrefix(l, "err true false") {
+	if l := c.Expect(""); !strings.HasPrefix(l, "err true false") {
 		t.Fatalf("uid 65534 opening a key served by uid 65533: %q, want ErrPermission", l)
 	}
-	c.wait()
+	c.Wait()
 	c = startChild(t, "open", []string{key}, asUser(t, 65534, 65534), trusting(65533))
-	if l := c.expect(); l != "ok owner data" {
+	if l := c.Expect(""); l != "ok owner data" {
 		t.Fatalf("uid 65534 trusting uid 65533: %q", l)
 	}
-	c.wait()
-	sq.send("exit")
-	sq.wait()
+	c.Wait()
+	sq.Send("exit")
+	sq.Wait()
 }
 
 // fakeServer listens on the key's socket and runs serve on each connection.

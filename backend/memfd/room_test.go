@@ -207,12 +207,12 @@ func TestHugeRegionInMemoryCgroup(t *testing.T) {
 		}
 	}
 	c := startChild(t, "grow", []string{strconv.Itoa(16 << 20)})
-	write("cgroup.procs", strconv.Itoa(c.cmd.Process.Pid))
-	c.send("go")
-	if l := c.expect(); !strings.HasPrefix(l, "huge true ") {
+	write("cgroup.procs", strconv.Itoa(c.PID()))
+	c.Send("go")
+	if l := c.Expect(""); !strings.HasPrefix(l, "huge true ") {
 		t.Fatalf("1 TiB in a 64 MiB cgroup: %q, want ENOMEM", l)
 	}
-	l := c.expect()
+	l := c.Expect("")
 	t.Logf("child in a 64 MiB cgroup: %s", l)
 	f := strings.Fields(l)
 	if len(f) < 3 || f[0] != "refused" || f[2] != "true" {
@@ -221,7 +221,7 @@ func TestHugeRegionInMemoryCgroup(t *testing.T) {
 	if n, _ := strconv.Atoi(f[1]); n < 1 || n > limit/(16<<20) {
 		t.Errorf("%d regions of 16 MiB fitted in a 64 MiB cgroup", n)
 	}
-	c.wait()
+	c.Wait()
 	// Nothing was killed in the cgroup.
 	if v2 {
 		if data, err := os.ReadFile(filepath.Join(dir, "memory.events")); err == nil && !strings.Contains(string(data), "oom_kill 0") {

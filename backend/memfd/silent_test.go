@@ -122,10 +122,10 @@ func TestSilentListeners(t *testing.T) {
 func TestStoppedOwner(t *testing.T) {
 	key := testKey("stopped")
 	owner := startChild(t, "owner", []string{key, "600"})
-	if l := owner.expect(); l != "ready" {
+	if l := owner.Expect(""); l != "ready" {
 		t.Fatalf("owner: %q", l)
 	}
-	pid := owner.cmd.Process.Pid
+	pid := owner.PID()
 	stop := func() {
 		if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
 			t.Fatal(err)
@@ -196,8 +196,8 @@ func TestStoppedOwner(t *testing.T) {
 		t.Errorf("OpenContext of a stopped owner, cancelled: %v (context %v), want context.Canceled", err, ctx.Err())
 	}
 	cont()
-	owner.send("exit")
-	owner.wait()
+	owner.Send("exit")
+	owner.Wait()
 }
 
 // TestContextEndedFirst: an Open whose context has ended before it could ask

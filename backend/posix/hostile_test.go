@@ -1,16 +1,13 @@
 package posix_test
 
 import (
-	"bufio"
 	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"net"
 	"os"
-	"os/exec"
 	"os/signal"
 	"path/filepath"
 	"strconv"
@@ -24,35 +21,21 @@ import (
 	"github.com/shmgo/shm"
 	"github.com/shmgo/shm/backend/posix"
 	"github.com/shmgo/shm/internal/dirobj"
+	"github.com/shmgo/shm/internal/reexec"
 )
 
-// Cross-process tests re-execute the test binary; TestMain sees envRole and
-// plays that role instead of running the tests.
-const (
-	envRole = "SHMGO_POSIX_TEST_ROLE"
-	envPath = "SHMGO_POSIX_TEST_PATH"
-)
-
+// Cross-process tests re-execute the test binary (internal/reexec); TestMain
+// plays the child's role instead of running the tests.
 func TestMain(m *testing.M) {
-	if role := os.Getenv(envRole); role != "" {
-		if err := runRole(role, os.Getenv(envPath)); err != nil {
-			fmt.Fprintf(os.Stderr, "child %s: %v\n", role, err)
-			fmt.Printf("error %v\n", err)
-			os.Exit(1)
-		}
-		os.Exit(0)
-	}
+	reexec.Register("lease", func(c *reexec.Child) error { return runRole(c, "lease", c.Arg(0)) })
+	reexec.Main()
 	os.Exit(m.Run())
 }
 
 // runRole is what a child does; it talks to the parent with lines on stdout
 // and stdin.
-func runRole(role, path string) error {
-	in := bufio.NewReader(os.Stdin)
-	hear := func() string {
-		line, _ := in.ReadString('\n')
-		return strings.TrimSpace(line)
-	}
+func runRole(c *reexec.Child, role, path string) error {
+	hear := c.Hear
 	switch role {
 	case "lease":
 		// The hostile owner: take a write lease on the file and keep it,
@@ -68,7 +51,7 @@ func runRole(role, path string) error {
 		if _, err := unix.FcntlInt(uintptr(fd), unix.F_SETLEASE, unix.F_WRLCK); err != nil {
 			return fmt.Errorf("F_SETLEASE F_WRLCK: %w", err)
 		}
-		fmt.Println("leased")
+		c.Say("leased")
 		if l := hear(); l != "release" {
 			return fmt.Errorf("heard %q", l)
 		}
@@ -77,97 +60,28 @@ func runRole(role, path string) error {
 			return err
 		}
 		// A lease being broken reads as the type it is to become.
-		fmt.Printf("released, was breaking=%v\n", lease != unix.F_WRLCK)
+		c.Say("released, was breaking=%v", lease != unix.F_WRLCK)
 		for len(sigio) > 0 {
 			<-sigio
 		}
 		if _, err := unix.FcntlInt(uintptr(fd), unix.F_SETLEASE, unix.F_WRLCK); err != nil {
 			return fmt.Errorf("F_SETLEASE F_WRLCK again: %w", err)
 		}
-		fmt.Println("leased again")
+		c.Say("leased again")
 		<-sigio
 		if _, err := unix.FcntlInt(uintptr(fd), unix.F_SETLEASE, unix.F_UNLCK); err != nil {
 			return err
 		}
-		fmt.Println("yielded")
+		c.Say("yielded")
 		hear()
 		return nil
 	}
 	return fmt.Errorf("unknown role %q", role)
 }
 
-// child is a running child process.
-type child struct {
-	t     *testing.T
-	cmd   *exec.Cmd
-	stdin io.WriteCloser
-	lines chan string
-	done  chan struct{}
-	err   error
-	errb  strings.Builder
-}
-
-func startChild(t *testing.T, role, path string) *child {
+func startChild(t *testing.T, role, path string) *reexec.Proc {
 	t.Helper()
-	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), envRole+"="+role, envPath+"="+path)
-	c := &child{t: t, cmd: cmd, lines: make(chan string, 16), done: make(chan struct{})}
-	cmd.Stderr = &c.errb
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if c.stdin, err = cmd.StdinPipe(); err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() {
-		sc := bufio.NewScanner(out)
-		for sc.Scan() {
-			c.lines <- sc.Text()
-		}
-		c.err = cmd.Wait()
-		close(c.lines)
-		close(c.done)
-	}()
-	t.Cleanup(func() {
-		c.cmd.Process.Kill()
-		<-c.done
-	})
-	return c
-}
-
-// next returns the child's next line.
-func (c *child) next() string {
-	c.t.Helper()
-	select {
-	case l, ok := <-c.lines:
-		if !ok {
-			<-c.done
-			c.t.Fatalf("child exited (%v) without a word; stderr:\n%s", c.err, c.errb.String())
-		}
-		return l
-	case <-time.After(2 * time.Minute):
-		c.t.Fatalf("child silent for 2 minutes")
-	}
-	return ""
-}
-
-func (c *child) send(line string) {
-	c.t.Helper()
-	if _, err := io.WriteString(c.stdin, line+"\n"); err != nil {
-		c.t.Fatal(err)
-	}
-}
-
-// expect fails the test unless the child's next line is want.
-func (c *child) expect(want string) {
-	c.t.Helper()
-	if l := c.next(); l != want {
-		c.t.Fatalf("child said %q, want %q; stderr:\n%s", l, want, c.errb.String())
-	}
+	return reexec.Start(t, role, []string{path})
 }
 
 // leaseBreakTime is the kernel's lease-break-time: how long an open(2) may
@@ -214,11 +128,11 @@ func TestOpenUnderLease(t *testing.T) {
 	defer be.Unlink(key[1:])
 
 	c := startChild(t, "lease", filepath.Join(dir, key[1:]))
-	if l := c.next(); l != "leased" {
+	if l := c.Expect(""); l != "leased" {
 		if strings.Contains(l, "F_SETLEASE") {
 			t.Skipf("no leases on %s: %s", dir, l)
 		}
-		t.Fatalf("child said %q; stderr:\n%s", l, c.errb.String())
+		t.Fatalf("child said %q; its output:\n%s", l, c.Output())
 	}
 
 	type result struct {
@@ -260,13 +174,13 @@ func TestOpenUnderLease(t *testing.T) {
 	}
 
 	// The holder lets go (the kernel had asked it to): Open works.
-	c.send("release")
-	c.expect("released, was breaking=true")
-	c.expect("leased again")
+	c.Send("release")
+	c.ExpectLine("released, was breaking=true")
+	c.ExpectLine("leased again")
 	// A new lease, given up only when an opener asks: the Open below is
 	// what asks, and it keeps trying until the holder yields.
 	ch := open(time.Minute)
-	c.expect("yielded")
+	c.ExpectLine("yielded")
 	res = <-ch
 	if res.err != nil {
 		t.Fatalf("Open while the lease holder yields: %v", res.err)
@@ -276,11 +190,8 @@ func TestOpenUnderLease(t *testing.T) {
 		t.Fatalf("region holds %q", got)
 	}
 	res.r.Close()
-	c.send("bye")
-	<-c.done
-	if c.err != nil {
-		t.Fatalf("child: %v\n%s", c.err, c.errb.String())
-	}
+	c.Send("bye")
+	c.Wait()
 }
 
 // TestOpenContextCancelledUnderLease: OpenContext ends when its context is
@@ -299,11 +210,11 @@ func TestOpenContextCancelledUnderLease(t *testing.T) {
 	p.Close()
 	defer be.Unlink(name)
 	c := startChild(t, "lease", filepath.Join(dir, name))
-	if l := c.next(); l != "leased" {
+	if l := c.Expect(""); l != "leased" {
 		if strings.Contains(l, "F_SETLEASE") {
 			t.Skipf("no leases on %s: %s", dir, l)
 		}
-		t.Fatalf("child said %q; stderr:\n%s", l, c.errb.String())
+		t.Fatalf("child said %q; its output:\n%s", l, c.Output())
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)

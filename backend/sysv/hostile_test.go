@@ -23,8 +23,7 @@ import (
 // its output; the child must succeed.
 func runRoleWith(t *testing.T, role, key, arg string) string {
 	t.Helper()
-	cmd := child(t, role, key)
-	cmd.Env = append(cmd.Env, envArg+"="+arg)
+	cmd := child(t, role, key, arg)
 	var stderr strings.Builder
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()

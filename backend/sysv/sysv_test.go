@@ -4,11 +4,9 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -23,13 +21,7 @@ import (
 	"github.com/shmgo/shm/backend"
 	"github.com/shmgo/shm/backend/posix"
 	"github.com/shmgo/shm/backend/sysv"
-)
-
-// Environment of the re-executed test binary.
-const (
-	envRole = "SHM_SYSV_TEST_ROLE"
-	envKey  = "SHM_SYSV_TEST_KEY"
-	envArg  = "SHM_SYSV_TEST_ARG"
+	"github.com/shmgo/shm/internal/reexec"
 )
 
 // usedKeys records the key_t of every name the tests make, for the leak
@@ -52,9 +44,15 @@ func testName(t testing.TB, tag string) string {
 }
 
 func TestMain(m *testing.M) {
-	if role := os.Getenv(envRole); role != "" {
-		os.Exit(runChild(role, os.Getenv(envKey)))
+	// Children (internal/reexec) play their role and exit; their arguments
+	// are the key and, for some roles, one more.
+	for _, role := range []string{"flip", "foreign", "rmid", "denied", "create-readonly", "allowed"} {
+		reexec.Register(role, func(c *reexec.Child) error {
+			os.Exit(runChild(role, c.Arg(0), c.Arg(1)))
+			return nil
+		})
 	}
+	reexec.Main()
 	before, err := segments()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "cannot read", sysv.ProcFile, err)
@@ -513,16 +511,20 @@ func waitFor(mem []byte, word string, done <-chan struct{}) bool {
 	return false
 }
 
-// child returns the test binary re-executed in a role.
-func child(t *testing.T, role, key string) *exec.Cmd {
-	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), envRole+"="+role, envKey+"="+key)
+// child returns the test binary re-executed in a role, with the key and the
+// role's other arguments, not started.
+func child(t *testing.T, role, key string, args ...string) *exec.Cmd {
+	t.Helper()
+	cmd, err := reexec.Command(role, append([]string{key}, args...))
+	if err != nil {
+		t.Fatal(err)
+	}
 	return cmd
 }
 
 // runChild plays a role in a re-executed test binary; it returns the exit
 // code and reports on stderr.
-func runChild(role, key string) int {
+func runChild(role, key, arg string) int {
 	fail := func(format string, args ...any) int {
 		fmt.Fprintf(os.Stderr, "child %s: "+format+"\n", append([]any{role}, args...)...)
 		return 1
@@ -530,8 +532,8 @@ func runChild(role, key string) int {
 	switch role {
 	case "flip":
 		// A peer that may write the segment changes one byte of its
-		// header (at offset envArg) and leaves.
-		off, err := strconv.Atoi(os.Getenv(envArg))
+		// header (at offset arg) and leaves.
+		off, err := strconv.Atoi(arg)
 		if err != nil {
 			return fail("offset: %v", err)
 		}
@@ -549,9 +551,9 @@ func runChild(role, key string) int {
 		}
 		return 0
 	case "foreign":
-		// Another program's segment under key's key_t, envArg bytes of
+		// Another program's segment under key's key_t, arg bytes of
 		// random content, attached and detached once by this process.
-		size, err := strconv.Atoi(os.Getenv(envArg))
+		size, err := strconv.Atoi(arg)
 		if err != nil {
 			return fail("size: %v", err)
 		}
@@ -633,35 +635,6 @@ func runChild(role, key string) int {
 	return fail("unknown role")
 }
 
-// exeForOthers copies the test binary where another user can run it.
-func exeForOthers(t *testing.T) string {
-	dir, err := os.MkdirTemp("", "t-sysv-exe-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	if err := os.Chmod(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	src, err := os.Open(os.Args[0])
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer src.Close()
-	exe := filepath.Join(dir, "sysv.test")
-	dst, err := os.OpenFile(exe, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o755)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := io.Copy(dst, src); err != nil {
-		t.Fatal(err)
-	}
-	if err := dst.Close(); err != nil {
-		t.Fatal(err)
-	}
-	return exe
-}
-
 func TestPermissionAndChownAcrossUsers(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root to run a child as another user")
@@ -675,16 +648,9 @@ func TestPermissionAndChownAcrossUsers(t *testing.T) {
 	defer r.Close()
 	defer r.Unlink()
 	copy(r.Bytes(), "owned")
-	exe := exeForOthers(t)
 	run := func(role, key string) {
 		t.Helper()
-		cmd := exec.Command(exe, "-test.run=^$")
-		cmd.Dir = filepath.Dir(exe)
-		cmd.Env = append(os.Environ(), envRole+"="+role, envKey+"="+key)
-		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: nobody, Gid: nobody}}
-		if out, err := cmd.CombinedOutput(); err != nil {
-			t.Fatalf("child %s as uid %d: %v\n%s", role, nobody, err, out)
-		}
+		reexec.Start(t, role, []string{key}, reexec.AsUser(nobody, nobody)).Wait()
 	}
 	run("denied", key)
 	key2 := testName(t, "perm-creator")
@@ -957,23 +923,13 @@ func BenchmarkCreateUnlink(b *testing.B) {
 // A blank segment (no header) whose creator has died is reported as such at
 // once, not after the whole timeout.
 func TestBlankSegmentDeadCreator(t *testing.T) {
-	if os.Getenv("SHMGO_SYSV_BLANK_CHILD") != "" {
+	if c, ok := reexec.In(t); ok {
 		// Create a segment without a header and exit.
-		name := os.Getenv("SHMGO_SYSV_BLANK_CHILD")
-		id, err := unix.SysvShmGet(sysv.Key(name), 4096, unix.IPC_CREAT|unix.IPC_EXCL|0o600)
-		if err != nil {
-			fmt.Fprintln(os.Stderr, err)
-			os.Exit(1)
-		}
-		_ = id
-		os.Exit(0)
+		_, err := unix.SysvShmGet(sysv.Key(c.Arg(0)), 4096, unix.IPC_CREAT|unix.IPC_EXCL|0o600)
+		c.Exit(err)
 	}
 	name := fmt.Sprintf("t-sysv-blank-%d", os.Getpid())
-	cmd := exec.Command(os.Args[0], "-test.run=^TestBlankSegmentDeadCreator$")
-	cmd.Env = append(os.Environ(), "SHMGO_SYSV_BLANK_CHILD="+name)
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("child: %v\n%s", err, out)
-	}
+	reexec.Start(t, "blank", []string{name}, reexec.InTest(t.Name())).Wait()
 	b := sysv.New()
 	defer b.Unlink(name)
 	_, err := shm.Open("/"+name, time.Minute, shm.WithBackend(b))

@@ -1,0 +1,123 @@
+package reexec_test
+
+import (
+	"errors"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/shmgo/shm/internal/reexec"
+)
+
+func TestMain(m *testing.M) {
+	reexec.Register("echo", func(c *reexec.Child) error {
+		c.Say("args %s", strings.Join(c.Args(), ","))
+		for {
+			line := c.Hear()
+			if line == "" {
+				return nil
+			}
+			c.Say("heard %s", line)
+		}
+	})
+	reexec.Register("fail", func(c *reexec.Child) error {
+		os.Stdout.WriteString("not a report\n")
+		return errors.New("failed on purpose")
+	})
+	reexec.Register("sleep", func(c *reexec.Child) error {
+		c.Say("sleeping")
+		select {}
+	})
+	reexec.Register("env", func(c *reexec.Child) error {
+		c.Say("%s", os.Getenv("REEXEC_TEST_VAR"))
+		return nil
+	})
+	reexec.Main() // a child of InTest returns: its test plays the role
+	os.Exit(m.Run())
+}
+
+func TestReportsAndLines(t *testing.T) {
+	p := reexec.Start(t, "echo", []string{"a", "b c"})
+	if r := p.Expect("args"); r != "args a,b c" {
+		t.Fatalf("report %q", r)
+	}
+	p.Send("one")
+	if r := p.Expect("heard"); r != "heard one" {
+		t.Fatalf("report %q", r)
+	}
+	p.Send("two")
+	p.ExpectLine("heard two")
+	p.Wait()
+	if _, ok := p.Next(); ok {
+		t.Fatal("a report after the child exited")
+	}
+}
+
+func TestFailure(t *testing.T) {
+	p := reexec.Start(t, "fail", nil)
+	r, ok := p.Next()
+	if !ok || r != "error failed on purpose" {
+		t.Fatalf("report %q %v", r, ok)
+	}
+	<-p.Done()
+	if p.Err() == nil {
+		t.Fatal("the failed child exited 0")
+	}
+	if out := p.Output(); !strings.Contains(out, "not a report") || !strings.Contains(out, "child fail: failed on purpose") {
+		t.Fatalf("output %q lacks the child's other lines or its error", out)
+	}
+}
+
+func TestKill(t *testing.T) {
+	p := reexec.Start(t, "sleep", nil)
+	p.Expect("sleeping")
+	start := time.Now()
+	p.Kill()
+	if p.Err() == nil {
+		t.Fatal("a killed child exited 0")
+	}
+	if time.Since(start) > 10*time.Second {
+		t.Fatal("Kill took too long")
+	}
+}
+
+func TestEnv(t *testing.T) {
+	p := reexec.Start(t, "env", nil, reexec.Env("REEXEC_TEST_VAR=set"))
+	if r := p.Expect(""); r != "set" {
+		t.Fatalf("child sees %q", r)
+	}
+	p.Wait()
+}
+
+func TestInTest(t *testing.T) {
+	t.Run("sub", func(t *testing.T) {
+		if c, ok := reexec.In(t); ok {
+			if c.Role() != "intest" || c.Test() != t.Name() || c.Arg(0) != "x" || c.Arg(1) != "" {
+				c.Exit(errors.New("wrong spec: " + c.Role() + " " + c.Test() + " " + c.Arg(0)))
+			}
+			c.Say("in %s", t.Name())
+			c.Exit(nil)
+		}
+		p := reexec.Start(t, "intest", []string{"x"}, reexec.InTest(t.Name()))
+		if r := p.Expect("in"); r != "in "+t.Name() {
+			t.Fatalf("report %q", r)
+		}
+		p.Wait()
+	})
+}
+
+func TestAsUser(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("skipped: running a child as another uid needs root (CI runs as root)")
+	}
+	p := reexec.Start(t, "echo", nil, reexec.AsUser(65534, 65534))
+	p.Expect("args")
+	p.Wait()
+}
+
+func TestPattern(t *testing.T) {
+	if got := reexec.Pattern("TestA/b.c"); got != `^TestA$/^b\.c$` {
+		t.Fatalf("Pattern: %q", got)
+	}
+}
