@@ -788,3 +788,56 @@ func TestTempNameSpoofing(t *testing.T) {
 		})
 	}
 }
+
+// lateTaken is a posix backend on which a stale region appears under the
+// key between Create and Publish: a creator killed in that window.
+type lateTaken struct {
+	*posix.Backend
+	t         *testing.T
+	key, spec string
+	planted   int
+}
+
+func (b *lateTaken) Create(name string, size int64, perm fs.FileMode) (backend.Pending, error) {
+	p, err := b.Backend.Create(name, size, perm)
+	if err == nil && b.planted == 0 {
+		b.planted++
+		startChild(b.t, "create-lock", b.key, b.spec).kill()
+	}
+	return p, err
+}
+
+// TestReplaceStaleAtPublish: WithReplaceStale replaces a stale region that
+// the backend finds under the key only at Publish, as it does one found at
+// Create; without it, Create fails with ErrExist and leaves the stale
+// region as it was.
+func TestReplaceStaleAtPublish(t *testing.T) {
+	dir := privateDir(t)
+	for _, replace := range []bool{false, true} {
+		key := opsKey(t, fmt.Sprintf("late-%v", replace))
+		be := &lateTaken{Backend: posix.NewDir(dir), t: t, key: key, spec: "posix:" + dir}
+		cleanupKey(t, be, key)
+		opts := []shm.Option{shm.WithBackend(be)}
+		if replace {
+			opts = append(opts, shm.WithReplaceStale())
+		}
+		r, err := shm.Create(key, 4096, opts...)
+		if !replace {
+			if !errors.Is(err, shm.ErrExist) {
+				t.Fatalf("Create over a region published meanwhile: %v, want ErrExist", err)
+			}
+			in, err := shm.Stat(key, shm.WithBackend(be))
+			if err != nil || !in.Stale {
+				t.Fatalf("the stale region after a refused Create: %+v, %v", in, err)
+			}
+			continue
+		}
+		if err != nil {
+			t.Fatalf("Create with WithReplaceStale over a region found stale at Publish: %v", err)
+		}
+		if r.Bytes()[0] != 0 {
+			t.Error("the new region holds the stale one's data")
+		}
+		r.Close()
+	}
+}

@@ -399,9 +399,24 @@ func Create(key string, size int, opts ...Option) (*Region, error) {
 	if err != nil {
 		return nil, &Error{Op: "create", Key: key, Err: err}
 	}
+	r, again, err := create(key, name, bes, size, &o, true)
+	if again {
+		// A region was published under the key since the backend looked
+		// and was removed as stale: once more, from the start (WithInit's
+		// function runs again, on the new region).
+		r, _, err = create(key, name, bes, size, &o, false)
+	}
+	return r, err
+}
+
+// create is Create on the candidates bes, once. It returns again when the
+// backend found the key taken only at Publish and replaceAgain allowed the
+// stale region there to be removed: Create starts over.
+func create(key, name string, bes []backend.Backend, size int, o *options, replaceAgain bool) (r *Region, again bool, err error) {
+	off := int64(dataOffset(o.users))
 	be := bes[0]
-	fail := func(err error) (*Region, error) {
-		return nil, &Error{Op: "create", Key: key, Backend: be.Name(), Err: err}
+	fail := func(err error) (*Region, bool, error) {
+		return nil, false, &Error{Op: "create", Key: key, Backend: be.Name(), Err: err}
 	}
 	p, err := be.Create(name, off+int64(size), o.mode)
 	for len(bes) > 1 && errors.Is(err, syscall.ENOSPC) {
@@ -411,8 +426,12 @@ func Create(key string, size int, opts ...Option) (*Region, error) {
 		be = bes[0]
 		p, err = be.Create(name, off+int64(size), o.mode)
 	}
-	if err != nil && o.replace && errors.Is(err, fs.ErrExist) {
-		// A stale region under the key: remove it if that is safe.
+	// taken says why the key is taken, or, with WithReplaceStale, removes
+	// the stale region under it (nil: try again).
+	taken := func(err error) error {
+		if !o.replace {
+			return because("key is taken; if its owner died, WithReplaceStale (or shmctl gc) removes a stale region", err, ErrExist)
+		}
 		if rerr := Remove(key, WithBackend(be)); rerr != nil {
 			why := rerr.Error()
 			var se *Error
@@ -423,12 +442,18 @@ func Create(key string, size int, opts ...Option) (*Region, error) {
 			if errors.Is(rerr, ErrInUse) {
 				sentinels = append(sentinels, ErrInUse)
 			}
-			return fail(because("key is taken and not stale ("+why+")", err, sentinels...))
+			return because("key is taken and not stale ("+why+")", err, sentinels...)
+		}
+		return nil
+	}
+	if err != nil && errors.Is(err, fs.ErrExist) {
+		if terr := taken(err); terr != nil {
+			return fail(terr)
 		}
 		p, err = be.Create(name, off+int64(size), o.mode)
 	}
-	if err != nil && !o.replace && errors.Is(err, fs.ErrExist) {
-		return fail(because("key is taken; if its owner died, WithReplaceStale (or shmctl gc) removes a stale region", err, ErrExist))
+	if err != nil && errors.Is(err, fs.ErrExist) {
+		return fail(because("key is taken", err, ErrExist)) // again, since the removal
 	}
 	if err != nil {
 		return fail(classify(err))
@@ -438,7 +463,7 @@ func Create(key string, size int, opts ...Option) (*Region, error) {
 		p.Discard()
 		return fail(because("backend mapped fewer bytes than asked", nil, ErrCorrupt))
 	}
-	r := createFast(key, name, be, p, mem, int64(size), o)
+	r = createFast(key, name, be, p, mem, int64(size), *o)
 	if r == nil {
 		h := headerOf(mem)
 		writeHeader(h, name, int64(size), o.users, time.Now())
@@ -457,9 +482,20 @@ func Create(key string, size int, opts ...Option) (*Region, error) {
 	}
 	if err := p.Publish(); err != nil {
 		discard()
+		if errors.Is(err, fs.ErrExist) {
+			// Another region was published under the key since the
+			// backend looked (a backend may tell only now): as above.
+			if !replaceAgain {
+				return fail(because("key is taken", err, ErrExist))
+			}
+			if terr := taken(err); terr != nil {
+				return fail(terr)
+			}
+			return nil, true, nil
+		}
 		return fail(classify(err))
 	}
-	return r, nil
+	return r, false, nil
 }
 
 // runInit runs a WithInit function. When it fails or panics, discard

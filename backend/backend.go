@@ -44,6 +44,8 @@
 //     to check that it still names this region.
 //   - Backend ContextOpener, SizedOpener: Open keeps to its timeout, and
 //     maps only what the region needs.
+//   - Backend CreateWaiter: an Open waiting for a key wakes when it is
+//     published instead of polling for it.
 //   - Backend ReadOnlyOpener: shm.WithReadOnly (else shm.ErrInvalidOption).
 //     Conformance: ReadOnly.
 //   - Backend Pender, or VisibleBeforePublish with Segment Creator: Open
@@ -53,14 +55,18 @@
 //   - Backend Lister (ContextLister, IDOpener): shm.List, shm.RemoveStale
 //     and cmd/shmctl see the backend's objects. Conformance: ManyRegions
 //     and the leak checks of InitPanics and BadInputs.
+//   - Backend Inspector: shm.List and shm.Stat read headers with read
+//     permission alone, without mapping the object.
+//   - Backend Remover: shm.Remove, shm.RemoveStale, shm.WithReplaceStale
+//     and shmctl gc remove stale regions under the backend's own proof
+//     that nobody uses them. Conformance: ReplaceStale.
 //
-// Package shm removes an object as stale (shm.Remove, shm.WithReplaceStale,
-// shmctl gc) only when it can prove that no process uses it. It has proofs
-// of its own for the module's backends; for any other it counts the
-// processes of /proc/*/maps that map the file of an Fder segment, which
-// proves nothing where some process cannot be inspected (a PID 1 whose maps
-// even root may not read), and then refuses with shm.ErrInUse.
-// Conformance's ReplaceStale test checks that refusal then.
+// Package shm removes an object as stale only when it can prove that no
+// process uses it: through Remover, or, for a backend without it, by
+// counting the processes of /proc/*/maps that map the file of an Fder
+// segment, which proves nothing where some process cannot be inspected (a
+// PID 1 whose maps even root may not read), and then it refuses with
+// shm.ErrInUse. Conformance's ReplaceStale test checks that refusal then.
 package backend
 
 import (

@@ -102,21 +102,11 @@ type harness struct {
 	b          backend.Backend
 	newBackend func(testing.TB) backend.Backend
 	runName    string // t.Name() of the Run call, to re-execute it
-	cfg        config
 
 	mu    sync.Mutex
 	names []string // of every key the test made, for cleanup and leak checks
 
 	listNoted bool // list logged an error about another program's object
-}
-
-// config is what the module's own tests may ask of the suite beyond what
-// package backend documents (see export_test.go).
-type config struct {
-	// staleProof: package shm proves by itself that nobody uses a region
-	// of this backend (the module's own backends), so WithReplaceStale
-	// must replace a dead creator's unused region.
-	staleProof bool
 }
 
 var keySeq atomic.Int64
@@ -180,16 +170,12 @@ func (h *harness) Opt() shm.Option { return shm.WithBackend(h.b) }
 // Children re-execute the test that called Run, selected by its name
 // (reexec.InTest): run alone, that test must reach the same Run call.
 func Run(t *testing.T, newBackend func(testing.TB) backend.Backend) {
-	run(t, newBackend, config{})
-}
-
-func run(t *testing.T, newBackend func(testing.TB) backend.Backend, cfg config) {
 	if runChild(t, newBackend) {
 		return
 	}
 	for _, tc := range tests() {
 		t.Run(tc.name, func(t *testing.T) {
-			h := &harness{t: t, b: newBackend(t), newBackend: newBackend, runName: parentName(t), cfg: cfg}
+			h := &harness{t: t, b: newBackend(t), newBackend: newBackend, runName: parentName(t)}
 			tc.run(h)
 		})
 	}

@@ -78,14 +78,13 @@ func backendFor(tb testing.TB, name string) func(testing.TB) backend.Backend {
 	return nil
 }
 
-// TestConformance runs the suite on the module's backends, expecting of them
-// what package shm does for them beyond what package backend documents (see
-// RunOwnBackend), and on a backend written from package backend's
-// documentation alone, with Run as any other backend's test would.
+// TestConformance runs the suite on the module's backends, and on a
+// backend written from package backend's documentation alone, with Run as
+// any other backend's test would.
 func TestConformance(t *testing.T) {
 	for _, name := range backendNames {
 		t.Run(name, func(t *testing.T) {
-			conformance.RunOwnBackend(t, backendFor(t, name))
+			conformance.Run(t, backendFor(t, name))
 		})
 	}
 	t.Run(testbackend.Name, func(t *testing.T) {

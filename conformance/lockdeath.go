@@ -19,6 +19,7 @@ import (
 	"unsafe"
 
 	"github.com/shmgo/shm"
+	"github.com/shmgo/shm/backend"
 	"github.com/shmgo/shm/internal/reexec"
 )
 
@@ -634,12 +635,12 @@ func testLockWaitersThreads(h *harness) {
 
 // testReplaceStale: a key left by a killed owner is taken over by Create
 // with WithReplaceStale when nobody maps it, and refused (ErrExist) while
-// its creator lives or another process still maps it. Where package shm
-// cannot prove that nobody maps the region (package backend documents no
-// way for a backend to give that proof; package shm has its own for the
-// module's backends, and otherwise counts the processes of /proc/*/maps,
-// which proves nothing where some of them cannot be read), the refusal is
-// what shm.Remove documents, and the test says so.
+// its creator lives or another process still maps it. A backend that
+// proves its objects unused (backend.Remover) must let the region be
+// replaced; for one that does not, package shm counts the processes of
+// /proc/*/maps, which proves nothing where some of them cannot be read, and
+// a refusal is what shm.Remove documents then: the test checks it and says
+// so.
 func testReplaceStale(h *harness) {
 	// A live creator: never replaced.
 	key := h.Key("stale-live")
@@ -655,7 +656,7 @@ func testReplaceStale(h *harness) {
 	if err != nil {
 		h.is(err, shm.ErrExist) // a key that outlives its owner...
 		r, err = shm.Create(key, 4096, h.Opt(), shm.WithReplaceStale())
-		if err != nil && !h.cfg.staleProof && errors.Is(err, shm.ErrInUse) {
+		if _, proves := h.b.(backend.Remover); err != nil && !proves && errors.Is(err, shm.ErrInUse) {
 			h.unprovable(key, err)
 			r, err = shm.Create(key, 4096, h.Opt())
 		}

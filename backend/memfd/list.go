@@ -34,11 +34,8 @@ const (
 // them), so that no socket can stall a listing; List takes at most about
 // ListContext's time.
 func (b *Backend) List() ([]backend.Info, error) {
-	infos, err := b.ListContext(context.Background())
-	if infos == nil && err != nil {
-		return nil, err
-	}
-	return infos, nil
+	infos, _, err := b.list(context.Background())
+	return infos, err
 }
 
 // ListContext is List that ends when ctx is done, and reports the sockets
@@ -59,9 +56,19 @@ func (b *Backend) List() ([]backend.Info, error) {
 // matching os.ErrDeadlineExceeded, or answered wrongly, and one matching
 // ctx's error when ctx ended before every socket was asked.
 func (b *Backend) ListContext(ctx context.Context) ([]backend.Info, error) {
-	addrs, err := listening("/proc/net/unix")
+	infos, unanswered, err := b.list(ctx)
 	if err != nil {
 		return nil, err
+	}
+	return infos, unanswered
+}
+
+// list is ListContext, with the sockets that did not answer (unanswered)
+// apart from a failure to list any (err).
+func (b *Backend) list(ctx context.Context) (infos []backend.Info, unanswered, err error) {
+	addrs, err := listening("/proc/net/unix")
+	if err != nil {
+		return nil, nil, err
 	}
 	type result struct {
 		in    backend.Info
@@ -149,7 +156,7 @@ func (b *Backend) ListContext(ctx context.Context) ([]backend.Info, error) {
 		errs = append(errs, &fs.PathError{Op: "list", Path: "@" + AddrPrefix, Err: &protoError{kinds: kinds, errno: ctx.Err(),
 			msg: strconv.Itoa(notAsked) + " of " + strconv.Itoa(len(addrs)) + " sockets not asked before the context ended"}})
 	}
-	return out, errors.Join(errs...)
+	return out, errors.Join(errs...), nil
 }
 
 // listening returns the listening SOCK_SEQPACKET abstract sockets named

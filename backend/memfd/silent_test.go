@@ -275,3 +275,38 @@ func TestOwnerDropsConnections(t *testing.T) {
 	}
 	u.Close()
 }
+
+// TestListOnlySilent: List leaves out owners that do not answer, as it
+// says, even when no owner answers at all (it once returned their errors
+// then, and every listing of package shm failed).
+func TestListOnlySilent(t *testing.T) {
+	b := memfd.New()
+	silent := map[string]bool{}
+	for i := range 3 {
+		fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { unix.Close(fd) })
+		addr := memfd.Addr(name(testKey("alone" + strconv.Itoa(i))))
+		if err := unix.Bind(fd, &unix.SockaddrUnix{Name: "@" + addr}); err != nil {
+			t.Fatal(err)
+		}
+		if err := unix.Listen(fd, 4); err != nil {
+			t.Fatal(err)
+		}
+		silent[addr] = true
+	}
+	infos, err := b.List()
+	if err != nil {
+		t.Fatalf("List with silent owners: %v", err)
+	}
+	for _, in := range infos {
+		if silent[memfd.Addr(in.Name)] {
+			t.Errorf("List lists silent socket %q", in.Name)
+		}
+	}
+	if _, err := b.ListContext(context.Background()); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Errorf("ListContext does not report the silent owners: %v", err)
+	}
+}
