@@ -6,17 +6,11 @@ import (
 	"os"
 	"strconv"
 	"strings"
-	"sync/atomic"
-
-	"golang.org/x/sys/unix"
 
 	"github.com/shmgo/shm/backend"
-	// The built-in backends register themselves: keys and SHM_BACKEND can
-	// always name them.
-	"github.com/shmgo/shm/backend/file"
-	_ "github.com/shmgo/shm/backend/memfd"
-	"github.com/shmgo/shm/backend/posix"
-	_ "github.com/shmgo/shm/backend/sysv"
+	// The built-in backends, which register themselves (keys and
+	// SHM_BACKEND can always name them), and the automatic choice.
+	"github.com/shmgo/shm/internal/builtin"
 )
 
 // EnvBackend names the environment variable that sets the default backend
@@ -54,7 +48,7 @@ const EnvBackend = "SHM_BACKEND"
 // use for the file backend: $XDG_RUNTIME_DIR when set, else a directory of
 // this user's own in the temporary directory (shmgo-UID, mode 0700), so that
 // other users cannot plant objects under our keys. It is file.DefaultDir.
-func FileDir() string { return file.DefaultDir() }
+func FileDir() string { return builtin.FileDir() }
 
 // registered lists the registered backends' names for a message.
 func registered() string {
@@ -77,10 +71,8 @@ func splitKey(key string) (be backend.Backend, rest string, err error) {
 		}
 		return nil, key, nil
 	}
-	if prefix == "file" && !strings.HasPrefix(after, "/") {
-		// The one rule of a backend's own, kept from before the registry:
-		// a file key is a path, never file:name.
-		return nil, key, because("a file key is file:/absolute/dir/name", nil, ErrInvalidKey)
+	if err := builtin.CheckKey(prefix, after); err != nil {
+		return nil, key, because(err.Error(), nil, ErrInvalidKey)
 	}
 	arg, rest := "", after
 	if i := strings.LastIndexByte(after, '/'); i > 0 {
@@ -97,25 +89,6 @@ func splitKey(key string) (be backend.Backend, rest string, err error) {
 		return nil, key, err
 	}
 	return be, rest, nil
-}
-
-// builtin makes the built-in backend name (registered by this package's
-// imports) from arg, for the automatic choice.
-func builtin(name, arg string) (backend.Backend, error) {
-	f, ok := backend.Lookup(name)
-	if !ok {
-		panic("shm: built-in backend " + name + " is not registered")
-	}
-	return f(arg)
-}
-
-// mustBuiltin is builtin for the arguments that cannot fail.
-func mustBuiltin(name, arg string) backend.Backend {
-	be, err := builtin(name, arg)
-	if err != nil {
-		panic("shm: built-in backend " + name + ": " + err.Error())
-	}
-	return be
 }
 
 // backendsFor resolves the backends for key: one, or, when the choice is
@@ -155,55 +128,11 @@ func backendsFor(key string, o *options, size int64) (name string, bes []backend
 		return name, []backend.Backend{be}, nil
 	}
 	if size > 0 {
-		// Create tries these in order, moving on when one is full.
-		var bes []backend.Backend
-		if posixHasRoom(size) {
-			bes = append(bes, mustBuiltin("posix", ""))
-		}
-		if memfdWorks() {
-			bes = append(bes, mustBuiltin("memfd", ""))
-		}
-		if len(bes) == 0 {
-			// "": FileDir, created if missing and checked.
-			be, err := builtin("file", "")
-			if err != nil {
-				return "", nil, err
-			}
-			bes = append(bes, be)
+		bes, err := builtin.ForCreate(size)
+		if err != nil {
+			return "", nil, err
 		}
 		return name, bes, nil
 	}
-	// Open only looks: FileDir as it is, neither created nor checked.
-	return name, []backend.Backend{mustBuiltin("posix", ""), mustBuiltin("memfd", ""), mustBuiltin("file", FileDir())}, nil
+	return name, builtin.ForOpen(), nil
 }
-
-// posixHasRoom tells whether /dev/shm is a writable tmpfs with room for
-// size bytes.
-func posixHasRoom(size int64) bool {
-	var st unix.Statfs_t
-	if err := unix.Statfs(posix.DefaultDir, &st); err != nil || st.Type != unix.TMPFS_MAGIC {
-		return false
-	}
-	if unix.Access(posix.DefaultDir, unix.W_OK) != nil {
-		return false
-	}
-	return st.Bavail*uint64(st.Bsize) >= uint64(size)
-}
-
-// memfdWorks tells whether this kernel has memfd_create. A success is
-// remembered (a kernel does not lose the call); a failure (out of
-// descriptors, say) is asked again next time.
-func memfdWorks() bool {
-	if memfdSeen.Load() {
-		return true
-	}
-	fd, err := unix.MemfdCreate("shmgo-probe", unix.MFD_CLOEXEC)
-	if err != nil {
-		return false
-	}
-	unix.Close(fd)
-	memfdSeen.Store(true)
-	return true
-}
-
-var memfdSeen atomic.Bool

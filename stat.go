@@ -5,8 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"os"
-	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
@@ -16,10 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/shmgo/shm/backend"
-	"github.com/shmgo/shm/backend/file"
-	"github.com/shmgo/shm/backend/memfd"
-	"github.com/shmgo/shm/backend/posix"
-	"github.com/shmgo/shm/backend/sysv"
+	"github.com/shmgo/shm/internal/builtin"
 	"github.com/shmgo/shm/internal/sys"
 )
 
@@ -264,17 +259,8 @@ const tempGrace = time.Minute
 // DefaultBackends returns the backends that List and RemoveStale look at
 // by default: POSIX in /dev/shm, SysV, memfd, and files in FileDir() and in
 // the other users' fallback directories of the same kind
-// (os.TempDir()/shmgo-UID) that exist.
-func DefaultBackends() []backend.Backend {
-	bs := []backend.Backend{posix.New(), sysv.New(), memfd.New(), file.New(FileDir())}
-	dirs, _ := filepath.Glob(filepath.Join(os.TempDir(), "shmgo-[0-9]*"))
-	for _, d := range dirs {
-		if d != FileDir() {
-			bs = append(bs, file.New(d))
-		}
-	}
-	return bs
-}
+// (os.TempDir()/shmgo-UID), those that exist.
+func DefaultBackends() []backend.Backend { return builtin.Listed() }
 
 // object is one object that List or Stat found, with what it takes to
 // judge it and remove it again.
@@ -322,8 +308,8 @@ func list(ctx context.Context, lo listOptions) ([]*object, error) {
 		}
 		found, err := scan(ctx, be)
 		objs = append(objs, found...)
-		if err != nil && lo.defaults && be.Name() == "file" && errors.Is(err, fs.ErrNotExist) {
-			err = nil // no region was ever made in the default directory
+		if err != nil && lo.defaults && errors.Is(err, fs.ErrNotExist) {
+			err = nil // a default directory went away: it has no regions
 		}
 		if err != nil {
 			errs = append(errs, &Error{Op: "list", Backend: be.Name(), Err: err})
