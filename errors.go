@@ -11,7 +11,9 @@ import (
 
 // Sentinel errors. Every error package shm returns is an *Error that wraps one
 // or more of these (and the system error behind it, when there is one), so
-// callers test with errors.Is.
+// callers test with errors.Is; List and RemoveStale join one *Error per
+// backend or region that failed (errors.Join), which errors.Is and
+// errors.As see through.
 var (
 	// ErrExist: the key is taken. It matches fs.ErrExist.
 	ErrExist error = &sentinel{"region already exists", fs.ErrExist}

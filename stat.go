@@ -49,15 +49,13 @@ func (l Liveness) String() string {
 	return "unknown"
 }
 
-func liveness(l sys.Liveness) Liveness {
-	switch l {
-	case sys.Alive:
-		return Alive
-	case sys.Dead:
-		return Dead
-	}
-	return LivenessUnknown
-}
+// liveness is l in this package's terms: the same values.
+func liveness(l sys.Liveness) Liveness { return Liveness(l) }
+
+// The two packages' values are the same.
+var _ = [1]struct{}{}[LivenessUnknown-Liveness(sys.Unknown)]
+var _ = [1]struct{}{}[Alive-Liveness(sys.Alive)]
+var _ = [1]struct{}{}[Dead-Liveness(sys.Dead)]
 
 // User is a Region that has a region open, as the region's user table
 // records it.

@@ -150,10 +150,12 @@ func readStat(pid string) (procStat, error) {
 // Liveness is what can be said about a recorded process.
 type Liveness int
 
+// The order is package shm's (shm.LivenessUnknown, shm.Alive, shm.Dead):
+// the zero value claims nothing.
 const (
-	Alive   Liveness = iota // running (or stopped), same process as recorded
+	Unknown Liveness = iota // cannot be judged from here (another PID namespace, no /proc)
+	Alive                   // running (or stopped), same process as recorded
 	Dead                    // gone, a zombie, or its PID now belongs to another process
-	Unknown                 // cannot be judged from here (another PID namespace, no /proc)
 )
 
 // Check tells whether the process id recorded is still alive. A start time
