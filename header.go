@@ -1,7 +1,6 @@
 package shm
 
 import (
-	"bytes"
 	"fmt"
 	"sync/atomic"
 	"time"
@@ -218,13 +217,25 @@ func checkHeaderOf(h *header, size int64, name string) (headerState, error) {
 	if err := validFields(h, size); err != nil {
 		return headerBad, err
 	}
-	if k := h.Key[:h.KeyLen]; !bytes.Equal(k, []byte(name)) {
+	if k := string(h.Key[:h.KeyLen]); k != name {
 		return headerBad, fmt.Errorf("header names key %q, not %q", k, name)
 	}
 	if !h.ready() {
 		return headerNotReady, fmt.Errorf("owner has not finished initialising")
 	}
 	return headerOK, nil
+}
+
+// validHeader checks the fields of a header whose magic is set, for an
+// object of objSize bytes (0: unknown) under the key name ("": any key).
+func validHeader(h *header, objSize int64, name string) error {
+	if err := validFields(h, objSize); err != nil {
+		return err
+	}
+	if key := string(h.Key[:h.KeyLen]); name != "" && key != name {
+		return fmt.Errorf("header names key %q, not %q", key, name)
+	}
+	return nil
 }
 
 // validFields checks the fields of a header whose magic is right, for an
@@ -241,6 +252,10 @@ func validFields(h *header, size int64) error {
 		return fmt.Errorf("header size %d, want %d for %d user slots", h.HeaderSize, dataOffset(int(h.Users)), h.Users)
 	case h.KeyLen > maxKeyLen:
 		return fmt.Errorf("key length %d exceeds %d", h.KeyLen, maxKeyLen)
+	case h.KeyLen == 0:
+		return fmt.Errorf("key length 0")
+	case !validName(string(h.Key[:h.KeyLen])):
+		return fmt.Errorf("header holds an invalid key %q", h.Key[:h.KeyLen])
 	case h.DataSize == 0 || h.DataSize > MaxSize:
 		return fmt.Errorf("header claims %d data bytes", h.DataSize)
 	case size > 0 && h.DataSize > uint64(size)-uint64(min(size, int64(h.HeaderSize))):

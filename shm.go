@@ -364,6 +364,12 @@ func (r *Region) enter() bool {
 
 func (r *Region) leave() { r.inflight.Add(-1) }
 
+// validName tells whether name is a key's name, as parseKey returns it.
+func validName(name string) bool {
+	return len(name) > 0 && len(name) <= maxKeyLen && name != "." && name != ".." &&
+		!strings.ContainsAny(name, "/\x00")
+}
+
 // parseKey validates key and returns its name (without the leading '/').
 func parseKey(key string) (string, error) {
 	name := strings.TrimPrefix(key, "/")

@@ -589,24 +589,6 @@ func (o *object) setTable(read func(b []byte, off int64) bool) {
 	}
 }
 
-// validHeader checks a copied header against the object it came from.
-func validHeader(h *header, objSize int64, name string) error {
-	if err := validFields(h, objSize); err != nil {
-		return err
-	}
-	if h.KeyLen == 0 {
-		return fmt.Errorf("key length 0")
-	}
-	key := string(h.Key[:h.KeyLen])
-	if _, err := parseKey(key); err != nil {
-		return fmt.Errorf("header holds an invalid key %q", key)
-	}
-	if name != "" && key != name {
-		return fmt.Errorf("header names key %q, not %q", key, name)
-	}
-	return nil
-}
-
 // lockInfo reads the lock line of a copied header, with a copy of its user
 // table (nil when it could not be read).
 func lockInfo(h *header, t []slot) LockInfo {
