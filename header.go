@@ -145,6 +145,20 @@ func dataOffset(users int) int {
 
 func headerOf(mem []byte) *header { return (*header)(unsafe.Pointer(&mem[0])) }
 
+// headerCopy returns a copy of the header that b begins with, or nil when b
+// is shorter than a header.
+func headerCopy(b []byte) *header {
+	if len(b) < headerSize {
+		return nil
+	}
+	h := new(header)
+	copy(h.bytes(), b)
+	return h
+}
+
+// bytes is h's memory.
+func (h *header) bytes() []byte { return unsafe.Slice((*byte)(unsafe.Pointer(h)), headerSize) }
+
 // slotsOf returns the user table of the region mapped at mem, whose header
 // h (a copy, or the mapping's own) has been checked.
 func slotsOf(mem []byte, h *header) []slot {

@@ -89,7 +89,7 @@ func remove(o *object, expect *object) error {
 		want = ""
 	}
 	check := func(head []byte, now backend.Info) error {
-		h, blank := parseHead(head, now.Size, want)
+		h, blank, _ := parseHead(head, now.Size, want)
 		return checkStale(o, expect, h, blank, now)
 	}
 	if rm, ok := o.be.(backend.Remover); ok {

@@ -548,7 +548,7 @@ func createFast(key, name string, be backend.Backend, p backend.Pending, mem []b
 	h := new(header)
 	writeHeader(h, name, size, o.users, time.Now())
 	h.State = stateReady
-	b := unsafe.Slice((*byte)(unsafe.Pointer(h)), headerSize)
+	b := h.bytes()
 	for {
 		n, err := unix.Pwrite(int(f.Fd()), b, 0)
 		if err == unix.EINTR {
@@ -572,7 +572,7 @@ func peekHeader(seg backend.Segment, mem []byte) (h *header, ok bool) {
 		return nil, false
 	}
 	h = new(header)
-	b := unsafe.Slice((*byte)(unsafe.Pointer(h)), headerSize)
+	b := h.bytes()
 	for {
 		n, err := unix.Pread(int(f.Fd()), b, 0)
 		if err == unix.EINTR {
@@ -745,11 +745,8 @@ func tryOpen(ctx context.Context, deadline time.Time, be backend.Backend, key, n
 	// keep them, and check them rather than read them again.
 	var seen *header
 	sizeOf := func(head []byte) (int64, error) {
-		if len(head) >= headerSize {
-			seen = new(header)
-			copy(unsafe.Slice((*byte)(unsafe.Pointer(seen)), headerSize), head)
-		}
-		return regionLen(head)
+		seen = headerCopy(head)
+		return regionLenOf(seen, len(head)), nil
 	}
 	switch {
 	case readOnly:
@@ -830,16 +827,20 @@ func tryOpen(ctx context.Context, deadline time.Time, be backend.Backend, key, n
 // say gives the fixed header only (or, when head is shorter, the whole
 // object), and the header check then says what is wrong.
 func regionLen(head []byte) (int64, error) {
-	if len(head) < headerSize {
-		return int64(len(head)) + 1, nil
+	return regionLenOf(headerCopy(head), len(head)), nil
+}
+
+// regionLenOf is regionLen for h, a copy of the n bytes of head (nil when
+// they are fewer than a header).
+func regionLenOf(h *header, n int) int64 {
+	if h == nil {
+		return int64(n) + 1
 	}
-	h := new(header)
-	copy(unsafe.Slice((*byte)(unsafe.Pointer(h)), headerSize), head)
 	if h.Users == 0 || h.Users > MaxUsers || h.HeaderSize != uint32(dataOffset(int(h.Users))) ||
 		h.DataSize == 0 || h.DataSize > MaxSize {
-		return headerSize, nil
+		return headerSize
 	}
-	return int64(h.HeaderSize) + int64(h.DataSize), nil
+	return int64(h.HeaderSize) + int64(h.DataSize)
 }
 
 // notThere is the error of an Open that gave up: the key never appeared

@@ -517,19 +517,8 @@ const inspectWait = time.Second
 // setHeader interprets the first bytes of the object, head. name is the
 // name the object was found under, "" when unknown (a temporary object).
 func (o *object) setHeader(head []byte, name string) {
-	h := new(header)
-	n := copy(unsafe.Slice((*byte)(unsafe.Pointer(h)), headerSize), head)
-	var err error
-	switch {
-	case n == 0 && o.ObjectSize == 0:
-		o.blank = true
-	case n < headerSize:
-		err = fmt.Errorf("%d bytes, smaller than a header", o.ObjectSize)
-	case h.Magic == [8]byte{} && h.Version == 0 && h.HeaderSize == 0:
-		o.blank = true
-	default:
-		err = validHeader(h, o.ObjectSize, name)
-	}
+	h, blank, err := parseHead(head, o.ObjectSize, name)
+	o.blank = blank
 	if o.blank && !o.Temp {
 		err = errors.New("blank header")
 	}
@@ -553,24 +542,24 @@ func (o *object) setHeader(head []byte, name string) {
 	o.Lock = lockInfo(h, nil)
 }
 
-// parseHead reads a header from an object's first bytes: nil when they
-// are not a valid one; blank when they are all zeros (or none).
-func parseHead(head []byte, size int64, name string) (h *header, blank bool) {
+// parseHead reads a header from the first bytes of an object of size
+// bytes found under name ("" when unknown): a copy, or nil with why when
+// they are not a valid one; blank when they are all zeros (or none).
+func parseHead(head []byte, size int64, name string) (h *header, blank bool, err error) {
 	if len(head) == 0 && size == 0 {
-		return nil, true
+		return nil, true, nil
 	}
-	if len(head) < headerSize {
-		return nil, false
+	h = headerCopy(head)
+	switch {
+	case h == nil:
+		return nil, false, fmt.Errorf("%d bytes, smaller than a header", size)
+	case h.Magic == [8]byte{} && h.Version == 0 && h.HeaderSize == 0:
+		return nil, true, nil
 	}
-	h = new(header)
-	copy(unsafe.Slice((*byte)(unsafe.Pointer(h)), headerSize), head)
-	if h.Magic == [8]byte{} && h.Version == 0 && h.HeaderSize == 0 {
-		return nil, true
+	if err := validHeader(h, size, name); err != nil {
+		return nil, false, err
 	}
-	if validHeader(h, size, name) != nil {
-		return nil, false
-	}
-	return h, false
+	return h, false, nil
 }
 
 // setTable reads the user table of an object whose header is set, with
