@@ -81,7 +81,7 @@ func refCheck(mem []byte, name string) headerState {
 		users == 0, users > MaxUsers,
 		hsize != (512+32*users+63)&^63,
 		keyLen > maxKeyLen, keyLen == 0,
-		!validName(string(mem[64:64+keyLen])),
+		!validName(string(mem[64 : 64+keyLen])),
 		string(mem[64:64+keyLen]) != name,
 		dataSize == 0, dataSize > MaxSize, uint64(hsize) > uint64(len(mem)), dataSize > uint64(len(mem))-uint64(hsize):
 		return headerBad
