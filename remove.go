@@ -10,15 +10,6 @@ import (
 	"github.com/shmgo/shm/internal/sys"
 )
 
-// Removing stale regions. A region is stale when its creator is dead and no
-// process uses it: no mapping, and (for the backends whose objects are
-// files) no open descriptor either. Only such regions are removed, and the
-// proof that nobody uses one is the backend's (backend.Remover): a write
-// lease on a file, the file backend's flock protocol, SysV's attach count;
-// a backend without it has its objects removed only when a complete walk
-// of /proc/*/maps finds no mapping. A memfd region has no name once its
-// owner is gone, so it is never stale: nothing outlives its processes.
-
 // ErrInUse is returned by Remove when the region is in use, or may be: its
 // creator lives or cannot be judged from here, or a process has it open or
 // mapped, or that could not be proven otherwise.
@@ -31,6 +22,14 @@ var ErrInUse = errors.New("region is in use")
 // mapped, or when that cannot be proven. It fails with ErrNotExist when
 // there is no such region, and ErrCorrupt when the object under the key is
 // not a region.
+//
+// A process uses a region when it maps it or (for the backends whose
+// objects are files) holds a descriptor of it. The proof that none does is
+// the backend's (backend.Remover), held while the object is removed: a
+// write lease on the file for posix, its flock protocol for file, the
+// kernel's attach count for sysv. A backend without one has its objects
+// removed only when a complete walk of /proc/*/maps finds no mapping. A
+// memfd region has no name once its owner is gone: it is never stale.
 //
 // To remove a region whose creator lives, Open it and Unlink it.
 func Remove(key string, opts ...Option) error {

@@ -18,13 +18,6 @@ import (
 	"github.com/shmgo/shm/internal/sys"
 )
 
-// Inspecting regions: what List and Stat find, read from each object's
-// header and user table, which they ask the backend for (without mapping
-// it where the backend can: backend.Inspector), and judged: whether the
-// creator lives, how many processes map the object, and whether it is
-// stale (its creator is dead and the backend proves that no process uses
-// it: backend.Remover; see remove.go).
-
 // Liveness is what can be said about a process recorded in a region.
 type Liveness int
 
