@@ -627,9 +627,17 @@ func OpenContext(ctx context.Context, key string, opts ...Option) (*Region, erro
 	return open(ctx, key, time.Time{}, false, opts)
 }
 
-const (
-	minBackoff = 200 * time.Microsecond
-	maxBackoff = 50 * time.Millisecond
+// An Open that finds nothing under its key looks again after minBackoff,
+// then twice as long each time, up to maxBackoff, for the backends that
+// cannot wake it when the key is published (backend.CreateWaiter); in its
+// first fastPollFor it looks at least every fastPoll, since most waits are
+// short (a user started with its owner) and a look costs a few system
+// calls. (Tests change them.)
+var (
+	minBackoff  = 200 * time.Microsecond
+	maxBackoff  = 50 * time.Millisecond
+	fastPoll    = time.Millisecond
+	fastPollFor = time.Second
 )
 
 func open(ctx context.Context, key string, deadline time.Time, once bool, opts []Option) (*Region, error) {
@@ -652,12 +660,15 @@ func open(ctx context.Context, key string, deadline time.Time, once bool, opts [
 	backoff := minBackoff
 	var last error // why the last try did not succeed
 	var cw backend.CreateWaiter
+	polled := false // some backend must be polled
 	for _, be := range bes {
-		if w, ok := be.(backend.CreateWaiter); ok {
+		if w, ok := be.(backend.CreateWaiter); ok && cw == nil {
 			cw = w // the first that can tell: it wakes us; the others are polled
-			break
+		} else {
+			polled = true
 		}
 	}
+	start := time.Now()
 	for {
 		last = nil
 		for _, be := range bes {
@@ -679,6 +690,9 @@ func open(ctx context.Context, key string, deadline time.Time, once bool, opts [
 		// Wait before the next try.
 		wait := backoff
 		backoff = min(backoff*2, maxBackoff)
+		if (polled || cw == nil) && time.Since(start) < fastPollFor {
+			wait = min(wait, fastPoll)
+		}
 		if once {
 			return fail(notThere(last, nil, true))
 		}

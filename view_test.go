@@ -10,6 +10,10 @@ import (
 	"testing"
 	"time"
 	"unsafe"
+
+	"github.com/shmgo/shm/backend"
+	"github.com/shmgo/shm/backend/file"
+	"github.com/shmgo/shm/backend/posix"
 )
 
 func viewRegion(t *testing.T, size int) *Region {
@@ -156,15 +160,25 @@ func TestGuard(t *testing.T) {
 	}
 }
 
-// An Open that waits for a key wakes when it is published, not at its next
-// poll: it logs the delay from Create's return to Open's.
+// An Open that waits for a key on a backend that can tell (posix, file:
+// backend.CreateWaiter) wakes when it is published, not at its next poll:
+// with polling switched off, Open still returns. It logs the delay from
+// Create's return to Open's.
 func TestOpenWakesAtCreate(t *testing.T) {
+	defer func(lo, hi, fast time.Duration) { minBackoff, maxBackoff, fastPoll = lo, hi, fast }(minBackoff, maxBackoff, fastPoll)
+	minBackoff, maxBackoff, fastPoll = time.Hour, time.Hour, time.Hour
+	for _, be := range []backend.Backend{posix.New(), file.New(t.TempDir())} {
+		t.Run(be.Name(), func(t *testing.T) { testOpenWakes(t, be) })
+	}
+}
+
+func testOpenWakes(t *testing.T, be backend.Backend) {
 	var lat []time.Duration
 	for i := range 30 {
 		key := fmt.Sprintf("/t-view-%d-%s-wake-%d", os.Getpid(), runID, i)
 		got := make(chan time.Time, 1)
 		go func() {
-			u, err := Open(key, 30*time.Second)
+			u, err := Open(key, 30*time.Second, WithBackend(be))
 			at := time.Now()
 			if err != nil {
 				t.Error(err)
@@ -174,7 +188,7 @@ func TestOpenWakesAtCreate(t *testing.T) {
 			got <- at
 		}()
 		time.Sleep(time.Duration(5+i%20) * time.Millisecond) // the waiter is deep in its backoff
-		r, err := Create(key, 64)
+		r, err := Create(key, 64, WithBackend(be))
 		created := time.Now()
 		if err != nil {
 			t.Fatal(err)

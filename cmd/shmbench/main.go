@@ -37,10 +37,14 @@
 //     the lock but while it sleeps in Lock.Wait, flips a turn and calls
 //     Signal, as with a pthread_cond_t and a process-shared mutex; ns per
 //     round trip, p50_ns= and p99_ns=.
+//   - openwait: procs worker processes (default 1) wait in Open for a key
+//     that does not exist yet, which the parent creates a random 1-30 ms
+//     later, n rounds; ns from Create's return to Open's (the mean of every
+//     worker's), p50_ns=, p99_ns= and max_ns=.
 //   - createwrite (not in "all"): Create of a region of size bytes plus one
 //     full write of it in 1 MiB chunks, the cost of a fresh big region.
 //
-// -n 0 picks a count per workload. contend, pingpong, notify and cond re-execute shmbench
+// -n 0 picks a count per workload. contend, pingpong, notify, cond and openwait re-execute shmbench
 // as their worker processes (selected by an environment variable). Keys
 // start with /t-bench-; every region is removed before shmbench exits.
 //
@@ -83,6 +87,7 @@ var workloads = []struct {
 	{"pingpong", true, runPingPong},
 	{"notify", true, runNotify},
 	{"cond", true, runCond},
+	{"openwait", true, runOpenWait},
 	{"createwrite", false, runCreateWrite},
 }
 
@@ -105,7 +110,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	flags := flag.NewFlagSet("shmbench", flag.ContinueOnError)
 	flags.SetOutput(stderr)
 	flags.StringVar(&c.backend, "backend", "posix", "backend: "+strings.Join(backendNames(), "|")+"|all")
-	flags.StringVar(&c.workload, "workload", "all", "workload: create|attach|lock|contend|fill|pingpong|notify|cond|createwrite|all")
+	flags.StringVar(&c.workload, "workload", "all", "workload: create|attach|lock|contend|fill|pingpong|notify|cond|openwait|createwrite|all")
 	flags.IntVar(&c.n, "n", 0, "iterations (0: a default per workload); contend: increments per process")
 	flags.IntVar(&c.size, "size", 4096, "region data size in bytes")
 	flags.IntVar(&c.procs, "procs", 2, "contend: worker processes")

@@ -248,9 +248,16 @@ func workerMain() int {
 	if be != nil {
 		opt = shm.WithBackend(be)
 	}
-	if role == "own" {
-		if err := workOwn(a.Key, a.Size, opt); err != nil {
-			fmt.Fprintf(os.Stderr, "shmbench worker own: %v\n", err)
+	switch role {
+	case "own", "openwait":
+		// These attach (or create) on their own.
+		if role == "own" {
+			err = workOwn(a.Key, a.Size, opt)
+		} else {
+			err = workOpenWait(a.Key, a.N, opt)
+		}
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "shmbench worker %s: %v\n", role, err)
 			return 1
 		}
 		return 0
