@@ -23,4 +23,4 @@ fi
 src="$(cd "$(dirname "$0")" && pwd)/bbench.cpp"
 iflag=()
 [ "$inc" != /usr/include ] && iflag=(-isystem "$inc")
-exec "${CXX:-g++}" -O2 -Wall -pthread "${iflag[@]}" -o "$1" "$src"
+exec "${CXX:-g++}" -O2 -Wall -pthread ${iflag[@]+"${iflag[@]}"} -o "$1" "$src"
