@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io/fs"
 	"sort"
+	"sync"
 	"strconv"
 	"strings"
 	"time"
@@ -359,16 +360,40 @@ func scan(ctx context.Context, be backend.Backend) ([]*object, error) {
 	} else if infos, lerr = l.List(); lerr != nil {
 		return nil, lerr
 	}
-	for _, bi := range infos {
-		if err := ctx.Err(); err != nil {
-			return objs, errors.Join(lerr, err)
+	// Inspect them a few at a time: an object's owner may take its time
+	// to answer (memfd), and one slow owner must not hold up the others.
+	found := make([]*object, len(infos))
+	sem := make(chan struct{}, inspectParallel)
+	var wg sync.WaitGroup
+	for i, bi := range infos {
+		select {
+		case sem <- struct{}{}:
+		case <-ctx.Done():
 		}
-		if o := inspect(be, bi); o != nil {
+		if ctx.Err() != nil {
+			break
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			found[i] = inspectContext(ctx, be, bi)
+		}()
+	}
+	wg.Wait()
+	for _, o := range found {
+		if o != nil {
 			objs = append(objs, o)
 		}
 	}
+	if err := ctx.Err(); err != nil {
+		return objs, errors.Join(lerr, ctxError(ctx))
+	}
 	return objs, lerr
 }
+
+// inspectParallel is how many objects a listing inspects at once.
+const inspectParallel = 16
 
 // unjoin returns the errors that err joins (err itself when it joins none).
 func unjoin(err error) []error {
@@ -385,6 +410,11 @@ func unjoin(err error) []error {
 // through backend.Inspector where the backend has it, else through a
 // mapping for a moment. It returns nil when the object is gone.
 func inspect(be backend.Backend, bi backend.Info) *object {
+	return inspectContext(context.Background(), be, bi)
+}
+
+// inspectContext is inspect, whose waits for an owner end with ctx.
+func inspectContext(ctx context.Context, be backend.Backend, bi backend.Info) *object {
 	o := &object{be: be, bi: bi}
 	o.describe(bi)
 	if bi.Foreign != "" {
@@ -419,7 +449,7 @@ func inspect(be backend.Backend, bi backend.Info) *object {
 			return true
 		}
 	} else {
-		seg, err := openToInspect(be, bi)
+		seg, err := openToInspect(ctx, be, bi)
 		if !o.failed(err) {
 			return nil
 		}
@@ -486,7 +516,7 @@ func (o *object) describe(bi backend.Info) {
 
 // openToInspect maps the object bi describes, for reading its header:
 // read-only where the backend can, by ID where it lists objects by ID.
-func openToInspect(be backend.Backend, bi backend.Info) (backend.Segment, error) {
+func openToInspect(ctx context.Context, be backend.Backend, bi backend.Info) (backend.Segment, error) {
 	if bi.ID != "" {
 		if ido, ok := be.(backend.IDOpener); ok {
 			return ido.OpenID(bi.ID)
@@ -496,7 +526,7 @@ func openToInspect(be backend.Backend, bi backend.Info) (backend.Segment, error)
 		return nil, because("listed without a name or an ID", nil, ErrCorrupt)
 	}
 	if ro, ok := be.(backend.ReadOnlyOpener); ok {
-		ctx, cancel := context.WithTimeout(context.Background(), inspectWait)
+		ctx, cancel := context.WithTimeout(ctx, inspectWait)
 		defer cancel()
 		return ro.OpenReadOnly(ctx, bi.Name, headerSize, regionLen)
 	}

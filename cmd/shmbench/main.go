@@ -41,6 +41,10 @@
 //     that does not exist yet, which the parent creates a random 1-30 ms
 //     later, n rounds; ns from Create's return to Open's (the mean of every
 //     worker's), p50_ns=, p99_ns= and max_ns=.
+//   - many (not in "all"): n regions (default 10000) open at once in this
+//     process; ns per Create, threads=, fds=, list_ms= (List of the
+//     backend, which also reads every other region it holds), listed=; a
+//     kernel limit stops it early with made= and stopped=.
 //   - createwrite (not in "all"): Create of a region of size bytes plus one
 //     full write of it in 1 MiB chunks, the cost of a fresh big region.
 //
@@ -88,6 +92,7 @@ var workloads = []struct {
 	{"notify", true, runNotify},
 	{"cond", true, runCond},
 	{"openwait", true, runOpenWait},
+	{"many", false, runMany},
 	{"createwrite", false, runCreateWrite},
 }
 
@@ -110,7 +115,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	flags := flag.NewFlagSet("shmbench", flag.ContinueOnError)
 	flags.SetOutput(stderr)
 	flags.StringVar(&c.backend, "backend", "posix", "backend: "+strings.Join(backendNames(), "|")+"|all")
-	flags.StringVar(&c.workload, "workload", "all", "workload: create|attach|lock|contend|fill|pingpong|notify|cond|openwait|createwrite|all")
+	flags.StringVar(&c.workload, "workload", "all", "workload: create|attach|lock|contend|fill|pingpong|notify|cond|openwait|many|createwrite|all")
 	flags.IntVar(&c.n, "n", 0, "iterations (0: a default per workload); contend: increments per process")
 	flags.IntVar(&c.size, "size", 4096, "region data size in bytes")
 	flags.IntVar(&c.procs, "procs", 2, "contend: worker processes")
