@@ -6,9 +6,9 @@ import (
 	"fmt"
 	"io/fs"
 	"sort"
-	"sync"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 	"unsafe"
 
