@@ -514,6 +514,24 @@ func BenchmarkLockUnlock(b *testing.B) {
 			}
 		})
 	}
+	// The floor: what any lock in the region must do, one compare-and-swap
+	// to take it and one to release it, on the same word.
+	b.Run("floor", func(b *testing.B) {
+		key := fmt.Sprintf("/t-lock-bench-%d-%s-floor", os.Getpid(), runID)
+		r, err := Create(key, 64)
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer r.Close()
+		defer r.Unlink()
+		w := r.word
+		for b.Loop() {
+			cur := atomic.LoadUint32(w)
+			if atomic.CompareAndSwapUint32(w, cur, cur|1) {
+				atomic.CompareAndSwapUint32(w, cur|1, cur)
+			}
+		}
+	})
 }
 
 func TestWithFaultGuard(t *testing.T) {
