@@ -1,6 +1,6 @@
 // Package file is the file-backed backend: a key "/name" is the regular file
-// dir/name, mapped read-write and shared (github.com/edsrzf/mmap-go), and
-// guarded by flock(2) locks (github.com/gofrs/flock) that tell who uses it.
+// dir/name, mapped read-write and shared, and guarded by flock(2) locks
+// (github.com/gofrs/flock) that tell who uses it.
 //
 // # When to pick it
 //
@@ -108,7 +108,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/edsrzf/mmap-go"
 	"github.com/gofrs/flock"
 	"golang.org/x/sys/unix"
 
@@ -144,7 +143,10 @@ func (b *Backend) Name() string { return "file" }
 // Dir returns the directory that holds the regions.
 func (b *Backend) Dir() string { return b.dir }
 
-func (b *Backend) objs() dirobj.Dir { return dirobj.Dir{Path: b.dir, TempPrefix: TempPrefix} }
+// objs is the directory, whose opens take a shared flock.
+func (b *Backend) objs() dirobj.Dir {
+	return dirobj.Dir{Path: b.dir, TempPrefix: TempPrefix, Lock: lockShared}
+}
 
 func (b *Backend) path(name string) string { return filepath.Join(b.dir, name) }
 
@@ -177,15 +179,14 @@ func (b *Backend) Create(name string, size int64, perm fs.FileMode) (backend.Pen
 		lk.Unlock()
 		return nil, err
 	}
-	f := os.NewFile(uintptr(t.Fd), t.Final)
-	mem, err := mmap.MapRegion(f, int(size), mmap.RDWR, 0, 0)
+	s, err := t.Map(size, 0)
 	if err != nil {
-		f.Close()
-		unix.Unlink(t.Tmp)
 		lk.Unlock()
-		return nil, &fs.PathError{Op: "mmap", Path: t.Final, Err: err}
+		return nil, err
 	}
-	return &segment{f: f, mem: mem, lk: lk, tmp: t.Tmp, final: t.Final}, nil
+	s.OnClose(unlocker(lk))
+	s.OnPublish(func() error { return downgrade(lk, s.Path()) })
+	return s, nil
 }
 
 // Open implements backend.Backend: OpenContext without a deadline of the
@@ -207,7 +208,7 @@ func (b *Backend) Open(name string) (backend.Segment, error) {
 // matching os.ErrDeadlineExceeded (or wrapping context.Canceled) and
 // syscall.EWOULDBLOCK.
 func (b *Backend) OpenContext(ctx context.Context, name string) (backend.Segment, error) {
-	return b.open(ctx, name, 0, nil, false)
+	return b.objs().OpenMapped(ctx, name, lockWait, dirobj.Want{})
 }
 
 // OpenReadOnly implements backend.ReadOnlyOpener: OpenContext (or
@@ -215,75 +216,48 @@ func (b *Backend) OpenContext(ctx context.Context, name string) (backend.Segment
 // through a read-only descriptor, and maps it PROT_READ, so that read
 // permission on the file suffices.
 func (b *Backend) OpenReadOnly(ctx context.Context, name string, n int, size func(head []byte) (int64, error)) (backend.Segment, error) {
-	return b.open(ctx, name, n, size, true)
+	return b.objs().OpenMapped(ctx, name, lockWait, dirobj.Want{N: n, Size: size, ReadOnly: true})
 }
 
 // OpenSized is OpenContext that maps only part of the object, as
 // backend/posix's OpenSized does: as many bytes as size returns for the
 // object's first n bytes, or the whole object when it is shorter.
 func (b *Backend) OpenSized(ctx context.Context, name string, n int, size func(head []byte) (int64, error)) (backend.Segment, error) {
-	if size == nil {
-		return nil, &fs.PathError{Op: "open", Path: b.path(name), Err: unix.EINVAL}
-	}
-	return b.open(ctx, name, n, size, false)
+	return b.objs().OpenMapped(ctx, name, lockWait, dirobj.Want{N: n, Size: size, Sized: true})
 }
 
-func (b *Backend) open(ctx context.Context, name string, n int, size func([]byte) (int64, error), readOnly bool) (backend.Segment, error) {
-	if _, ok := ctx.Deadline(); !ok {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, lockWait)
-		defer cancel()
+// lockShared is the Lock of the directory's opens (dirobj.LockFunc): a
+// shared flock, held until the segment closes.
+func lockShared(ctx context.Context, path string, fd int, readOnly bool) (*unix.Stat_t, func() error, error) {
+	lk, st, err := lockFileAs(ctx, path, fd, false, readOnly)
+	if err != nil {
+		return nil, nil, &fs.PathError{Op: "flock", Path: path, Err: err}
 	}
-	p := b.path(name)
-	for try := 0; ; try++ {
-		d := b.objs()
-		d.ReadOnly = readOnly
-		fd, _, err := d.OpenContext(ctx, name, lockWait)
-		if err != nil {
-			return nil, err
-		}
-		// The size is read once the lock is held: no owner changes it
-		// after Publish.
-		lk, st, err := lockFileAs(ctx, p, fd, false, readOnly)
-		if err == unix.ESTALE && try < 3 {
-			unix.Close(fd) // the name was replaced between two opens
-			continue
-		}
-		if err != nil {
-			unix.Close(fd)
-			return nil, &fs.PathError{Op: "flock", Path: p, Err: err}
-		}
-		length := st.Size
-		if size != nil {
-			if length, err = dirobj.MapLength(fd, p, st.Size, n, size); err != nil {
-				unix.Close(fd)
-				lk.Unlock()
-				return nil, err
-			}
-		}
-		return mapOpened(p, fd, length, lk, readOnly, int(st.Uid))
-	}
+	return st, unlocker(lk), nil
 }
 
-// mapOpened maps size bytes of fd (read-only when readOnly), opened at p,
-// owned by uid and locked with lk, into a segment that owns both; on
-// failure it releases them.
-func mapOpened(p string, fd int, size int64, lk *flock.Flock, readOnly bool, uid int) (backend.Segment, error) {
-	var err error
-	s := &segment{f: os.NewFile(uintptr(fd), p), lk: lk, final: p, uid: uid}
-	prot := mmap.RDWR
-	if readOnly {
-		prot = mmap.RDONLY
-	}
-	if size > 0 {
-		s.mem, err = mmap.MapRegion(s.f, int(size), prot, 0, 0)
-		if err != nil {
-			s.f.Close()
-			lk.Unlock()
-			return nil, &fs.PathError{Op: "mmap", Path: p, Err: err}
+// unlocker releases lk for a segment's Close, which calls it once the
+// mapping and its descriptor are gone, so that InUse never reports false
+// while the mapping exists.
+func unlocker(lk *flock.Flock) func() error {
+	return func() error { return unwrapErrno(lk.Unlock()) }
+}
+
+// downgrade turns the owner's exclusive lock into a shared one, just before
+// Publish gives the file its name. flock(2) does not promise that converting
+// a lock is atomic; Linux converts it under one spinlock, and a cleaner also
+// checks that the creator is dead. Converting EX to SH cannot conflict:
+// nobody else holds a lock. It is flock(LOCK_SH) on gofrs/flock's
+// descriptor, which then reports both Locked and RLocked; Unlock releases
+// either.
+func downgrade(lk *flock.Flock, path string) error {
+	if ok, err := lk.TryRLock(); err != nil || !ok {
+		if err == nil {
+			err = unix.EWOULDBLOCK
 		}
+		return &fs.PathError{Op: "flock", Path: path, Err: unwrapErrno(err)}
 	}
-	return s, nil
+	return nil
 }
 
 // lockFile takes a flock (exclusive or shared) on the file at path, which fd
@@ -405,102 +379,16 @@ func (b *Backend) Unlink(name string) error { return b.objs().Unlink(name) }
 // stall concurrent Opens and, on NFS, drop the caller's own locks.
 func (b *Backend) List() ([]backend.Info, error) { return b.objs().List() }
 
-// segment is one mapping of a file and the flock that announces it.
-type segment struct {
-	f     *os.File // the mapped descriptor, nil after Close
-	mem   mmap.MMap
-	lk    *flock.Flock // gofrs/flock's own descriptor, locked
-	tmp   string       // non-empty until published
-	final string
-	uid   int // the file's owner when opened (0 for a created one: unused)
-}
-
-// Owner implements backend.Owned: the file's owner when it was opened.
-func (s *segment) Owner() int { return s.uid }
-
-func (s *segment) Bytes() []byte { return s.mem }
-
-// Fd implements backend.Fder: the mapped descriptor (not the lock's).
-func (s *segment) Fd() uintptr {
-	if s.f == nil {
-		return ^uintptr(0)
-	}
-	return s.f.Fd()
-}
-
-// Publish downgrades the owner's exclusive lock to a shared one, then gives
-// the file its name exclusively. flock(2) does not promise that converting a
-// lock is atomic; Linux converts it under one spinlock, and a cleaner also
-// checks that the creator is dead.
-func (s *segment) Publish() error {
-	// Converting EX to SH cannot conflict: nobody else holds a lock. It
-	// is flock(LOCK_SH) on gofrs/flock's descriptor, which then reports
-	// both Locked and RLocked; Unlock releases either.
-	if ok, err := s.lk.TryRLock(); err != nil || !ok {
-		if err == nil {
-			err = unix.EWOULDBLOCK
-		}
-		return &fs.PathError{Op: "flock", Path: s.final, Err: unwrapErrno(err)}
-	}
-	err := dirobj.Publish(s.tmp, s.final)
-	s.tmp = ""
-	return err
-}
-
-func (s *segment) Discard() error {
-	if s.tmp != "" {
-		unix.Unlink(s.tmp)
-		s.tmp = ""
-	}
-	return s.Close()
-}
-
-// Chown implements backend.Chowner (fchown).
-func (s *segment) Chown(uid, gid int) error {
-	if s.f == nil {
-		return &fs.PathError{Op: "fchown", Path: s.final, Err: fs.ErrClosed}
-	}
-	if err := unix.Fchown(int(s.f.Fd()), uid, gid); err != nil {
-		return &fs.PathError{Op: "fchown", Path: s.final, Err: err}
-	}
-	return nil
-}
-
-// Close unmaps, closes the mapped descriptor, and only then releases the
-// lock, so that InUse never reports false while the mapping exists.
-func (s *segment) Close() error {
-	var err error
-	if s.mem != nil {
-		err = s.mem.Unmap()
-		s.mem = nil
-	}
-	if s.f != nil {
-		if e := s.f.Close(); err == nil {
-			err = e
-		}
-		s.f = nil
-	}
-	if s.lk != nil {
-		if e := s.lk.Unlock(); err == nil {
-			err = e
-		}
-		s.lk = nil
-	}
-	if err != nil {
-		return &fs.PathError{Op: "close", Path: s.final, Err: unwrapErrno(err)}
-	}
-	return nil
-}
-
 var (
 	_ backend.Backend       = (*Backend)(nil)
 	_ backend.ContextOpener = (*Backend)(nil)
 	_ backend.Lister        = (*Backend)(nil)
 	_ backend.Pender        = (*Backend)(nil)
-	_ backend.Pending       = (*segment)(nil)
-	_ backend.Namer         = (*segment)(nil)
-	_ backend.Chowner       = (*segment)(nil)
-	_ backend.Fder          = (*segment)(nil)
+	_ backend.Pending       = (*dirobj.Segment)(nil)
+	_ backend.Owned         = (*dirobj.Segment)(nil)
+	_ backend.Namer         = (*dirobj.Segment)(nil)
+	_ backend.Chowner       = (*dirobj.Segment)(nil)
+	_ backend.Fder          = (*dirobj.Segment)(nil)
 )
 
 // Pending implements backend.Pender: the objects being created for name.
@@ -510,12 +398,6 @@ func (b *Backend) Pending(name string, n int) ([]backend.PendingObject, error) {
 
 // RemovePending implements backend.Pender.
 func (b *Backend) RemovePending(id string) error { return b.objs().RemovePending(id) }
-
-// StillNamed implements backend.Namer: whether the name still leads to the
-// mapped file (same device and inode).
-func (s *segment) StillNamed() (bool, error) {
-	return dirobj.SameFile(int(s.f.Fd()), s.final)
-}
 
 // Inspect implements backend.Inspector: the object's first n bytes, read
 // with pread from a read-only descriptor (no mapping, no lock; read

@@ -22,7 +22,6 @@ package posix
 import (
 	"context"
 	"io/fs"
-	"path/filepath"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -57,8 +56,6 @@ func (b *Backend) Name() string { return "posix" }
 // Dir returns the directory that holds the objects.
 func (b *Backend) Dir() string { return b.dir }
 
-func (b *Backend) path(name string) string { return filepath.Join(b.dir, name) }
-
 func (b *Backend) objs() dirobj.Dir { return dirobj.Dir{Path: b.dir, TempPrefix: TempPrefix} }
 
 // populateMin is the size from which Create maps the object's pages in at
@@ -83,15 +80,15 @@ func (b *Backend) Create(name string, size int64, perm fs.FileMode) (backend.Pen
 		t.Abort()
 		return nil, err
 	}
-	flags := unix.MAP_SHARED
+	flags := 0
 	if size >= populateMin {
-		flags |= unix.MAP_POPULATE
+		flags = unix.MAP_POPULATE
 	}
-	mem, err := unix.Mmap(t.Fd, 0, int(size), unix.PROT_READ|unix.PROT_WRITE, flags)
+	s, err := t.Map(size, flags)
 	if err != nil {
-		return nil, t.Fail("mmap", err)
+		return nil, err // not a nil *dirobj.Segment in a non-nil Pending
 	}
-	return &segment{fd: t.Fd, mem: mem, tmp: t.Tmp, final: t.Final}, nil
+	return s, nil
 }
 
 // openWait bounds how long Open, and OpenContext with a context that has
@@ -120,14 +117,14 @@ func (b *Backend) Open(name string) (backend.Segment, error) {
 // matching os.ErrDeadlineExceeded (or wrapping context.Canceled) and
 // syscall.EWOULDBLOCK.
 func (b *Backend) OpenContext(ctx context.Context, name string) (backend.Segment, error) {
-	return b.open(ctx, name, 0, nil, false)
+	return b.objs().OpenMapped(ctx, name, openWait, dirobj.Want{})
 }
 
 // OpenReadOnly implements backend.ReadOnlyOpener: OpenContext (or
 // OpenSized, with size) that opens the file O_RDONLY and maps it
 // PROT_READ, so that read permission on the file suffices.
 func (b *Backend) OpenReadOnly(ctx context.Context, name string, n int, size func(head []byte) (int64, error)) (backend.Segment, error) {
-	return b.open(ctx, name, n, size, true)
+	return b.objs().OpenMapped(ctx, name, openWait, dirobj.Want{N: n, Size: size, ReadOnly: true})
 }
 
 // OpenSized is OpenContext that maps only part of the object: it reads the
@@ -141,40 +138,7 @@ func (b *Backend) OpenReadOnly(ctx context.Context, name string, n int, size fun
 // that much address space. Package shm knows from the region's header how
 // much it needs; OpenSized lets it map just that.
 func (b *Backend) OpenSized(ctx context.Context, name string, n int, size func(head []byte) (int64, error)) (backend.Segment, error) {
-	if size == nil {
-		return nil, &fs.PathError{Op: "open", Path: b.path(name), Err: unix.EINVAL}
-	}
-	return b.open(ctx, name, n, size, false)
-}
-
-func (b *Backend) open(ctx context.Context, name string, n int, size func([]byte) (int64, error), readOnly bool) (backend.Segment, error) {
-	d := b.objs()
-	d.ReadOnly = readOnly
-	prot := unix.PROT_READ | unix.PROT_WRITE
-	if readOnly {
-		prot = unix.PROT_READ
-	}
-	fd, st, err := d.OpenContext(ctx, name, openWait)
-	if err != nil {
-		return nil, err
-	}
-	p := b.path(name)
-	length := st.Size
-	if size != nil {
-		if length, err = dirobj.MapLength(fd, p, st.Size, n, size); err != nil {
-			unix.Close(fd)
-			return nil, err
-		}
-	}
-	s := &segment{fd: fd, final: p, uid: int(st.Uid)}
-	if length > 0 {
-		s.mem, err = unix.Mmap(fd, 0, int(length), prot, unix.MAP_SHARED)
-		if err != nil {
-			unix.Close(fd)
-			return nil, &fs.PathError{Op: "mmap", Path: p, Err: err}
-		}
-	}
-	return s, nil
+	return b.objs().OpenMapped(ctx, name, openWait, dirobj.Want{N: n, Size: size, Sized: true})
 }
 
 // Unlink implements backend.Backend.
@@ -184,59 +148,6 @@ func (b *Backend) Unlink(name string) error { return b.objs().Unlink(name) }
 // those still being created.
 func (b *Backend) List() ([]backend.Info, error) { return b.objs().List() }
 
-type segment struct {
-	fd    int
-	mem   []byte
-	tmp   string // non-empty until published
-	final string
-	uid   int // the file's owner when opened, or this process's
-}
-
-// Owner implements backend.Owned: the file's owner when it was opened.
-func (s *segment) Owner() int { return s.uid }
-
-func (s *segment) Bytes() []byte { return s.mem }
-func (s *segment) Fd() uintptr   { return uintptr(s.fd) }
-
-func (s *segment) Publish() error {
-	err := dirobj.Publish(s.tmp, s.final)
-	s.tmp = ""
-	return err
-}
-
-func (s *segment) Discard() error {
-	if s.tmp != "" {
-		unix.Unlink(s.tmp)
-		s.tmp = ""
-	}
-	return s.Close()
-}
-
-func (s *segment) Chown(uid, gid int) error {
-	if err := unix.Fchown(s.fd, uid, gid); err != nil {
-		return &fs.PathError{Op: "fchown", Path: s.final, Err: err}
-	}
-	return nil
-}
-
-func (s *segment) Close() error {
-	var err error
-	if s.mem != nil {
-		err = unix.Munmap(s.mem)
-		s.mem = nil
-	}
-	if s.fd >= 0 {
-		if e := unix.Close(s.fd); err == nil {
-			err = e
-		}
-		s.fd = -1
-	}
-	if err != nil {
-		return &fs.PathError{Op: "close", Path: s.final, Err: err}
-	}
-	return nil
-}
-
 // Pending implements backend.Pender: the objects being created for name.
 func (b *Backend) Pending(name string, n int) ([]backend.PendingObject, error) {
 	return b.objs().Pending(name, n)
@@ -245,21 +156,16 @@ func (b *Backend) Pending(name string, n int) ([]backend.PendingObject, error) {
 // RemovePending implements backend.Pender.
 func (b *Backend) RemovePending(id string) error { return b.objs().RemovePending(id) }
 
-// StillNamed implements backend.Namer: whether the name still leads to the
-// mapped file (same device and inode).
-func (s *segment) StillNamed() (bool, error) {
-	return dirobj.SameFile(s.fd, s.final)
-}
-
 var (
 	_ backend.Backend       = (*Backend)(nil)
 	_ backend.ContextOpener = (*Backend)(nil)
 	_ backend.Lister        = (*Backend)(nil)
 	_ backend.Pender        = (*Backend)(nil)
-	_ backend.Pending       = (*segment)(nil)
-	_ backend.Namer         = (*segment)(nil)
-	_ backend.Chowner       = (*segment)(nil)
-	_ backend.Fder          = (*segment)(nil)
+	_ backend.Pending       = (*dirobj.Segment)(nil)
+	_ backend.Owned         = (*dirobj.Segment)(nil)
+	_ backend.Namer         = (*dirobj.Segment)(nil)
+	_ backend.Chowner       = (*dirobj.Segment)(nil)
+	_ backend.Fder          = (*dirobj.Segment)(nil)
 )
 
 // Inspect implements backend.Inspector: the object's first n bytes, read
