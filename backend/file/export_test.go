@@ -7,6 +7,9 @@ import (
 	"github.com/shmgo/shm/internal/dirobj"
 )
 
+// TempPrefix is tempPrefix.
+const TempPrefix = tempPrefix
+
 // TempPath returns the temporary path of a created, unpublished object.
 func TempPath(p backend.Pending) string { return p.(*dirobj.Segment).TempPath() }
 

@@ -16,7 +16,7 @@
 // # Creation
 //
 // As backend/posix does: the owner creates the file under a temporary name
-// (TempPrefix, then the name and a random suffix) in the same directory with
+// (".shmgo-file-tmp.", then the name and a random suffix) in the same directory with
 // O_CREAT|O_EXCL|O_NOFOLLOW|O_CLOEXEC, takes an exclusive flock on it,
 // applies the mode with fchmod (exact, whatever the umask) and reserves its
 // pages with fallocate, so that a full filesystem fails at Create with
@@ -85,7 +85,7 @@
 // A region's file is stale when InUse reports false (no process has it open)
 // and package shm's header says that its creator is dead; a region whose
 // creator lives may merely be waiting for users, because Close does not
-// remove a region. A temporary file (TempPrefix) that is not locked was left
+// remove a region. A temporary file that is not locked was left
 // by a creator that died before Publish, and can be removed (in the
 // microseconds between creating its file and locking it, a creator whose
 // file is removed fails to lock it, and Create returns an error). List does
@@ -115,9 +115,9 @@ import (
 	"github.com/shmgo/shm/internal/dirobj"
 )
 
-// TempPrefix starts the names of files still being created; List skips
-// them.
-const TempPrefix = ".shmgo-file-tmp."
+// tempPrefix starts the names of files still being created (List reports
+// them as Temp).
+const tempPrefix = ".shmgo-file-tmp."
 
 // lockWait bounds how long Create, Open, and OpenContext with a context
 // that has no deadline, keep trying to open the file and take their flock
@@ -145,7 +145,7 @@ func (b *Backend) Dir() string { return b.dir }
 
 // objs is the directory, whose opens take a shared flock.
 func (b *Backend) objs() dirobj.Dir {
-	return dirobj.Dir{Path: b.dir, TempPrefix: TempPrefix, Lock: lockShared}
+	return dirobj.Dir{Path: b.dir, TempPrefix: tempPrefix, Lock: lockShared}
 }
 
 func (b *Backend) path(name string) string { return filepath.Join(b.dir, name) }
@@ -345,7 +345,7 @@ func unwrapErrno(err error) error {
 // microseconds waits for them.
 //
 // It fails with an error matching fs.ErrNotExist when there is no such file.
-// The name may be a temporary one (TempPrefix). See the package doc for
+// The name may be a temporary one (a file still being created). See the package doc for
 // network filesystems, where a process must not probe a file it maps.
 func (b *Backend) InUse(name string) (bool, error) {
 	p := b.path(name)

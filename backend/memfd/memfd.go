@@ -119,9 +119,9 @@ import (
 	"github.com/shmgo/shm/backend"
 )
 
-// AddrPrefix starts the abstract socket name of every memfd key (after the
+// addrPrefix starts the abstract socket name of every memfd key (after the
 // leading NUL, shown as '@' by ss(8) and /proc/net/unix).
-const AddrPrefix = "shmgo/memfd/"
+const addrPrefix = "shmgo/memfd/"
 
 // DefaultIOTimeout bounds the wait for an owner's answer where no context
 // does: Open, OpenID, Unlink.
@@ -197,14 +197,14 @@ func (b *Backend) trusts(ctx context.Context, uid uint32) bool {
 	return ok && t(int(uid))
 }
 
-// Addr returns the abstract unix socket name that serves the key name,
+// keyAddr returns the abstract unix socket name that serves the key name,
 // without its leading NUL byte.
-func Addr(name string) string {
-	if len(AddrPrefix)+len(name) <= maxAddr && !strings.HasPrefix(name, "#") && printable(name) {
-		return AddrPrefix + name
+func keyAddr(name string) string {
+	if len(addrPrefix)+len(name) <= maxAddr && !strings.HasPrefix(name, "#") && printable(name) {
+		return addrPrefix + name
 	}
 	sum := sha256.Sum256([]byte(name))
-	return AddrPrefix + "#" + hex.EncodeToString(sum[:])
+	return addrPrefix + "#" + hex.EncodeToString(sum[:])
 }
 
 // printable reports whether name can appear as is in /proc/net/unix, one
@@ -223,7 +223,7 @@ func sockaddr(addr string) *unix.SockaddrUnix { return &unix.SockaddrUnix{Name: 
 
 // Create implements backend.Backend.
 func (b *Backend) Create(name string, size int64, perm fs.FileMode) (backend.Pending, error) {
-	addr := Addr(name)
+	addr := keyAddr(name)
 	path := "@" + addr
 	lfd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
@@ -286,7 +286,7 @@ func memfdName(name string) string {
 // trusted, and os.ErrDeadlineExceeded when the server does not answer in
 // time.
 func (b *Backend) Open(name string) (backend.Segment, error) {
-	return b.openAddr(context.Background(), Addr(name), false)
+	return b.openAddr(context.Background(), keyAddr(name), false)
 }
 
 // OpenContext implements backend.ContextOpener: it is Open that waits for
@@ -298,7 +298,7 @@ func (b *Backend) Open(name string) (backend.Segment, error) {
 // ends first, the error says that the owner did not answer and matches
 // ctx's error, and os.ErrDeadlineExceeded when ctx's deadline passed.
 func (b *Backend) OpenContext(ctx context.Context, name string) (backend.Segment, error) {
-	return b.openAddr(ctx, Addr(name), false)
+	return b.openAddr(ctx, keyAddr(name), false)
 }
 
 // OpenReadOnly implements backend.ReadOnlyOpener: OpenContext that asks
@@ -306,11 +306,12 @@ func (b *Backend) OpenContext(ctx context.Context, name string) (backend.Segment
 // read permission alone) and maps it PROT_READ. A memfd cannot be resized:
 // n and size are not needed, and ignored.
 func (b *Backend) OpenReadOnly(ctx context.Context, name string, n int, size func(head []byte) (int64, error)) (backend.Segment, error) {
-	return b.openAddr(ctx, Addr(name), true)
+	return b.openAddr(ctx, keyAddr(name), true)
 }
 
 // OpenID implements backend.IDOpener, for the objects List returns without
-// a name: id is the part of the socket name after AddrPrefix.
+// a name: id is the part of the socket name after "shmgo/memfd/" ('#' and
+// the SHA-256 of the name, in hex).
 func (b *Backend) OpenID(id string) (backend.Segment, error) {
 	addr, err := idAddr(id)
 	if err != nil {
@@ -355,7 +356,7 @@ func (b *Backend) openAddr(ctx context.Context, addr string, readOnly bool) (bac
 // Unlink implements backend.Backend. In the process that owns the region
 // it stops serving the key; elsewhere it asks the owner to.
 func (b *Backend) Unlink(name string) error {
-	return b.unlinkAddr(Addr(name))
+	return b.unlinkAddr(keyAddr(name))
 }
 
 // UnlinkID implements backend.IDOpener.
@@ -384,7 +385,7 @@ func idAddr(id string) (string, error) {
 	if _, err := hex.DecodeString(id[1:]); err != nil {
 		return "", &fs.PathError{Op: "open", Path: id, Err: unix.EINVAL}
 	}
-	return AddrPrefix + id, nil
+	return addrPrefix + id, nil
 }
 
 // segment is one mapping of a memfd region: the owner's (lfd or srv set)

@@ -33,9 +33,9 @@ import (
 // DefaultDir is where Linux's shm_open keeps its objects.
 const DefaultDir = "/dev/shm"
 
-// TempPrefix starts the names of objects still being created; listing
-// tools skip them, cleanup tools remove them when their creator is dead.
-const TempPrefix = ".shmgo-tmp."
+// tempPrefix starts the names of objects still being created (List reports
+// them as Temp).
+const tempPrefix = ".shmgo-tmp."
 
 // Backend is the POSIX backend. The zero value is not usable; call New.
 type Backend struct {
@@ -56,7 +56,7 @@ func (b *Backend) Name() string { return "posix" }
 // Dir returns the directory that holds the objects.
 func (b *Backend) Dir() string { return b.dir }
 
-func (b *Backend) objs() dirobj.Dir { return dirobj.Dir{Path: b.dir, TempPrefix: TempPrefix} }
+func (b *Backend) objs() dirobj.Dir { return dirobj.Dir{Path: b.dir, TempPrefix: tempPrefix} }
 
 // populateMin is the size from which Create maps the object's pages in at
 // once (MAP_POPULATE): the pages are already allocated (fallocate), and

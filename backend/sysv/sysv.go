@@ -122,9 +122,9 @@ const shmRdonly = 0o10000
 // not coincide with those of other programs that hash bare names.
 const keyPrefix = "shmgo:"
 
-// ProcFile lists the SysV shared-memory segments of the caller's IPC
+// procFile lists the SysV shared-memory segments of the caller's IPC
 // namespace.
-const ProcFile = "/proc/sysvipc/shm"
+const procFile = "/proc/sysvipc/shm"
 
 // Backend is the SysV backend. The zero value is ready to use; so is New().
 type Backend struct {
@@ -321,9 +321,9 @@ func rmid(id int, path string) error {
 	return nil
 }
 
-// Chmod sets the permission bits of the segment under name's key, exactly.
+// chmod sets the permission bits of the segment under name's key, exactly.
 // Only its owner, its creator or a privileged process may.
-func (b *Backend) Chmod(name string, perm fs.FileMode) error {
+func (b *Backend) chmod(name string, perm fs.FileMode) error {
 	key := b.key(name)
 	path := keyPath(name, key)
 	id, err := unix.SysvShmGet(key, 0, 0)
@@ -362,9 +362,11 @@ type Stat struct {
 	Removed  bool        // IPC_RMID done, freed at the last detach (SHM_DEST)
 }
 
-// Stat reports on the segment under name's key. It fails with an error
-// matching fs.ErrNotExist when there is none, and fs.ErrPermission when the
-// caller may not read it.
+// Stat reports on the segment under name's key, as ipcs -m would: what
+// package shm's Stat cannot tell, such as the attach count and the PIDs of
+// the creator and the last user (cmd/shmctl's stat shows them). It fails
+// with an error matching fs.ErrNotExist when there is none, and
+// fs.ErrPermission when the caller may not read it.
 func (b *Backend) Stat(name string) (Stat, error) {
 	key := b.key(name)
 	path := keyPath(name, key)
@@ -375,7 +377,8 @@ func (b *Backend) Stat(name string) (Stat, error) {
 	return statID(id, path)
 }
 
-// StatID is Stat for the segment with the given shmid (as List reports it).
+// StatID is Stat for the segment with the given shmid (as List reports it
+// in Info.ID, and ipcs -m shows it): cmd/shmctl's "stat sysv:@SHMID".
 func (b *Backend) StatID(id string) (Stat, error) {
 	n, err := parseID(id)
 	if err != nil {
@@ -406,7 +409,7 @@ func statID(id int, path string) (Stat, error) {
 // ours or not. Name is empty (the name is in the header); ID is the shmid.
 // Attached is nattch.
 func (b *Backend) List() ([]backend.Info, error) {
-	f, err := os.Open(ProcFile)
+	f, err := os.Open(procFile)
 	if err != nil {
 		return nil, err
 	}
@@ -421,7 +424,7 @@ func parseList(r io.Reader) ([]backend.Info, error) {
 	sc := bufio.NewScanner(r)
 	if !sc.Scan() {
 		if err := sc.Err(); err != nil {
-			return nil, &fs.PathError{Op: "read", Path: ProcFile, Err: err}
+			return nil, &fs.PathError{Op: "read", Path: procFile, Err: err}
 		}
 		return nil, nil
 	}
@@ -432,7 +435,7 @@ func parseList(r io.Reader) ([]backend.Info, error) {
 	need := []string{"key", "shmid", "perms", "size", "nattch", "uid", "gid"}
 	for _, n := range need {
 		if _, ok := col[n]; !ok {
-			return nil, &fs.PathError{Op: "parse", Path: ProcFile, Err: fmt.Errorf("no %q column", n)}
+			return nil, &fs.PathError{Op: "parse", Path: procFile, Err: fmt.Errorf("no %q column", n)}
 		}
 	}
 	var out []backend.Info
@@ -452,7 +455,7 @@ func parseList(r io.Reader) ([]backend.Info, error) {
 		uid, err6 := get("uid", 10)
 		gid, err7 := get("gid", 10)
 		if err := errors.Join(err1, err2, err3, err4, err5, err6, err7); err != nil {
-			return nil, &fs.PathError{Op: "parse", Path: ProcFile, Err: err}
+			return nil, &fs.PathError{Op: "parse", Path: procFile, Err: err}
 		}
 		if key == 0 || perms&shmDest != 0 {
 			continue // IPC_PRIVATE or removed: no key can reach it
@@ -464,7 +467,7 @@ func parseList(r io.Reader) ([]backend.Info, error) {
 		})
 	}
 	if err := sc.Err(); err != nil {
-		return nil, &fs.PathError{Op: "read", Path: ProcFile, Err: err}
+		return nil, &fs.PathError{Op: "read", Path: procFile, Err: err}
 	}
 	return out, nil
 }
@@ -556,7 +559,7 @@ func (s *segment) Owner() int { return s.uid }
 // can have its shmid, and a removed segment is no longer found by its key.
 // The segment's immutable identity (creator PID and uid, size, as IPC_STAT
 // showed them at attach) is compared as well, where IPC_STAT is allowed;
-// shm_ctime is not used, since IPC_SET (Chmod, Chown) changes it.
+// shm_ctime is not used, since IPC_SET (chmod, Chown) changes it.
 //
 // It fails with an error matching fs.ErrNotExist when no segment has the
 // key, and fs.ErrClosed after Close (when the shmid may be reused).
