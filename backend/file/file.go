@@ -1,102 +1,29 @@
 // Package file is the file-backed backend: a key "/name" is the regular file
-// dir/name, mapped read-write and shared, and guarded by flock(2) locks
-// (github.com/gofrs/flock) that tell who uses it.
+// dir/name, mapped shared, and every process that maps it holds a shared
+// flock(2) on it (github.com/gofrs/flock), which tells whether it is in use.
 //
-// # When to pick it
+// Choose it to share a region through a directory that several containers,
+// or processes in different mount, IPC or PID namespaces, all see (a volume
+// mounted into each), where /dev/shm and SysV segments are private to each;
+// elsewhere backend/posix is quicker. Keep the directory on a tmpfs, or at
+// least on a filesystem whose flock is the kernel's own (ext4, xfs,
+// overlayfs; not NFS or FUSE): on a disk a region is not durable, and after
+// a reboot package shm opens whatever was written back as if nothing
+// happened (remove such regions at boot). A peer with write access can
+// truncate a region's file under its mappings (segments are not Sealed).
 //
-// Pick it to share a region through a directory that several containers, or
-// processes in different mount, IPC or PID namespaces, can all see: a volume
-// mounted into each of them (an emptyDir, a host path). /dev/shm and SysV
-// segments are private to a container by default; a directory is not. On a
-// tmpfs volume it behaves like backend/posix; on a disk-backed filesystem
-// the kernel also writes the pages back to disk, which costs I/O but does
-// not make the region durable (see below). Within one host and namespace,
-// backend/posix is faster to create and open (no locks).
+// It registers as "file" (backend.Register). Its argument is the directory
+// of its regions, used as it is (New); "" is DefaultDir, which the factory
+// creates, private to this user, when it is missing. So SHM_BACKEND=file
+// and a key file:/name use DefaultDir, SHM_BACKEND=file:/srv/regions and a
+// key file:/srv/regions/name the directory /srv/regions.
 //
-// # Creation
+// The Backend is a backend.ContextOpener, SizedOpener, ReadOnlyOpener,
+// CreateWaiter, Pender, Lister, Inspector and Remover; its segments are
+// backend.Fder, Owned, Chowner and Namer, as backend/posix's are.
 //
-// As backend/posix does: the owner creates the file under a temporary name
-// (".shmgo-file-tmp.", then the name and a random suffix) in the same directory with
-// O_CREAT|O_EXCL|O_NOFOLLOW|O_CLOEXEC, takes an exclusive flock on it,
-// applies the mode with fchmod (exact, whatever the umask) and reserves its
-// pages with fallocate, so that a full filesystem fails at Create with
-// ENOSPC rather than with SIGBUS on the first touch. A filesystem without
-// fallocate (EOPNOTSUPP: NFS before 4.2, some FUSE filesystems) gets
-// ftruncate and the whole file written with zeros instead: slower, and it
-// commits the space only where blocks are overwritten in place (not on
-// copy-on-write or compressing filesystems such as btrfs or ZFS). Package shm
-// then writes its header, and Publish gives the file its name with
-// renameat2(RENAME_NOREPLACE) (link(2) where the filesystem lacks it): a
-// half-made region is never visible under its name, and of two owners
-// racing for one name exactly one wins; the other gets fs.ErrExist.
-//
-// # Locks
-//
-// Every segment holds a shared flock on its file for as long as it is open;
-// the owner holds an exclusive one from Create until Publish, and downgrades
-// it to shared just before the file gets its name. So, seen from outside:
-//
-//   - a file that can be locked exclusively (LOCK_EX|LOCK_NB) is mapped by
-//     no one: InUse reports false;
-//   - a file locked exclusively is being initialised (it still has its
-//     temporary name), or an InUse probe holds it for a moment;
-//   - a file locked shared is mapped by someone.
-//
-// The kernel drops a process's flocks when it dies, so a crashed user never
-// leaves a file "in use". flock is per open file description: it follows the
-// file through the rename and stays on the inode after an Unlink. gofrs/flock
-// opens the file itself, by path, next to the descriptor that is mapped; the
-// backend opens it without O_CREAT (so a lock never recreates a removed
-// file) and checks that both descriptors name the same inode. Programs that
-// map these files without taking the shared lock (C programs, say) are
-// invisible to InUse.
-//
-// Anyone who may read a file may lock it, so a foreign process can keep a
-// region's file locked exclusively, or (its owner) hold a lease on it.
-// OpenContext then keeps trying, with backoff, until the caller's deadline,
-// shorter or longer than the backend's own 2 seconds, and fails with an
-// error matching os.ErrDeadlineExceeded that says what held it up. Open
-// opens like backend/posix (O_NOFOLLOW|O_NONBLOCK, fstat): anything but a
-// regular file with one link under a name is rejected, saying what it is.
-//
-// On network filesystems flock may not mean the same thing. NFS clients
-// (Linux 2.6.12 and later) emulate it with POSIX byte-range locks, which
-// belong to the process rather than the descriptor: two segments of one file
-// in one process share one lock, closing either drops it, and InUse called
-// by a process that maps the file succeeds and drops that process's lock.
-// Such locks also depend on the NFS lock service and on the client keeping
-// its lease. Some network and FUSE filesystems keep flocks local to each
-// client. Only use InUse-based cleanup where the filesystem's flock is the
-// kernel's own (tmpfs, ext4, xfs, overlayfs volumes).
-//
-// # Persistence is not a goal
-//
-// A region lives as long as its file: it outlives its processes, and on a
-// disk-backed filesystem it outlives a reboot too. But what is on disk then
-// is whatever the kernel had written back, in no particular order and
-// without msync: not a consistent snapshot, and the header's creator and
-// lock holder records (PIDs, start times, PID namespaces) describe processes
-// of the previous boot that may even look alive now. Package shm will open
-// such a region as if nothing happened. Remove the directory's regions at
-// boot (every InUse is false then), or keep them on a tmpfs.
-//
-// # Cleanup
-//
-// A region's file is stale when InUse reports false (no process has it open)
-// and package shm's header says that its creator is dead; a region whose
-// creator lives may merely be waiting for users, because Close does not
-// remove a region. A temporary file that is not locked was left
-// by a creator that died before Publish, and can be removed (in the
-// microseconds between creating its file and locking it, a creator whose
-// file is removed fails to lock it, and Create returns an error). List does
-// not probe locks: it reports Attached as -1.
-//
-// # Other limits
-//
-// Nothing stops another process with write access from truncating a file
-// under its mappings (segments are not backend.Sealed): touching the lost
-// pages then raises SIGBUS, and the next Open reports the region as
-// corrupt because its header claims more bytes than the file holds.
+// The lock protocol, what it tells and where it fails, persistence and
+// cleanup: DESIGN.md, next to this package's source.
 package file
 
 import (
@@ -199,9 +126,9 @@ func (b *Backend) Open(name string) (backend.Segment, error) {
 // OpenContext implements backend.ContextOpener. The segment holds a shared
 // lock on the file until Close.
 //
-// The file is opened as backend/posix opens it (O_NOFOLLOW|O_NONBLOCK,
-// fstat): anything but a regular file with one link under the name fails at
-// once with an error matching dirobj.ErrForeign that says what is there.
+// The file is opened as backend/posix opens it: anything but a regular file
+// with one link under the name fails at once with an error matching
+// backend.ErrForeign that says what is there.
 // While another process holds a lease on the file or keeps it locked
 // exclusively, OpenContext tries again with backoff until ctx is done (or
 // for 2 seconds when ctx has no deadline), then fails with an error
@@ -345,8 +272,8 @@ func unwrapErrno(err error) error {
 // microseconds waits for them.
 //
 // It fails with an error matching fs.ErrNotExist when there is no such file.
-// The name may be a temporary one (a file still being created). See the package doc for
-// network filesystems, where a process must not probe a file it maps.
+// The name may be a temporary one (a file still being created). On NFS a
+// process must not probe a file it maps (DESIGN.md says why).
 func (b *Backend) InUse(name string) (bool, error) {
 	p := b.path(name)
 	// O_NONBLOCK: a FIFO under the name must not block the open.
@@ -373,10 +300,12 @@ func (b *Backend) InUse(name string) (bool, error) {
 // mappings and their locks, on the removed file.
 func (b *Backend) Unlink(name string) error { return b.objs().Unlink(name) }
 
-// List implements backend.Lister: every regular file in the directory but
-// those still being created. Attached is -1: flock tells whether a file is
-// mapped (InUse), not by how many processes, and probing every file would
-// stall concurrent Opens and, on NFS, drop the caller's own locks.
+// List implements backend.Lister: every file in the directory, those still
+// being created (or removed) with Temp set, and anything but a regular file
+// with one link with Foreign saying what it is. Attached is -1: flock tells
+// whether a file is mapped (InUse), not by how many processes, and probing
+// every file would stall concurrent Opens and, on NFS, drop the caller's own
+// locks.
 func (b *Backend) List() ([]backend.Info, error) { return b.objs().List() }
 
 var (

@@ -1,22 +1,25 @@
-// Package posix is the POSIX shared-memory backend: what shm_open(3) does,
-// in Go. A key "/name" is the file /dev/shm/name on the tmpfs that glibc's
-// shm_open uses, so C and Rust programs can open our regions by name (they
-// find package shm's header first).
+// Package posix is the POSIX shared-memory backend, package shm's first choice:
+// a key "/name" is the file /dev/shm/name that shm_open(3) uses, so C and
+// Rust programs can open a region by name (package shm's header comes
+// first).
 //
-// An owner creates the object under a temporary name in the same directory
-// (O_CREAT|O_EXCL|O_NOFOLLOW|O_CLOEXEC), applies the mode with fchmod
-// (exact, whatever the umask), reserves its pages with fallocate (a full
-// tmpfs fails with ENOSPC at Create, never SIGBUS later), maps it, and only
-// when package shm has written the header publishes it under its name with
-// renameat2(RENAME_NOREPLACE): a half-made region is never visible, and two
-// racing owners cannot both win.
+// Choose it unless another backend fits better: it is the quickest to create
+// and open, needs no process to stay alive, and shows regions as files.
+// Choose backend/file instead for a directory that several containers share
+// (/dev/shm is private to each), backend/memfd where /dev/shm is missing or
+// small, or where no peer may truncate the memory under the others.
 //
-// Open trusts nothing under a name: it does not follow a symbolic link or
-// block on a FIFO, rejects anything but a regular file with one link with
-// an error that says what is there (dirobj.ErrForeign), and never lets a
-// peer's lease hold it past the caller's deadline (OpenContext). OpenSized
-// maps only what the region's header asks for, whatever size a peer has
-// grown the file to.
+// It registers as "posix" (backend.Register). Its argument is the directory
+// of its objects: "" for /dev/shm (New), or another tmpfs (NewDir), as in
+// SHM_BACKEND=posix:/run/shm or a key posix:/run/shm/name.
+//
+// The Backend is a backend.ContextOpener, SizedOpener, ReadOnlyOpener,
+// CreateWaiter, Pender, Lister, Inspector and Remover; its segments are
+// backend.Fder, Owned, Chowner and Namer, and not Sealed.
+//
+// How it creates, opens and removes objects so that no half-made region is
+// visible and nothing under a name can hold it up: DESIGN.md, next to this
+// package's source.
 package posix
 
 import (
@@ -105,14 +108,11 @@ func (b *Backend) Open(name string) (backend.Segment, error) {
 
 // OpenContext implements backend.ContextOpener: Open that keeps to ctx.
 //
-// The file is opened with O_NOFOLLOW|O_NONBLOCK and checked with fstat: a
-// name that holds anything but a regular file with one link (a symbolic
+// A name that holds anything but a regular file with one link (a symbolic
 // link, FIFO, directory, socket, device, hard link) fails at once with an
-// error matching dirobj.ErrForeign that says what is there; open(2) never
-// blocks on a FIFO. While another process holds a lease on the file (a
-// cleanup deciding whether to remove it, or a hostile owner, whom the
-// kernel lets block an open for lease-break-time, 45 s by default), open
-// fails with EWOULDBLOCK and OpenContext tries again with backoff until ctx
+// error matching backend.ErrForeign that says what is there. While another
+// process holds a lease on the file (a cleanup deciding whether to remove
+// it, or a hostile owner), OpenContext tries again with backoff until ctx
 // is done (2 seconds when ctx has no deadline), then fails with an error
 // matching os.ErrDeadlineExceeded (or wrapping context.Canceled) and
 // syscall.EWOULDBLOCK.
@@ -131,12 +131,12 @@ func (b *Backend) OpenReadOnly(ctx context.Context, name string, n int, size fun
 // object's first n bytes (fewer when it is shorter) and maps as many bytes
 // as size returns for them (at least 1), or the whole object when it is
 // shorter than that, so that len(Bytes()) shows it was cut short. An error
-// from size is returned as is, after the descriptor is closed.
+// from size is returned as is, after the descriptor is closed; a nil size
+// fails with EINVAL.
 //
-// A peer with write access can grow the file to any size (ftruncate to 64
-// TiB, say): Open then maps all of it and fails with ENOMEM, or reserves
-// that much address space. Package shm knows from the region's header how
-// much it needs; OpenSized lets it map just that.
+// A peer with write access can grow the file to any size: Open then maps
+// all of it, or fails with ENOMEM. Package shm knows from the region's
+// header how much it needs; OpenSized lets it map just that.
 func (b *Backend) OpenSized(ctx context.Context, name string, n int, size func(head []byte) (int64, error)) (backend.Segment, error) {
 	return b.objs().OpenMapped(ctx, name, openWait, dirobj.Want{N: n, Size: size, Sized: true})
 }
@@ -144,8 +144,9 @@ func (b *Backend) OpenSized(ctx context.Context, name string, n int, size func(h
 // Unlink implements backend.Backend.
 func (b *Backend) Unlink(name string) error { return b.objs().Unlink(name) }
 
-// List implements backend.Lister: every object in the directory but
-// those still being created.
+// List implements backend.Lister: every object in the directory, those
+// still being created (or removed) with Temp set, and anything else found
+// there with Foreign saying what it is. Attached is -1.
 func (b *Backend) List() ([]backend.Info, error) { return b.objs().List() }
 
 // Pending implements backend.Pender: the objects being created for name.
@@ -180,8 +181,8 @@ func (b *Backend) Inspect(in backend.Info, n int) ([]byte, backend.Info, error) 
 // complete walk of /proc/*/maps.
 func (b *Backend) Unused(in backend.Info) error { return b.objs().Unused(in.Name) }
 
-// RemoveUnused implements backend.Remover, under the lease (see
-// internal/dirobj for the protocol and its remaining windows).
+// RemoveUnused implements backend.Remover, under the lease (DESIGN.md
+// describes the protocol and its remaining windows).
 func (b *Backend) RemoveUnused(in backend.Info, n int, check func(head []byte, now backend.Info) error) error {
 	return b.objs().RemoveUnused(in.Name, in.Temp, n, check)
 }
