@@ -12,13 +12,20 @@ import (
 	"github.com/shmgo/shm/backend"
 )
 
-// OpenMapped maps the whole object, the part Size asks for, or read-only;
-// OpenSized's nil Size is EINVAL; the segment knows its name and owner.
-func TestOpenMapped(t *testing.T) {
-	d := Dir{Path: t.TempDir(), TempPrefix: ".t-tmp."}
+// dirWithObj is a directory that holds the object "obj", 10 bytes long.
+func dirWithObj(t *testing.T) Dir {
+	t.Helper()
+	d := Dir{Path: t.TempDir(), TempPrefix: ".tmp."}
 	if err := os.WriteFile(d.Join("obj"), []byte("0123456789"), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	return d
+}
+
+// OpenMapped maps the whole object, the part Size asks for, or read-only;
+// OpenSized's nil Size is EINVAL; the segment knows its name and owner.
+func TestOpenMapped(t *testing.T) {
+	d := dirWithObj(t)
 	ctx := context.Background()
 	s, err := d.OpenMapped(ctx, "obj", time.Second, Want{})
 	if err != nil || string(s.Bytes()) != "0123456789" {
@@ -48,10 +55,7 @@ func TestOpenMapped(t *testing.T) {
 // times), released when a mapping fails, and otherwise at Close, after the
 // descriptor is closed.
 func TestOpenMappedLock(t *testing.T) {
-	d := Dir{Path: t.TempDir(), TempPrefix: ".t-tmp."}
-	if err := os.WriteFile(d.Join("obj"), []byte("0123456789"), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	d := dirWithObj(t)
 	ctx := context.Background()
 	var tries, released int
 	var lockedFd int
