@@ -14,6 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/shmgo/shm/backend"
+	"github.com/shmgo/shm/internal/fdseg"
 	"github.com/shmgo/shm/internal/sys"
 )
 
@@ -170,46 +171,24 @@ func mapFd(fd int, what string) (*fdSegment, error) {
 	if st.Size < headerSize || st.Size > int64(dataOffset(MaxUsers))+MaxSize || st.Size > math.MaxInt {
 		return fail("open", because("object is too small or too large to be a region", nil, ErrCorrupt))
 	}
-	mem, err := unix.Mmap(fd, 0, int(st.Size), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	seg, err := fdseg.Map(fd, what, st.Size, unix.PROT_READ|unix.PROT_WRITE, 0)
 	if err != nil {
-		return fail("mmap", err)
+		return nil, err
 	}
 	seals, err := unix.FcntlInt(uintptr(fd), unix.F_GET_SEALS, 0)
 	sealed := err == nil && seals&(unix.F_SEAL_SHRINK|unix.F_SEAL_GROW) == unix.F_SEAL_SHRINK|unix.F_SEAL_GROW
-	return &fdSegment{fd: fd, mem: mem, sealed: sealed, what: what}, nil
+	return &fdSegment{Segment: seg, sealed: sealed}, nil
 }
 
-// fdSegment is a region mapped from a descriptor.
+// fdSegment is a region mapped from a descriptor: no name, and sealed when
+// the object is (a memfd's).
 type fdSegment struct {
-	fd     int
-	mem    []byte
+	*fdseg.Segment
 	sealed bool
-	what   string
 }
 
-func (s *fdSegment) Bytes() []byte { return s.mem }
-func (s *fdSegment) Fd() uintptr   { return uintptr(s.fd) }
-func (s *fdSegment) Sealed() bool  { return s.sealed }
-
-func (s *fdSegment) Chown(uid, gid int) error {
-	if err := unix.Fchown(s.fd, uid, gid); err != nil {
-		return &fs.PathError{Op: "fchown", Path: s.what, Err: err}
-	}
-	return nil
-}
-
-func (s *fdSegment) Close() error {
-	err := unix.Munmap(s.mem)
-	s.mem = nil
-	if e := unix.Close(s.fd); err == nil {
-		err = e
-	}
-	s.fd = -1
-	if err != nil {
-		return &fs.PathError{Op: "close", Path: s.what, Err: err}
-	}
-	return nil
-}
+// Sealed implements backend.Sealed.
+func (s *fdSegment) Sealed() bool { return s.sealed }
 
 // fdBackend is the backend of regions opened from descriptors: they have
 // no key to open, create or remove.

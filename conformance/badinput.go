@@ -11,7 +11,6 @@ import (
 	"os"
 	"os/exec"
 	"slices"
-	"sort"
 	"strconv"
 	"strings"
 	"syscall"
@@ -19,6 +18,7 @@ import (
 
 	"github.com/shmgo/shm"
 	"github.com/shmgo/shm/backend"
+	"github.com/shmgo/shm/internal/fdtest"
 )
 
 func init() { roles["badopen"] = roleBadOpen }
@@ -459,7 +459,7 @@ func testBadInputs(h *harness) {
 	h.ok(err, "pipe")
 	p1.Close()
 	p2.Close()
-	fds0 := badFDs()
+	fds0 := h.fds()
 	ours0 := h.badOurs()
 
 	cases := badInputs(h, dead)
@@ -545,9 +545,9 @@ func (h *harness) badFinish(c *badCase) {
 // badNothingLeft fails the test if anything of the case outlived it.
 func (h *harness) badNothingLeft(what string, fds0 map[int]string, ours0 map[string]bool) {
 	h.t.Helper()
-	fds := badFDs()
+	fds := h.fds()
 	if len(fds) != len(fds0) {
-		h.t.Fatalf("%s: %d descriptors open, %d before the bad inputs:\n%s", what, len(fds), len(fds0), badFDDiff(fds0, fds))
+		h.t.Fatalf("%s: %d descriptors open, %d before the bad inputs:\n%s", what, len(fds), len(fds0), fdtest.Diff(fds0, fds))
 	}
 	for o := range h.badOurs() {
 		if !ours0[o] {
@@ -636,35 +636,13 @@ func badAbstractSockets(sub string) []string {
 	return out
 }
 
-// badFDs maps this process's descriptors to what they refer to.
-func badFDs() map[int]string {
-	out := map[int]string{}
-	ents, _ := os.ReadDir("/proc/self/fd")
-	for _, e := range ents {
-		n, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		target, _ := os.Readlink("/proc/self/fd/" + e.Name())
-		out[n] = target
-	}
-	return out
-}
-
-func badFDDiff(before, after map[int]string) string {
-	var lines []string
-	for fd, t := range after {
-		if b, ok := before[fd]; !ok || b != t {
-			lines = append(lines, fmt.Sprintf("  + %d -> %s", fd, t))
-		}
-	}
-	for fd, t := range before {
-		if a, ok := after[fd]; !ok || a != t {
-			lines = append(lines, fmt.Sprintf("  - %d -> %s", fd, t))
-		}
-	}
-	sort.Strings(lines)
-	return strings.Join(lines, "\n")
+// fds maps this process's descriptors to what they refer to
+// (fdtest.Targets).
+func (h *harness) fds() map[int]string {
+	h.t.Helper()
+	fds, err := fdtest.Targets()
+	h.ok(err, "list this process's descriptors")
+	return fds
 }
 
 // badRemoteErr is an error a child classified: it matches the sentinels the

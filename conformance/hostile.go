@@ -75,7 +75,7 @@ func testSquatter(h *harness) {
 // the key is free at once.
 func testInitPanics(h *harness) {
 	key := h.Key("initpanic")
-	fds0, ours0 := badFDs(), h.badOurs()
+	fds0, ours0 := h.fds(), h.badOurs()
 	func() {
 		defer func() {
 			if p := recover(); p != "init panics" {

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/shmgo/shm/internal/fdtest"
 	"github.com/shmgo/shm/internal/reexec"
 )
 
@@ -99,33 +100,10 @@ func snapshot() []string {
 	}
 
 	var fds []string
-	for fd, target := range fdTargets() {
-		fds = append(fds, fmt.Sprintf("descriptor %s -> %s", fd, target))
+	targets, _ := fdtest.Targets() // none when /proc cannot tell
+	for fd, target := range targets {
+		fds = append(fds, fmt.Sprintf("descriptor %d -> %s", fd, target))
 	}
 	sort.Strings(fds)
 	return append(leaks, fds...)
-}
-
-// fdTargets maps this process's open descriptors to what they refer to. The
-// descriptor that reads the directory is left out.
-func fdTargets() map[string]string {
-	out := map[string]string{}
-	d, err := os.Open("/proc/self/fd")
-	if err != nil {
-		return out
-	}
-	defer d.Close()
-	self := strconv.Itoa(int(d.Fd()))
-	names, _ := d.Readdirnames(-1)
-	for _, n := range names {
-		if n == self {
-			continue
-		}
-		target, err := os.Readlink("/proc/self/fd/" + n)
-		if err != nil {
-			continue // closed meanwhile
-		}
-		out[n] = target
-	}
-	return out
 }

@@ -22,6 +22,7 @@ import (
 
 	"github.com/shmgo/shm"
 	"github.com/shmgo/shm/backend"
+	"github.com/shmgo/shm/internal/fdtest"
 	"github.com/shmgo/shm/internal/reexec"
 )
 
@@ -717,13 +718,8 @@ func testCreateRace(h *harness) {
 	}
 }
 
-func countFDs() int {
-	ents, _ := os.ReadDir("/proc/self/fd")
-	return len(ents)
-}
-
 func testManyRegions(h *harness) {
-	before := countFDs()
+	before := fdtest.Count(h.t)
 	const N = 1000
 	keys := make([]string, N)
 	var objSize int64 // of each region's object
@@ -742,7 +738,7 @@ func testManyRegions(h *harness) {
 		h.ok(u.Close(), "Close user")
 		h.ok(r.Close(), "Close owner")
 	}
-	if after := countFDs(); after > before {
+	if after := fdtest.Count(h.t); after > before {
 		h.t.Fatalf("%d descriptors before, %d after %d regions", before, after, N)
 	}
 	for _, key := range keys {

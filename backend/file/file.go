@@ -1,102 +1,29 @@
 // Package file is the file-backed backend: a key "/name" is the regular file
-// dir/name, mapped read-write and shared (github.com/edsrzf/mmap-go), and
-// guarded by flock(2) locks (github.com/gofrs/flock) that tell who uses it.
+// dir/name, mapped shared, and every process that maps it holds a shared
+// flock(2) on it (github.com/gofrs/flock), which tells whether it is in use.
 //
-// # When to pick it
+// Choose it to share a region through a directory that several containers,
+// or processes in different mount, IPC or PID namespaces, all see (a volume
+// mounted into each), where /dev/shm and SysV segments are private to each;
+// elsewhere backend/posix is quicker. Keep the directory on a tmpfs, or at
+// least on a filesystem whose flock is the kernel's own (ext4, xfs,
+// overlayfs; not NFS or FUSE): on a disk a region is not durable, and after
+// a reboot package shm opens whatever was written back as if nothing
+// happened (remove such regions at boot). A peer with write access can
+// truncate a region's file under its mappings (segments are not Sealed).
 //
-// Pick it to share a region through a directory that several containers, or
-// processes in different mount, IPC or PID namespaces, can all see: a volume
-// mounted into each of them (an emptyDir, a host path). /dev/shm and SysV
-// segments are private to a container by default; a directory is not. On a
-// tmpfs volume it behaves like backend/posix; on a disk-backed filesystem
-// the kernel also writes the pages back to disk, which costs I/O but does
-// not make the region durable (see below). Within one host and namespace,
-// backend/posix is faster to create and open (no locks).
+// It registers as "file" (backend.Register). Its argument is the directory
+// of its regions, used as it is (New); "" is DefaultDir, which the factory
+// creates, private to this user, when it is missing. So SHM_BACKEND=file
+// and a key file:/name use DefaultDir, SHM_BACKEND=file:/srv/regions and a
+// key file:/srv/regions/name the directory /srv/regions.
 //
-// # Creation
+// The Backend is a backend.ContextOpener, SizedOpener, ReadOnlyOpener,
+// CreateWaiter, Pender, Lister, Inspector and Remover; its segments are
+// backend.Fder, Owned, Chowner and Namer, as backend/posix's are.
 //
-// As backend/posix does: the owner creates the file under a temporary name
-// (TempPrefix, then the name and a random suffix) in the same directory with
-// O_CREAT|O_EXCL|O_NOFOLLOW|O_CLOEXEC, takes an exclusive flock on it,
-// applies the mode with fchmod (exact, whatever the umask) and reserves its
-// pages with fallocate, so that a full filesystem fails at Create with
-// ENOSPC rather than with SIGBUS on the first touch. A filesystem without
-// fallocate (EOPNOTSUPP: NFS before 4.2, some FUSE filesystems) gets
-// ftruncate and the whole file written with zeros instead: slower, and it
-// commits the space only where blocks are overwritten in place (not on
-// copy-on-write or compressing filesystems such as btrfs or ZFS). Package shm
-// then writes its header, and Publish gives the file its name with
-// renameat2(RENAME_NOREPLACE) (link(2) where the filesystem lacks it): a
-// half-made region is never visible under its name, and of two owners
-// racing for one name exactly one wins; the other gets fs.ErrExist.
-//
-// # Locks
-//
-// Every segment holds a shared flock on its file for as long as it is open;
-// the owner holds an exclusive one from Create until Publish, and downgrades
-// it to shared just before the file gets its name. So, seen from outside:
-//
-//   - a file that can be locked exclusively (LOCK_EX|LOCK_NB) is mapped by
-//     no one: InUse reports false;
-//   - a file locked exclusively is being initialised (it still has its
-//     temporary name), or an InUse probe holds it for a moment;
-//   - a file locked shared is mapped by someone.
-//
-// The kernel drops a process's flocks when it dies, so a crashed user never
-// leaves a file "in use". flock is per open file description: it follows the
-// file through the rename and stays on the inode after an Unlink. gofrs/flock
-// opens the file itself, by path, next to the descriptor that is mapped; the
-// backend opens it without O_CREAT (so a lock never recreates a removed
-// file) and checks that both descriptors name the same inode. Programs that
-// map these files without taking the shared lock (C programs, say) are
-// invisible to InUse.
-//
-// Anyone who may read a file may lock it, so a foreign process can keep a
-// region's file locked exclusively, or (its owner) hold a lease on it.
-// OpenContext then keeps trying, with backoff, until the caller's deadline,
-// shorter or longer than the backend's own 2 seconds, and fails with an
-// error matching os.ErrDeadlineExceeded that says what held it up. Open
-// opens like backend/posix (O_NOFOLLOW|O_NONBLOCK, fstat): anything but a
-// regular file with one link under a name is rejected, saying what it is.
-//
-// On network filesystems flock may not mean the same thing. NFS clients
-// (Linux 2.6.12 and later) emulate it with POSIX byte-range locks, which
-// belong to the process rather than the descriptor: two segments of one file
-// in one process share one lock, closing either drops it, and InUse called
-// by a process that maps the file succeeds and drops that process's lock.
-// Such locks also depend on the NFS lock service and on the client keeping
-// its lease. Some network and FUSE filesystems keep flocks local to each
-// client. Only use InUse-based cleanup where the filesystem's flock is the
-// kernel's own (tmpfs, ext4, xfs, overlayfs volumes).
-//
-// # Persistence is not a goal
-//
-// A region lives as long as its file: it outlives its processes, and on a
-// disk-backed filesystem it outlives a reboot too. But what is on disk then
-// is whatever the kernel had written back, in no particular order and
-// without msync: not a consistent snapshot, and the header's creator and
-// lock holder records (PIDs, start times, PID namespaces) describe processes
-// of the previous boot that may even look alive now. Package shm will open
-// such a region as if nothing happened. Remove the directory's regions at
-// boot (every InUse is false then), or keep them on a tmpfs.
-//
-// # Cleanup
-//
-// A region's file is stale when InUse reports false (no process has it open)
-// and package shm's header says that its creator is dead; a region whose
-// creator lives may merely be waiting for users, because Close does not
-// remove a region. A temporary file (TempPrefix) that is not locked was left
-// by a creator that died before Publish, and can be removed (in the
-// microseconds between creating its file and locking it, a creator whose
-// file is removed fails to lock it, and Create returns an error). List does
-// not probe locks: it reports Attached as -1.
-//
-// # Other limits
-//
-// Nothing stops another process with write access from truncating a file
-// under its mappings (segments are not backend.Sealed): touching the lost
-// pages then raises SIGBUS, and the next Open reports the region as
-// corrupt because its header claims more bytes than the file holds.
+// The lock protocol, what it tells and where it fails, persistence and
+// cleanup: DESIGN.md, next to this package's source.
 package file
 
 import (
@@ -108,7 +35,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/edsrzf/mmap-go"
 	"github.com/gofrs/flock"
 	"golang.org/x/sys/unix"
 
@@ -116,9 +42,9 @@ import (
 	"github.com/shmgo/shm/internal/dirobj"
 )
 
-// TempPrefix starts the names of files still being created; List skips
-// them.
-const TempPrefix = ".shmgo-file-tmp."
+// tempPrefix starts the names of files still being created (List reports
+// them as Temp).
+const tempPrefix = ".shmgo-file-tmp."
 
 // lockWait bounds how long Create, Open, and OpenContext with a context
 // that has no deadline, keep trying to open the file and take their flock
@@ -144,7 +70,10 @@ func (b *Backend) Name() string { return "file" }
 // Dir returns the directory that holds the regions.
 func (b *Backend) Dir() string { return b.dir }
 
-func (b *Backend) objs() dirobj.Dir { return dirobj.Dir{Path: b.dir, TempPrefix: TempPrefix} }
+// objs is the directory, whose opens take a shared flock.
+func (b *Backend) objs() dirobj.Dir {
+	return dirobj.Dir{Path: b.dir, TempPrefix: tempPrefix, Lock: lockShared}
+}
 
 func (b *Backend) path(name string) string { return filepath.Join(b.dir, name) }
 
@@ -177,15 +106,14 @@ func (b *Backend) Create(name string, size int64, perm fs.FileMode) (backend.Pen
 		lk.Unlock()
 		return nil, err
 	}
-	f := os.NewFile(uintptr(t.Fd), t.Final)
-	mem, err := mmap.MapRegion(f, int(size), mmap.RDWR, 0, 0)
+	s, err := t.Map(size, 0)
 	if err != nil {
-		f.Close()
-		unix.Unlink(t.Tmp)
 		lk.Unlock()
-		return nil, &fs.PathError{Op: "mmap", Path: t.Final, Err: err}
+		return nil, err
 	}
-	return &segment{f: f, mem: mem, lk: lk, tmp: t.Tmp, final: t.Final}, nil
+	s.OnClose(unlocker(lk))
+	s.OnPublish(func() error { return downgrade(lk, s.Path()) })
+	return s, nil
 }
 
 // Open implements backend.Backend: OpenContext without a deadline of the
@@ -198,16 +126,16 @@ func (b *Backend) Open(name string) (backend.Segment, error) {
 // OpenContext implements backend.ContextOpener. The segment holds a shared
 // lock on the file until Close.
 //
-// The file is opened as backend/posix opens it (O_NOFOLLOW|O_NONBLOCK,
-// fstat): anything but a regular file with one link under the name fails at
-// once with an error matching dirobj.ErrForeign that says what is there.
+// The file is opened as backend/posix opens it: anything but a regular file
+// with one link under the name fails at once with an error matching
+// backend.ErrForeign that says what is there.
 // While another process holds a lease on the file or keeps it locked
 // exclusively, OpenContext tries again with backoff until ctx is done (or
 // for 2 seconds when ctx has no deadline), then fails with an error
 // matching os.ErrDeadlineExceeded (or wrapping context.Canceled) and
 // syscall.EWOULDBLOCK.
 func (b *Backend) OpenContext(ctx context.Context, name string) (backend.Segment, error) {
-	return b.open(ctx, name, 0, nil, false)
+	return b.objs().OpenMapped(ctx, name, lockWait, dirobj.Want{})
 }
 
 // OpenReadOnly implements backend.ReadOnlyOpener: OpenContext (or
@@ -215,75 +143,48 @@ func (b *Backend) OpenContext(ctx context.Context, name string) (backend.Segment
 // through a read-only descriptor, and maps it PROT_READ, so that read
 // permission on the file suffices.
 func (b *Backend) OpenReadOnly(ctx context.Context, name string, n int, size func(head []byte) (int64, error)) (backend.Segment, error) {
-	return b.open(ctx, name, n, size, true)
+	return b.objs().OpenMapped(ctx, name, lockWait, dirobj.Want{N: n, Size: size, ReadOnly: true})
 }
 
 // OpenSized is OpenContext that maps only part of the object, as
 // backend/posix's OpenSized does: as many bytes as size returns for the
 // object's first n bytes, or the whole object when it is shorter.
 func (b *Backend) OpenSized(ctx context.Context, name string, n int, size func(head []byte) (int64, error)) (backend.Segment, error) {
-	if size == nil {
-		return nil, &fs.PathError{Op: "open", Path: b.path(name), Err: unix.EINVAL}
-	}
-	return b.open(ctx, name, n, size, false)
+	return b.objs().OpenMapped(ctx, name, lockWait, dirobj.Want{N: n, Size: size, Sized: true})
 }
 
-func (b *Backend) open(ctx context.Context, name string, n int, size func([]byte) (int64, error), readOnly bool) (backend.Segment, error) {
-	if _, ok := ctx.Deadline(); !ok {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, lockWait)
-		defer cancel()
+// lockShared is the Lock of the directory's opens (dirobj.LockFunc): a
+// shared flock, held until the segment closes.
+func lockShared(ctx context.Context, path string, fd int, readOnly bool) (*unix.Stat_t, func() error, error) {
+	lk, st, err := lockFileAs(ctx, path, fd, false, readOnly)
+	if err != nil {
+		return nil, nil, &fs.PathError{Op: "flock", Path: path, Err: err}
 	}
-	p := b.path(name)
-	for try := 0; ; try++ {
-		d := b.objs()
-		d.ReadOnly = readOnly
-		fd, _, err := d.OpenContext(ctx, name, lockWait)
-		if err != nil {
-			return nil, err
-		}
-		// The size is read once the lock is held: no owner changes it
-		// after Publish.
-		lk, st, err := lockFileAs(ctx, p, fd, false, readOnly)
-		if err == unix.ESTALE && try < 3 {
-			unix.Close(fd) // the name was replaced between two opens
-			continue
-		}
-		if err != nil {
-			unix.Close(fd)
-			return nil, &fs.PathError{Op: "flock", Path: p, Err: err}
-		}
-		length := st.Size
-		if size != nil {
-			if length, err = dirobj.MapLength(fd, p, st.Size, n, size); err != nil {
-				unix.Close(fd)
-				lk.Unlock()
-				return nil, err
-			}
-		}
-		return mapOpened(p, fd, length, lk, readOnly, int(st.Uid))
-	}
+	return st, unlocker(lk), nil
 }
 
-// mapOpened maps size bytes of fd (read-only when readOnly), opened at p,
-// owned by uid and locked with lk, into a segment that owns both; on
-// failure it releases them.
-func mapOpened(p string, fd int, size int64, lk *flock.Flock, readOnly bool, uid int) (backend.Segment, error) {
-	var err error
-	s := &segment{f: os.NewFile(uintptr(fd), p), lk: lk, final: p, uid: uid}
-	prot := mmap.RDWR
-	if readOnly {
-		prot = mmap.RDONLY
-	}
-	if size > 0 {
-		s.mem, err = mmap.MapRegion(s.f, int(size), prot, 0, 0)
-		if err != nil {
-			s.f.Close()
-			lk.Unlock()
-			return nil, &fs.PathError{Op: "mmap", Path: p, Err: err}
+// unlocker releases lk for a segment's Close, which calls it once the
+// mapping and its descriptor are gone, so that InUse never reports false
+// while the mapping exists.
+func unlocker(lk *flock.Flock) func() error {
+	return func() error { return unwrapErrno(lk.Unlock()) }
+}
+
+// downgrade turns the owner's exclusive lock into a shared one, just before
+// Publish gives the file its name. flock(2) does not promise that converting
+// a lock is atomic; Linux converts it under one spinlock, and a cleaner also
+// checks that the creator is dead. Converting EX to SH cannot conflict:
+// nobody else holds a lock. It is flock(LOCK_SH) on gofrs/flock's
+// descriptor, which then reports both Locked and RLocked; Unlock releases
+// either.
+func downgrade(lk *flock.Flock, path string) error {
+	if ok, err := lk.TryRLock(); err != nil || !ok {
+		if err == nil {
+			err = unix.EWOULDBLOCK
 		}
+		return &fs.PathError{Op: "flock", Path: path, Err: unwrapErrno(err)}
 	}
-	return s, nil
+	return nil
 }
 
 // lockFile takes a flock (exclusive or shared) on the file at path, which fd
@@ -371,8 +272,8 @@ func unwrapErrno(err error) error {
 // microseconds waits for them.
 //
 // It fails with an error matching fs.ErrNotExist when there is no such file.
-// The name may be a temporary one (TempPrefix). See the package doc for
-// network filesystems, where a process must not probe a file it maps.
+// The name may be a temporary one (a file still being created). On NFS a
+// process must not probe a file it maps (DESIGN.md says why).
 func (b *Backend) InUse(name string) (bool, error) {
 	p := b.path(name)
 	// O_NONBLOCK: a FIFO under the name must not block the open.
@@ -399,108 +300,24 @@ func (b *Backend) InUse(name string) (bool, error) {
 // mappings and their locks, on the removed file.
 func (b *Backend) Unlink(name string) error { return b.objs().Unlink(name) }
 
-// List implements backend.Lister: every regular file in the directory but
-// those still being created. Attached is -1: flock tells whether a file is
-// mapped (InUse), not by how many processes, and probing every file would
-// stall concurrent Opens and, on NFS, drop the caller's own locks.
+// List implements backend.Lister: every file in the directory, those still
+// being created (or removed) with Temp set, and anything but a regular file
+// with one link with Foreign saying what it is. Attached is -1: flock tells
+// whether a file is mapped (InUse), not by how many processes, and probing
+// every file would stall concurrent Opens and, on NFS, drop the caller's own
+// locks.
 func (b *Backend) List() ([]backend.Info, error) { return b.objs().List() }
-
-// segment is one mapping of a file and the flock that announces it.
-type segment struct {
-	f     *os.File // the mapped descriptor, nil after Close
-	mem   mmap.MMap
-	lk    *flock.Flock // gofrs/flock's own descriptor, locked
-	tmp   string       // non-empty until published
-	final string
-	uid   int // the file's owner when opened (0 for a created one: unused)
-}
-
-// Owner implements backend.Owned: the file's owner when it was opened.
-func (s *segment) Owner() int { return s.uid }
-
-func (s *segment) Bytes() []byte { return s.mem }
-
-// Fd implements backend.Fder: the mapped descriptor (not the lock's).
-func (s *segment) Fd() uintptr {
-	if s.f == nil {
-		return ^uintptr(0)
-	}
-	return s.f.Fd()
-}
-
-// Publish downgrades the owner's exclusive lock to a shared one, then gives
-// the file its name exclusively. flock(2) does not promise that converting a
-// lock is atomic; Linux converts it under one spinlock, and a cleaner also
-// checks that the creator is dead.
-func (s *segment) Publish() error {
-	// Converting EX to SH cannot conflict: nobody else holds a lock. It
-	// is flock(LOCK_SH) on gofrs/flock's descriptor, which then reports
-	// both Locked and RLocked; Unlock releases either.
-	if ok, err := s.lk.TryRLock(); err != nil || !ok {
-		if err == nil {
-			err = unix.EWOULDBLOCK
-		}
-		return &fs.PathError{Op: "flock", Path: s.final, Err: unwrapErrno(err)}
-	}
-	err := dirobj.Publish(s.tmp, s.final)
-	s.tmp = ""
-	return err
-}
-
-func (s *segment) Discard() error {
-	if s.tmp != "" {
-		unix.Unlink(s.tmp)
-		s.tmp = ""
-	}
-	return s.Close()
-}
-
-// Chown implements backend.Chowner (fchown).
-func (s *segment) Chown(uid, gid int) error {
-	if s.f == nil {
-		return &fs.PathError{Op: "fchown", Path: s.final, Err: fs.ErrClosed}
-	}
-	if err := unix.Fchown(int(s.f.Fd()), uid, gid); err != nil {
-		return &fs.PathError{Op: "fchown", Path: s.final, Err: err}
-	}
-	return nil
-}
-
-// Close unmaps, closes the mapped descriptor, and only then releases the
-// lock, so that InUse never reports false while the mapping exists.
-func (s *segment) Close() error {
-	var err error
-	if s.mem != nil {
-		err = s.mem.Unmap()
-		s.mem = nil
-	}
-	if s.f != nil {
-		if e := s.f.Close(); err == nil {
-			err = e
-		}
-		s.f = nil
-	}
-	if s.lk != nil {
-		if e := s.lk.Unlock(); err == nil {
-			err = e
-		}
-		s.lk = nil
-	}
-	if err != nil {
-		return &fs.PathError{Op: "close", Path: s.final, Err: unwrapErrno(err)}
-	}
-	return nil
-}
 
 var (
 	_ backend.Backend       = (*Backend)(nil)
 	_ backend.ContextOpener = (*Backend)(nil)
 	_ backend.Lister        = (*Backend)(nil)
 	_ backend.Pender        = (*Backend)(nil)
-	_ backend.Pending       = (*segment)(nil)
-	_ backend.Namer         = (*segment)(nil)
-	_ backend.Chowner       = (*segment)(nil)
-	_ backend.Fder          = (*segment)(nil)
+	_ backend.Pending       = (*dirobj.Segment)(nil)
+	_ backend.Owned         = (*dirobj.Segment)(nil)
+	_ backend.Namer         = (*dirobj.Segment)(nil)
+	_ backend.Chowner       = (*dirobj.Segment)(nil)
+	_ backend.Fder          = (*dirobj.Segment)(nil)
 )
 
 // Pending implements backend.Pender: the objects being created for name.
@@ -510,12 +327,6 @@ func (b *Backend) Pending(name string, n int) ([]backend.PendingObject, error) {
 
 // RemovePending implements backend.Pender.
 func (b *Backend) RemovePending(id string) error { return b.objs().RemovePending(id) }
-
-// StillNamed implements backend.Namer: whether the name still leads to the
-// mapped file (same device and inode).
-func (s *segment) StillNamed() (bool, error) {
-	return dirobj.SameFile(int(s.f.Fd()), s.final)
-}
 
 // Inspect implements backend.Inspector: the object's first n bytes, read
 // with pread from a read-only descriptor (no mapping, no lock; read

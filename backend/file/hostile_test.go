@@ -18,6 +18,7 @@ import (
 	"github.com/shmgo/shm"
 	"github.com/shmgo/shm/backend/file"
 	"github.com/shmgo/shm/internal/dirobj"
+	"github.com/shmgo/shm/internal/fdtest"
 	"github.com/shmgo/shm/internal/reexec"
 )
 
@@ -219,7 +220,7 @@ func TestOpenForeign(t *testing.T) {
 		"symlink": "a symbolic link", "fifo": "a FIFO", "dir": "a directory",
 		"socket": "a unix socket", "hardlink": "a hard-linked file (2 links)",
 	}
-	fds := len(dirNames(t, "/proc/self/fd"))
+	fds := fdtest.Count(t)
 	for name, what := range want {
 		done := make(chan error, 1)
 		go func() {
@@ -243,7 +244,7 @@ func TestOpenForeign(t *testing.T) {
 		}
 		t.Logf("%s: %v", name, err)
 	}
-	if n := len(dirNames(t, "/proc/self/fd")); n != fds {
+	if n := fdtest.Count(t); n != fds {
 		t.Fatalf("%d descriptors after the Opens, %d before", n, fds)
 	}
 }

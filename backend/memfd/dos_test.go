@@ -15,6 +15,7 @@ import (
 
 	"github.com/shmgo/shm"
 	"github.com/shmgo/shm/backend/memfd"
+	"github.com/shmgo/shm/internal/fdtest"
 )
 
 // idleClient plays a peer that opens count connections to the key's socket
@@ -121,7 +122,7 @@ func TestIdleConnectionsFromOtherUID(t *testing.T) {
 			}
 			defer r.Close()
 			copy(r.Bytes(), "served")
-			fds := countFDs(t)
+			fds := fdtest.Count(t)
 
 			attacker := startChild(t, "idle", []string{key, strconv.Itoa(idle), mode}, asUser(t, 65534, 65534))
 			if l := attacker.Expect(""); l != "connected "+strconv.Itoa(idle) {
@@ -149,7 +150,7 @@ func TestIdleConnectionsFromOtherUID(t *testing.T) {
 			t.Logf("%d of %d Opens served while uid 65534 holds %d idle connections (%s); latency p50 %v, max %v",
 				served, opens, idle, mode, lat[len(lat)/2], lat[len(lat)-1])
 			// The owner holds a few of the idle connections at most, not all.
-			if n := countFDs(t) - fds; n > 64 {
+			if n := fdtest.Count(t) - fds; n > 64 {
 				t.Errorf("the owner holds %d more descriptors with the idle peer connected", n)
 			}
 			attacker.Send("done")

@@ -46,15 +46,15 @@ func (b *Backend) List() ([]backend.Info, error) {
 // owner reports them (any local user may answer for a key it serves):
 // the owners of this process at once, the others in parallel, each within
 // 250 ms (or the I/O timeout, if shorter). Attached is always -1. A key
-// whose socket name is hashed (see Addr) has the name its owner reports
-// when it matches the address, else no Name but an ID, which OpenID and
-// UnlinkID take.
+// whose socket name is hashed (see the package doc) has the name its owner
+// reports when it matches the address, else no Name but an ID, which OpenID
+// and UnlinkID take.
 //
 // The slice holds the keys whose owners answered, even when the error is
 // not nil. The error joins one *fs.PathError (Op "stat", Path the socket's
-// name, "@" + Addr(name)) for each socket that did not answer in time,
-// matching os.ErrDeadlineExceeded, or answered wrongly, and one matching
-// ctx's error when ctx ended before every socket was asked.
+// name as ss(8) shows it, "@shmgo/memfd/...") for each socket that did not
+// answer in time, matching os.ErrDeadlineExceeded, or answered wrongly, and
+// one matching ctx's error when ctx ended before every socket was asked.
 func (b *Backend) ListContext(ctx context.Context) ([]backend.Info, error) {
 	infos, unanswered, err := b.list(ctx)
 	if err != nil {
@@ -82,7 +82,7 @@ func (b *Backend) list(ctx context.Context) (infos []backend.Info, unanswered, e
 	for i, addr := range addrs {
 		r := &res[i]
 		r.in = backend.Info{UID: -1, GID: -1, Attached: -1, Path: "@" + addr}
-		if id := addr[len(AddrPrefix):]; strings.HasPrefix(id, "#") {
+		if id := addr[len(addrPrefix):]; strings.HasPrefix(id, "#") {
 			r.in.ID = id
 		} else {
 			r.in.Name = id
@@ -121,7 +121,7 @@ func (b *Backend) list(ctx context.Context) (infos []backend.Info, unanswered, e
 				return
 			}
 			r.in.Size, r.in.Mode, r.in.UID, r.in.GID = si.size, si.mode, si.uid, si.gid
-			if si.name != "" && Addr(si.name) == addr {
+			if si.name != "" && keyAddr(si.name) == addr {
 				r.in.Name, r.in.ID = si.name, ""
 			}
 		}()
@@ -153,14 +153,14 @@ func (b *Backend) list(ctx context.Context) (infos []backend.Info, unanswered, e
 		if ctx.Err() == context.DeadlineExceeded {
 			kinds = append(kinds, os.ErrDeadlineExceeded)
 		}
-		errs = append(errs, &fs.PathError{Op: "list", Path: "@" + AddrPrefix, Err: &protoError{kinds: kinds, errno: ctx.Err(),
+		errs = append(errs, &fs.PathError{Op: "list", Path: "@" + addrPrefix, Err: &protoError{kinds: kinds, errno: ctx.Err(),
 			msg: strconv.Itoa(notAsked) + " of " + strconv.Itoa(len(addrs)) + " sockets not asked before the context ended"}})
 	}
 	return out, errors.Join(errs...), nil
 }
 
 // listening returns the listening SOCK_SEQPACKET abstract sockets named
-// with AddrPrefix in the /proc/net/unix table at path, without the leading
+// with addrPrefix in the /proc/net/unix table at path, without the leading
 // NUL of their names.
 func listening(path string) ([]string, error) {
 	data, err := os.ReadFile(path)
@@ -172,7 +172,7 @@ func listening(path string) ([]string, error) {
 	var addrs []string
 	seen := map[string]bool{}
 	for _, line := range strings.Split(string(data), "\n") {
-		i := strings.Index(line, " @"+AddrPrefix)
+		i := strings.Index(line, " @"+addrPrefix)
 		if i < 0 {
 			continue
 		}
@@ -186,7 +186,7 @@ func listening(path string) ([]string, error) {
 			continue
 		}
 		addr := line[i+2:]
-		if len(addr) > len(AddrPrefix) && !seen[addr] {
+		if len(addr) > len(addrPrefix) && !seen[addr] {
 			seen[addr] = true
 			addrs = append(addrs, addr)
 		}

@@ -1,107 +1,31 @@
-// Package memfd is the memfd backend: regions are anonymous memory files
-// (memfd_create(2)) that no filesystem names, found by key through an
-// abstract unix socket served by the process that created them.
+// Package memfd is the memfd backend: a region is an anonymous memory file
+// (memfd_create(2)) sealed against resizing, which the process that created
+// it serves by key over an abstract unix socket; no filesystem names it.
 //
-// # When to pick it
+// Choose it when there is no usable /dev/shm (a container that mounts none,
+// or a small one), when no peer may shrink the memory under the others (a
+// peer of a POSIX or file region can truncate it, and every other user then
+// faults), or when no name may appear in any filesystem. Do not choose it
+// when users must attach after the owner has closed the region or exited
+// (they keep what they have mapped, but the key goes with the owner), from
+// another network namespace (only a descriptor, shm.Region.File or
+// shm.SendRegion, crosses it), or by name from C with shm_open.
 //
-// Pick memfd when there is no usable /dev/shm (containers that mount none,
-// or Docker's 64 MB one), when the memory must be sealed so that no peer can
-// shrink it under the others (a peer of a POSIX or file region can truncate
-// it and kill every other user with SIGBUS), or when no name may appear in
-// any filesystem. Pick posix when the owner cannot stay alive for as long as
-// users must be able to attach, or when C programs must find the region by
-// name with shm_open.
+// Both sides check the other's credentials: the owner applies the region's
+// mode to every process that asks for it, as open(2) would to a file, and a
+// user accepts memory only from a server of its own uid or root, unless
+// told otherwise (WithTrustedUIDs, WithAnyServer, or shm.WithTrustedUIDs).
 //
-// # How it works
+// It registers as "memfd" (backend.Register) and takes no argument; New
+// takes Options.
 //
-// Create makes the file with memfd_create(MFD_CLOEXEC|MFD_ALLOW_SEALING),
-// sets its mode with fchmod (exact, whatever the umask), reserves its pages
-// with fallocate (a full memory cgroup fails at Create, never with SIGBUS
-// later), maps it shared and seals it with F_SEAL_SHRINK|F_SEAL_GROW|
-// F_SEAL_SEAL: from then on nobody can change its size. Create also binds
-// the key's abstract unix socket, "\x00shmgo/memfd/" followed by the key's
-// name (or by '#' and the SHA-256 of the name, in hex, when the name is too
-// long for a socket address or holds control bytes), so a second Create of
-// the key fails at once with an error matching fs.ErrExist. Publish starts
-// listening: from then on Open connects, and the owner's serving goroutine
-// sends the file descriptor with SCM_RIGHTS.
+// The Backend is a backend.ContextOpener, ReadOnlyOpener, Lister,
+// ContextLister and IDOpener; its segments are backend.Fder, Sealed and
+// Chowner. It is no Remover: nothing of a region outlives the processes
+// that map it, so there is never anything stale to remove.
 //
-// The socket name holds no uid: keys form one namespace per network
-// namespace, as POSIX keys do per /dev/shm, so that a 0666 region is found
-// by users of any uid.
-//
-// # Security
-//
-// Abstract socket names have no permissions: anyone can bind a name first.
-// Both sides therefore check the other's credentials (SO_PEERCRED, which
-// the kernel fills in and no peer can forge):
-//
-//   - The owner applies the region's mode to the connecting process as
-//     open(2) would apply it to a file: the owner bits when its uid owns the
-//     region, else the group bits when its gid or one of its supplementary
-//     groups is the region's group, else the other bits; read and write are
-//     both needed; uid 0 may always. It reads the owner, group and mode from
-//     the file each time, so Chown takes effect at once. A refused process
-//     gets an explicit refusal, and Open fails with an error matching
-//     fs.ErrPermission (not fs.ErrNotExist).
-//   - The user accepts a descriptor only from a process running as its own
-//     effective uid or as root, and from other uids only when told with
-//     WithTrustedUIDs or WithAnyServer. A squatter of another uid that binds
-//     the key first thus cannot feed it memory: Open fails with an error
-//     matching fs.ErrPermission. (The uid that owns the received file is not
-//     what is checked: the server chooses which descriptor to send, while the
-//     kernel vouches for its credentials.) The user also checks that the
-//     file is sealed against shrinking and growing, so that no peer can
-//     truncate it under the user.
-//   - Neither side can be held by the other. The owner reads each peer's
-//     credentials as soon as it accepts the connection and answers with
-//     system calls that never wait; a connection whose request is not
-//     there yet is set aside until it comes, for at most 250 ms (or the
-//     I/O timeout), and each uid may have only a few such connections (8,
-//     and 128 in all): the others are closed at once. So a thousand idle
-//     connections from another uid cost the owner a few descriptors, and
-//     every user is still served. A user bounds its wait for the owner by
-//     its context (OpenContext) or by the I/O timeout (WithIOTimeout,
-//     default DefaultIOTimeout); past its first 2 ms, it waits in the Go
-//     runtime's poller, so that an owner that is stopped or hostile costs
-//     it no thread and nothing beyond its deadline.
-//
-// Removing a key (Unlink) is allowed, as in /dev/shm whose sticky bit
-// applies, to the uid that owns the region, to the uid of the owner process
-// and to root.
-//
-// # Limits and cleanup
-//
-// Abstract sockets are per network namespace: a process in another one
-// (a container with its own network) cannot attach by key, although a
-// descriptor handed to it (shm.Region.File, shm.SendRegion) works anywhere.
-// The owner process must stay alive for new users to attach: when the owner
-// Closes its mapping or exits, the key disappears (new Opens fail with
-// fs.ErrNotExist) while the users already attached keep their mappings and
-// the data, until the last one unmaps it and the kernel frees the memory.
-// So there is nothing to clean up after a crash: no file, no socket, no
-// segment outlives the processes that use it.
-//
-// The sockets of all the keys a process serves are in one epoll set that a
-// single goroutine waits on (in epoll_wait, so one thread, while any key is
-// served): a published key costs its owner two descriptors (the memfd and
-// the socket) but no thread and no goroutine of its own. (Raise
-// RLIMIT_NOFILE for tens of thousands of keys.)
-//
-// Create refuses, with an error matching ENOMEM, a region that does not fit
-// in the memory available (MemAvailable and free swap) or in the memory
-// cgroup of the process (v2 memory.max, v1 memory.limit_in_bytes, less what
-// is used), and reserves big regions in chunks, checking again before each:
-// reserving memory that is not there would get a process killed by the OOM
-// killer rather than give an error.
-//
-// Unlink in the owner process stops serving; in a user process it asks the
-// owner to stop. The owner's Close stops serving too. In each case the
-// region lives on for the processes that have it mapped.
-//
-// List parses /proc/net/unix for the sockets of this backend and asks the
-// owners, all at once, for their regions' size, mode and owner, each with a
-// short deadline; ListContext also reports the sockets that do not answer.
+// The protocol, how neither side can be held up by the other, and the
+// limits: DESIGN.md, next to this package's source.
 package memfd
 
 import (
@@ -119,9 +43,9 @@ import (
 	"github.com/shmgo/shm/backend"
 )
 
-// AddrPrefix starts the abstract socket name of every memfd key (after the
+// addrPrefix starts the abstract socket name of every memfd key (after the
 // leading NUL, shown as '@' by ss(8) and /proc/net/unix).
-const AddrPrefix = "shmgo/memfd/"
+const addrPrefix = "shmgo/memfd/"
 
 // DefaultIOTimeout bounds the wait for an owner's answer where no context
 // does: Open, OpenID, Unlink.
@@ -197,14 +121,14 @@ func (b *Backend) trusts(ctx context.Context, uid uint32) bool {
 	return ok && t(int(uid))
 }
 
-// Addr returns the abstract unix socket name that serves the key name,
+// keyAddr returns the abstract unix socket name that serves the key name,
 // without its leading NUL byte.
-func Addr(name string) string {
-	if len(AddrPrefix)+len(name) <= maxAddr && !strings.HasPrefix(name, "#") && printable(name) {
-		return AddrPrefix + name
+func keyAddr(name string) string {
+	if len(addrPrefix)+len(name) <= maxAddr && !strings.HasPrefix(name, "#") && printable(name) {
+		return addrPrefix + name
 	}
 	sum := sha256.Sum256([]byte(name))
-	return AddrPrefix + "#" + hex.EncodeToString(sum[:])
+	return addrPrefix + "#" + hex.EncodeToString(sum[:])
 }
 
 // printable reports whether name can appear as is in /proc/net/unix, one
@@ -223,7 +147,7 @@ func sockaddr(addr string) *unix.SockaddrUnix { return &unix.SockaddrUnix{Name: 
 
 // Create implements backend.Backend.
 func (b *Backend) Create(name string, size int64, perm fs.FileMode) (backend.Pending, error) {
-	addr := Addr(name)
+	addr := keyAddr(name)
 	path := "@" + addr
 	lfd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
@@ -286,7 +210,7 @@ func memfdName(name string) string {
 // trusted, and os.ErrDeadlineExceeded when the server does not answer in
 // time.
 func (b *Backend) Open(name string) (backend.Segment, error) {
-	return b.openAddr(context.Background(), Addr(name), false)
+	return b.openAddr(context.Background(), keyAddr(name), false)
 }
 
 // OpenContext implements backend.ContextOpener: it is Open that waits for
@@ -298,7 +222,7 @@ func (b *Backend) Open(name string) (backend.Segment, error) {
 // ends first, the error says that the owner did not answer and matches
 // ctx's error, and os.ErrDeadlineExceeded when ctx's deadline passed.
 func (b *Backend) OpenContext(ctx context.Context, name string) (backend.Segment, error) {
-	return b.openAddr(ctx, Addr(name), false)
+	return b.openAddr(ctx, keyAddr(name), false)
 }
 
 // OpenReadOnly implements backend.ReadOnlyOpener: OpenContext that asks
@@ -306,11 +230,12 @@ func (b *Backend) OpenContext(ctx context.Context, name string) (backend.Segment
 // read permission alone) and maps it PROT_READ. A memfd cannot be resized:
 // n and size are not needed, and ignored.
 func (b *Backend) OpenReadOnly(ctx context.Context, name string, n int, size func(head []byte) (int64, error)) (backend.Segment, error) {
-	return b.openAddr(ctx, Addr(name), true)
+	return b.openAddr(ctx, keyAddr(name), true)
 }
 
 // OpenID implements backend.IDOpener, for the objects List returns without
-// a name: id is the part of the socket name after AddrPrefix.
+// a name: id is the part of the socket name after "shmgo/memfd/" ('#' and
+// the SHA-256 of the name, in hex).
 func (b *Backend) OpenID(id string) (backend.Segment, error) {
 	addr, err := idAddr(id)
 	if err != nil {
@@ -355,7 +280,7 @@ func (b *Backend) openAddr(ctx context.Context, addr string, readOnly bool) (bac
 // Unlink implements backend.Backend. In the process that owns the region
 // it stops serving the key; elsewhere it asks the owner to.
 func (b *Backend) Unlink(name string) error {
-	return b.unlinkAddr(Addr(name))
+	return b.unlinkAddr(keyAddr(name))
 }
 
 // UnlinkID implements backend.IDOpener.
@@ -384,7 +309,7 @@ func idAddr(id string) (string, error) {
 	if _, err := hex.DecodeString(id[1:]); err != nil {
 		return "", &fs.PathError{Op: "open", Path: id, Err: unix.EINVAL}
 	}
-	return AddrPrefix + id, nil
+	return addrPrefix + id, nil
 }
 
 // segment is one mapping of a memfd region: the owner's (lfd or srv set)

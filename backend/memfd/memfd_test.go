@@ -19,6 +19,7 @@ import (
 	"github.com/shmgo/shm"
 	"github.com/shmgo/shm/backend"
 	"github.com/shmgo/shm/backend/memfd"
+	"github.com/shmgo/shm/internal/fdtest"
 	"github.com/shmgo/shm/internal/reexec"
 )
 
@@ -529,7 +530,7 @@ func TestHostileServers(t *testing.T) {
 	garbage := name(testKey("garbage"))
 	fakeServer(t, garbage, func(c *net.UnixConn) { c.Write([]byte("HTTP/1.1 200 OK")) })
 
-	fds := countFDs(t)
+	fds := fdtest.Count(t)
 	_, err = b.Open(mute)
 	if !errors.Is(err, os.ErrDeadlineExceeded) {
 		t.Fatalf("Open from a mute server: %v, want a deadline error", err)
@@ -557,15 +558,15 @@ func TestHostileServers(t *testing.T) {
 	if _, err := b.Open(garbage); err == nil {
 		t.Fatal("Open accepted garbage")
 	}
-	if !settle(func() bool { return countFDs(t) == fds }) {
-		t.Fatalf("%d descriptors before, %d after", fds, countFDs(t))
+	if !settle(func() bool { return fdtest.Count(t) == fds }) {
+		t.Fatalf("%d descriptors before, %d after", fds, fdtest.Count(t))
 	}
 }
 
 // TestHostileClients: clients that say nothing, or nonsense, cannot keep
 // the owner from serving others or from closing.
 func TestHostileClients(t *testing.T) {
-	g, fds := runtime.NumGoroutine(), countFDs(t)
+	g, fds := runtime.NumGoroutine(), fdtest.Count(t)
 	b := memfd.New(memfd.WithIOTimeout(time.Hour)) // the owner drops mute clients after 250 ms, or at Close
 	n := name(testKey("clients"))
 	p, err := b.Create(n, 4096, 0o600)
@@ -613,18 +614,9 @@ func TestHostileClients(t *testing.T) {
 	for _, fd := range mute {
 		unix.Close(fd)
 	}
-	if !settle(func() bool { return runtime.NumGoroutine() <= g && countFDs(t) == fds }) {
-		t.Fatalf("goroutines %d -> %d, descriptors %d -> %d", g, runtime.NumGoroutine(), fds, countFDs(t))
+	if !settle(func() bool { return runtime.NumGoroutine() <= g && fdtest.Count(t) == fds }) {
+		t.Fatalf("goroutines %d -> %d, descriptors %d -> %d", g, runtime.NumGoroutine(), fds, fdtest.Count(t))
 	}
-}
-
-func countFDs(t *testing.T) int {
-	t.Helper()
-	ents, err := os.ReadDir("/proc/self/fd")
-	if err != nil {
-		t.Fatal(err)
-	}
-	return len(ents)
 }
 
 // TestNoLeaks: every descriptor, socket and goroutine is released by
@@ -680,12 +672,12 @@ func TestNoLeaks(t *testing.T) {
 		r.Close()
 	}
 	cycle() // warm up the runtime's own goroutines and descriptors
-	g, fds := runtime.NumGoroutine(), countFDs(t)
+	g, fds := runtime.NumGoroutine(), fdtest.Count(t)
 	for range 20 {
 		cycle()
 	}
-	if !settle(func() bool { return runtime.NumGoroutine() <= g && countFDs(t) <= fds }) {
-		t.Fatalf("goroutines %d -> %d, descriptors %d -> %d", g, runtime.NumGoroutine(), fds, countFDs(t))
+	if !settle(func() bool { return runtime.NumGoroutine() <= g && fdtest.Count(t) <= fds }) {
+		t.Fatalf("goroutines %d -> %d, descriptors %d -> %d", g, runtime.NumGoroutine(), fds, fdtest.Count(t))
 	}
 }
 

@@ -12,6 +12,7 @@ import (
 
 	"github.com/shmgo/shm"
 	"github.com/shmgo/shm/backend/posix"
+	"github.com/shmgo/shm/internal/fdtest"
 )
 
 // smallTmpfs mounts a 1 MiB tmpfs on a new directory, unmounted when the
@@ -34,15 +35,6 @@ func smallTmpfs(t *testing.T) string {
 		}
 	})
 	return dir
-}
-
-func fdCount(t *testing.T) int {
-	t.Helper()
-	ents, err := os.ReadDir("/proc/self/fd")
-	if err != nil {
-		t.Fatal(err)
-	}
-	return len(ents)
 }
 
 // dirHolds fails the test unless dir holds exactly the names in want.
@@ -95,7 +87,7 @@ func TestFull(t *testing.T) {
 	dir := smallTmpfs(t)
 	be := posix.NewDir(dir)
 	opt := shm.WithBackend(be)
-	fds := fdCount(t)
+	fds := fdtest.Count(t)
 
 	// Bigger than the filesystem.
 	_, err := shm.Create("/t-rel-full-big", 4<<20, opt)
@@ -107,7 +99,7 @@ func TestFull(t *testing.T) {
 	}
 	t.Logf("4 MiB: %v", err)
 	dirHolds(t, dir)
-	if n := fdCount(t); n != fds {
+	if n := fdtest.Count(t); n != fds {
 		t.Fatalf("%d descriptors after the failed Create, %d before", n, fds)
 	}
 	_, err = shm.Open("/t-rel-full-big", 0, opt)
@@ -180,7 +172,7 @@ func TestFull(t *testing.T) {
 		t.Fatal(err)
 	}
 	dirHolds(t, dir)
-	if n := fdCount(t); n != fds {
+	if n := fdtest.Count(t); n != fds {
 		t.Fatalf("%d descriptors at the end, %d before", n, fds)
 	}
 }

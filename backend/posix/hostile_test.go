@@ -21,6 +21,7 @@ import (
 	"github.com/shmgo/shm"
 	"github.com/shmgo/shm/backend/posix"
 	"github.com/shmgo/shm/internal/dirobj"
+	"github.com/shmgo/shm/internal/fdtest"
 	"github.com/shmgo/shm/internal/reexec"
 )
 
@@ -286,7 +287,7 @@ func TestOpenForeign(t *testing.T) {
 	dir := t.TempDir()
 	be := posix.NewDir(dir)
 	want := plantForeign(t, dir)
-	fds := fdCount(t)
+	fds := fdtest.Count(t)
 	for name, what := range want {
 		done := make(chan error, 1)
 		go func() {
@@ -319,7 +320,7 @@ func TestOpenForeign(t *testing.T) {
 			t.Errorf("shm.Open of %s: %v", name, err)
 		}
 	}
-	if n := fdCount(t); n != fds {
+	if n := fdtest.Count(t); n != fds {
 		t.Fatalf("%d descriptors after the Opens, %d before", n, fds)
 	}
 	// Nothing was changed or removed.
@@ -408,7 +409,7 @@ func TestOpenSizedHuge(t *testing.T) {
 	if err := os.Truncate(p, huge); err != nil {
 		t.Fatal(err)
 	}
-	fds := fdCount(t)
+	fds := fdtest.Count(t)
 
 	if s, err := be.Open(key[1:]); err == nil {
 		t.Logf("Open of a 1 PiB object mapped %d bytes", len(s.Bytes()))
@@ -448,7 +449,7 @@ func TestOpenSizedHuge(t *testing.T) {
 	if err != bad {
 		t.Fatalf("OpenSized with a failing size: %v, want %v", err, bad)
 	}
-	if n := fdCount(t); n != fds {
+	if n := fdtest.Count(t); n != fds {
 		t.Fatalf("%d descriptors after OpenSized, %d before", n, fds)
 	}
 	if err := os.Truncate(p, 512+4096); err != nil { // for r.Close

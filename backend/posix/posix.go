@@ -1,28 +1,30 @@
-// Package posix is the POSIX shared-memory backend: what shm_open(3) does,
-// in Go. A key "/name" is the file /dev/shm/name on the tmpfs that glibc's
-// shm_open uses, so C and Rust programs can open our regions by name (they
-// find package shm's header first).
+// Package posix is the POSIX shared-memory backend, package shm's first choice:
+// a key "/name" is the file /dev/shm/name that shm_open(3) uses, so C and
+// Rust programs can open a region by name (package shm's header comes
+// first).
 //
-// An owner creates the object under a temporary name in the same directory
-// (O_CREAT|O_EXCL|O_NOFOLLOW|O_CLOEXEC), applies the mode with fchmod
-// (exact, whatever the umask), reserves its pages with fallocate (a full
-// tmpfs fails with ENOSPC at Create, never SIGBUS later), maps it, and only
-// when package shm has written the header publishes it under its name with
-// renameat2(RENAME_NOREPLACE): a half-made region is never visible, and two
-// racing owners cannot both win.
+// Choose it unless another backend fits better: it is the quickest to create
+// and open, needs no process to stay alive, and shows regions as files.
+// Choose backend/file instead for a directory that several containers share
+// (/dev/shm is private to each), backend/memfd where /dev/shm is missing or
+// small, or where no peer may truncate the memory under the others.
 //
-// Open trusts nothing under a name: it does not follow a symbolic link or
-// block on a FIFO, rejects anything but a regular file with one link with
-// an error that says what is there (dirobj.ErrForeign), and never lets a
-// peer's lease hold it past the caller's deadline (OpenContext). OpenSized
-// maps only what the region's header asks for, whatever size a peer has
-// grown the file to.
+// It registers as "posix" (backend.Register). Its argument is the directory
+// of its objects: "" for /dev/shm (New), or another tmpfs (NewDir), as in
+// SHM_BACKEND=posix:/run/shm or a key posix:/run/shm/name.
+//
+// The Backend is a backend.ContextOpener, SizedOpener, ReadOnlyOpener,
+// CreateWaiter, Pender, Lister, Inspector and Remover; its segments are
+// backend.Fder, Owned, Chowner and Namer, and not Sealed.
+//
+// How it creates, opens and removes objects so that no half-made region is
+// visible and nothing under a name can hold it up: DESIGN.md, next to this
+// package's source.
 package posix
 
 import (
 	"context"
 	"io/fs"
-	"path/filepath"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -34,9 +36,9 @@ import (
 // DefaultDir is where Linux's shm_open keeps its objects.
 const DefaultDir = "/dev/shm"
 
-// TempPrefix starts the names of objects still being created; listing
-// tools skip them, cleanup tools remove them when their creator is dead.
-const TempPrefix = ".shmgo-tmp."
+// tempPrefix starts the names of objects still being created (List reports
+// them as Temp).
+const tempPrefix = ".shmgo-tmp."
 
 // Backend is the POSIX backend. The zero value is not usable; call New.
 type Backend struct {
@@ -57,9 +59,7 @@ func (b *Backend) Name() string { return "posix" }
 // Dir returns the directory that holds the objects.
 func (b *Backend) Dir() string { return b.dir }
 
-func (b *Backend) path(name string) string { return filepath.Join(b.dir, name) }
-
-func (b *Backend) objs() dirobj.Dir { return dirobj.Dir{Path: b.dir, TempPrefix: TempPrefix} }
+func (b *Backend) objs() dirobj.Dir { return dirobj.Dir{Path: b.dir, TempPrefix: tempPrefix} }
 
 // populateMin is the size from which Create maps the object's pages in at
 // once (MAP_POPULATE): the pages are already allocated (fallocate), and
@@ -83,15 +83,15 @@ func (b *Backend) Create(name string, size int64, perm fs.FileMode) (backend.Pen
 		t.Abort()
 		return nil, err
 	}
-	flags := unix.MAP_SHARED
+	flags := 0
 	if size >= populateMin {
-		flags |= unix.MAP_POPULATE
+		flags = unix.MAP_POPULATE
 	}
-	mem, err := unix.Mmap(t.Fd, 0, int(size), unix.PROT_READ|unix.PROT_WRITE, flags)
+	s, err := t.Map(size, flags)
 	if err != nil {
-		return nil, t.Fail("mmap", err)
+		return nil, err // not a nil *dirobj.Segment in a non-nil Pending
 	}
-	return &segment{fd: t.Fd, mem: mem, tmp: t.Tmp, final: t.Final}, nil
+	return s, nil
 }
 
 // openWait bounds how long Open, and OpenContext with a context that has
@@ -108,134 +108,46 @@ func (b *Backend) Open(name string) (backend.Segment, error) {
 
 // OpenContext implements backend.ContextOpener: Open that keeps to ctx.
 //
-// The file is opened with O_NOFOLLOW|O_NONBLOCK and checked with fstat: a
-// name that holds anything but a regular file with one link (a symbolic
+// A name that holds anything but a regular file with one link (a symbolic
 // link, FIFO, directory, socket, device, hard link) fails at once with an
-// error matching dirobj.ErrForeign that says what is there; open(2) never
-// blocks on a FIFO. While another process holds a lease on the file (a
-// cleanup deciding whether to remove it, or a hostile owner, whom the
-// kernel lets block an open for lease-break-time, 45 s by default), open
-// fails with EWOULDBLOCK and OpenContext tries again with backoff until ctx
+// error matching backend.ErrForeign that says what is there. While another
+// process holds a lease on the file (a cleanup deciding whether to remove
+// it, or a hostile owner), OpenContext tries again with backoff until ctx
 // is done (2 seconds when ctx has no deadline), then fails with an error
 // matching os.ErrDeadlineExceeded (or wrapping context.Canceled) and
 // syscall.EWOULDBLOCK.
 func (b *Backend) OpenContext(ctx context.Context, name string) (backend.Segment, error) {
-	return b.open(ctx, name, 0, nil, false)
+	return b.objs().OpenMapped(ctx, name, openWait, dirobj.Want{})
 }
 
 // OpenReadOnly implements backend.ReadOnlyOpener: OpenContext (or
 // OpenSized, with size) that opens the file O_RDONLY and maps it
 // PROT_READ, so that read permission on the file suffices.
 func (b *Backend) OpenReadOnly(ctx context.Context, name string, n int, size func(head []byte) (int64, error)) (backend.Segment, error) {
-	return b.open(ctx, name, n, size, true)
+	return b.objs().OpenMapped(ctx, name, openWait, dirobj.Want{N: n, Size: size, ReadOnly: true})
 }
 
 // OpenSized is OpenContext that maps only part of the object: it reads the
 // object's first n bytes (fewer when it is shorter) and maps as many bytes
 // as size returns for them (at least 1), or the whole object when it is
 // shorter than that, so that len(Bytes()) shows it was cut short. An error
-// from size is returned as is, after the descriptor is closed.
+// from size is returned as is, after the descriptor is closed; a nil size
+// fails with EINVAL.
 //
-// A peer with write access can grow the file to any size (ftruncate to 64
-// TiB, say): Open then maps all of it and fails with ENOMEM, or reserves
-// that much address space. Package shm knows from the region's header how
-// much it needs; OpenSized lets it map just that.
+// A peer with write access can grow the file to any size: Open then maps
+// all of it, or fails with ENOMEM. Package shm knows from the region's
+// header how much it needs; OpenSized lets it map just that.
 func (b *Backend) OpenSized(ctx context.Context, name string, n int, size func(head []byte) (int64, error)) (backend.Segment, error) {
-	if size == nil {
-		return nil, &fs.PathError{Op: "open", Path: b.path(name), Err: unix.EINVAL}
-	}
-	return b.open(ctx, name, n, size, false)
-}
-
-func (b *Backend) open(ctx context.Context, name string, n int, size func([]byte) (int64, error), readOnly bool) (backend.Segment, error) {
-	d := b.objs()
-	d.ReadOnly = readOnly
-	prot := unix.PROT_READ | unix.PROT_WRITE
-	if readOnly {
-		prot = unix.PROT_READ
-	}
-	fd, st, err := d.OpenContext(ctx, name, openWait)
-	if err != nil {
-		return nil, err
-	}
-	p := b.path(name)
-	length := st.Size
-	if size != nil {
-		if length, err = dirobj.MapLength(fd, p, st.Size, n, size); err != nil {
-			unix.Close(fd)
-			return nil, err
-		}
-	}
-	s := &segment{fd: fd, final: p, uid: int(st.Uid)}
-	if length > 0 {
-		s.mem, err = unix.Mmap(fd, 0, int(length), prot, unix.MAP_SHARED)
-		if err != nil {
-			unix.Close(fd)
-			return nil, &fs.PathError{Op: "mmap", Path: p, Err: err}
-		}
-	}
-	return s, nil
+	return b.objs().OpenMapped(ctx, name, openWait, dirobj.Want{N: n, Size: size, Sized: true})
 }
 
 // Unlink implements backend.Backend.
 func (b *Backend) Unlink(name string) error { return b.objs().Unlink(name) }
 
-// List implements backend.Lister: every object in the directory but
-// those still being created.
+// List implements backend.Lister: every object in the directory, those
+// still being created (or removed) with Temp set, and anything else found
+// there with Foreign saying what it is. Attached is -1.
 func (b *Backend) List() ([]backend.Info, error) { return b.objs().List() }
-
-type segment struct {
-	fd    int
-	mem   []byte
-	tmp   string // non-empty until published
-	final string
-	uid   int // the file's owner when opened, or this process's
-}
-
-// Owner implements backend.Owned: the file's owner when it was opened.
-func (s *segment) Owner() int { return s.uid }
-
-func (s *segment) Bytes() []byte { return s.mem }
-func (s *segment) Fd() uintptr   { return uintptr(s.fd) }
-
-func (s *segment) Publish() error {
-	err := dirobj.Publish(s.tmp, s.final)
-	s.tmp = ""
-	return err
-}
-
-func (s *segment) Discard() error {
-	if s.tmp != "" {
-		unix.Unlink(s.tmp)
-		s.tmp = ""
-	}
-	return s.Close()
-}
-
-func (s *segment) Chown(uid, gid int) error {
-	if err := unix.Fchown(s.fd, uid, gid); err != nil {
-		return &fs.PathError{Op: "fchown", Path: s.final, Err: err}
-	}
-	return nil
-}
-
-func (s *segment) Close() error {
-	var err error
-	if s.mem != nil {
-		err = unix.Munmap(s.mem)
-		s.mem = nil
-	}
-	if s.fd >= 0 {
-		if e := unix.Close(s.fd); err == nil {
-			err = e
-		}
-		s.fd = -1
-	}
-	if err != nil {
-		return &fs.PathError{Op: "close", Path: s.final, Err: err}
-	}
-	return nil
-}
 
 // Pending implements backend.Pender: the objects being created for name.
 func (b *Backend) Pending(name string, n int) ([]backend.PendingObject, error) {
@@ -245,21 +157,16 @@ func (b *Backend) Pending(name string, n int) ([]backend.PendingObject, error) {
 // RemovePending implements backend.Pender.
 func (b *Backend) RemovePending(id string) error { return b.objs().RemovePending(id) }
 
-// StillNamed implements backend.Namer: whether the name still leads to the
-// mapped file (same device and inode).
-func (s *segment) StillNamed() (bool, error) {
-	return dirobj.SameFile(s.fd, s.final)
-}
-
 var (
 	_ backend.Backend       = (*Backend)(nil)
 	_ backend.ContextOpener = (*Backend)(nil)
 	_ backend.Lister        = (*Backend)(nil)
 	_ backend.Pender        = (*Backend)(nil)
-	_ backend.Pending       = (*segment)(nil)
-	_ backend.Namer         = (*segment)(nil)
-	_ backend.Chowner       = (*segment)(nil)
-	_ backend.Fder          = (*segment)(nil)
+	_ backend.Pending       = (*dirobj.Segment)(nil)
+	_ backend.Owned         = (*dirobj.Segment)(nil)
+	_ backend.Namer         = (*dirobj.Segment)(nil)
+	_ backend.Chowner       = (*dirobj.Segment)(nil)
+	_ backend.Fder          = (*dirobj.Segment)(nil)
 )
 
 // Inspect implements backend.Inspector: the object's first n bytes, read
@@ -274,8 +181,8 @@ func (b *Backend) Inspect(in backend.Info, n int) ([]byte, backend.Info, error) 
 // complete walk of /proc/*/maps.
 func (b *Backend) Unused(in backend.Info) error { return b.objs().Unused(in.Name) }
 
-// RemoveUnused implements backend.Remover, under the lease (see
-// internal/dirobj for the protocol and its remaining windows).
+// RemoveUnused implements backend.Remover, under the lease (DESIGN.md
+// describes the protocol and its remaining windows).
 func (b *Backend) RemoveUnused(in backend.Info, n int, check func(head []byte, now backend.Info) error) error {
 	return b.objs().RemoveUnused(in.Name, in.Temp, n, check)
 }

@@ -1,5 +1,7 @@
 package sysv
 
+import "io/fs"
+
 // Hooks for the external tests (package sysv_test, which imports package
 // shm, which imports this package).
 
@@ -16,3 +18,10 @@ func SetMadvise(f func([]byte, int) error) (restore func()) {
 
 // ParseList is parseList.
 var ParseList = parseList
+
+// ProcFile is procFile.
+const ProcFile = procFile
+
+// Chmod is chmod: it sets the permission bits of the segment under name's
+// key, exactly.
+func (b *Backend) Chmod(name string, perm fs.FileMode) error { return b.chmod(name, perm) }

@@ -1,94 +1,30 @@
-// Package sysv is the System V shared-memory backend: shmget(2), shmat(2),
-// shmctl(2), in Go without cgo.
+// Package sysv is the System V shared-memory backend: shmget(2), shmat(2)
+// and shmctl(2), without cgo. A region's key_t is a hash of its key (Key),
+// so ipcs -m lists it and a C program can attach it with
+// shmget(Key(name), 0, 0).
 //
-// # When to pick it
+// Choose it when the other side only speaks SysV shared memory (legacy C
+// code, MPI stacks, MIT-SHM style consumers), when operators manage regions
+// with ipcs(1) and ipcrm(1), or when regions must belong to an IPC namespace
+// (containers that share one, a Kubernetes pod) rather than to a /dev/shm
+// mount. Otherwise prefer backend/posix: names instead of 32-bit hashes (of
+// two keys whose hashes collide, only one can exist at a time), a file
+// descriptor, and no region visible before it is ready. Keep in mind that
+// kernel.shmmax, shmall and shmmni bound the segments, that systemd-logind's
+// RemoveIPC=yes removes a user's segments when its last session ends, and
+// that a segment nobody removes outlives every process.
 //
-// Pick SysV when the other side of the region is a tool or program that only
-// speaks SysV shared memory (legacy C code, MPI stacks, X11 MIT-SHM style
-// consumers), when operators want to see and remove regions with ipcs(1) and
-// ipcrm(1), or when the region must be scoped to a container's IPC namespace
-// rather than to a /dev/shm mount: SysV objects belong to the IPC namespace,
-// so `docker run --ipc=container:x` and Kubernetes pods that share an IPC
-// namespace share them. Otherwise prefer the default POSIX backend: it has a
-// file descriptor, names instead of 32-bit keys, and a region is never visible
-// half made.
+// It registers as "sysv" (backend.Register) and takes no argument.
 //
-// # Keys
+// The Backend is a backend.VisibleBeforePublish, ReadOnlyOpener, Lister,
+// IDOpener, Inspector and Remover; its segments are backend.Owned, Sealed
+// (a segment never shrinks), Chowner, Unlinker, Namer and Creator, and no
+// Fder (Region.File and SendRegion fail). Stat and StatID report what
+// ipcs -m shows of a segment.
 //
-// A SysV object has no name, only a 32-bit key_t. This backend derives it
-// from the region's key: FNV-1a, 32 bits, over "shmgo:" followed by the key
-// without its leading '/' (a value of 0, IPC_PRIVATE, or -1 is XORed with
-// 0x53484d47). Key computes it, so that ipcs output can be matched to
-// regions and a C program can find a region with shmget(Key(name), 0, 0).
-// Package shm stores the full key in the region's header and compares it on
-// every Open, so two keys whose hashes collide cannot be confused: Open of
-// the second one fails with shm.ErrCorrupt ("header names key X, not Y"),
-// and Create of the second one fails with shm.ErrExist while the first
-// exists.
-//
-// # Creation and visibility
-//
-// Create calls shmget with IPC_CREAT|IPC_EXCL, so exactly one of several
-// racing owners wins; the others get an error matching fs.ErrExist. The
-// permission bits are applied exactly (shmget ignores the umask; the mode is
-// set again with IPC_SET whenever it differs, and the creator may attach
-// even to a mode without owner read-write). After shmat, every page is
-// populated with madvise(MADV_POPULATE_WRITE) (touching one byte per page on
-// kernels older than 5.14), so a shortage of memory is an error from Create
-// instead of a fault later. A SysV segment cannot shrink, so touching any
-// byte of a mapping never raises SIGBUS.
-//
-// Unlike POSIX objects, a SysV segment is visible under its key from shmget
-// on, before package shm has written its header. The backend says so
-// (VisibleBeforePublish), and shm.Open then waits while the header is blank
-// or not yet ready instead of reporting shm.ErrCorrupt at once. Publish has
-// nothing left to do.
-//
-// # Limits
-//
-//   - kernel.shmmax bounds one segment, kernel.shmall the pages of all
-//     segments, kernel.shmmni their number (see /proc/sys/kernel); exceeding
-//     them fails Create with EINVAL or ENOSPC.
-//   - There is no file descriptor: segments cannot be passed over a socket,
-//     sealed, or polled (the segments implement no backend.Fder).
-//   - Keys are 32-bit hashes: a collision makes the second key unusable
-//     while the first region exists (see above).
-//   - systemd-logind's RemoveIPC=yes (the default on many distributions)
-//     removes every SysV segment of a non-system user when that user's last
-//     session ends; run long-lived owners as a system user or set
-//     RemoveIPC=no.
-//   - Segments are per IPC namespace: a process in another IPC namespace
-//     (another container) sees different segments under the same key.
-//
-// # Cleanup
-//
-// Unlink is shmctl(IPC_RMID): the key is freed at once (new Opens fail with
-// an error matching fs.ErrNotExist and a new region may be created under the
-// key), processes that have the segment attached keep using it, and the
-// kernel frees the memory at the last detach (Close, or process exit). A
-// segment nobody removes outlives every process, like a file in /dev/shm:
-// List shows them (their names are in their headers, which package shm
-// reads through OpenID), UnlinkID removes one by its shmid, and so does
-// `ipcrm -m SHMID` or `ipcrm -M KEY`.
-//
-// A segment knows itself by its shmid, never by its bytes, which every
-// process allowed to attach it can change: StillNamed (backend.Namer) and a
-// segment's own Unlink ask whether the key still leads to that shmid. The
-// kernel frees a shmid only when its segment is destroyed (at the last
-// detach after IPC_RMID), so while a segment is attached its shmid cannot
-// name another one.
-//
-// # Listing
-//
-// List reads /proc/sysvipc/shm and attaches nothing. Reading a listed
-// segment's header takes an attachment: OpenID makes it read-only
-// (SHM_RDONLY), so that it cannot change another program's segment. The
-// kernel records even a read-only attachment: shmat sets the segment's
-// shm_lpid and shm_atime, shmdt its shm_lpid and shm_dtime, and shm_nattch
-// counts it meanwhile, so `ipcs -p` and `ipcs -t` show the lister as the
-// last user of every segment whose header it read. Package shm reads the
-// header only of segments at least as big as a header; smaller ones are
-// left untouched.
+// How keys are hashed, what Open does with a segment whose header is not yet
+// written, how a segment knows itself, and what listing costs the others:
+// DESIGN.md, next to this package's source.
 package sysv
 
 import (
@@ -122,9 +58,9 @@ const shmRdonly = 0o10000
 // not coincide with those of other programs that hash bare names.
 const keyPrefix = "shmgo:"
 
-// ProcFile lists the SysV shared-memory segments of the caller's IPC
+// procFile lists the SysV shared-memory segments of the caller's IPC
 // namespace.
-const ProcFile = "/proc/sysvipc/shm"
+const procFile = "/proc/sysvipc/shm"
 
 // Backend is the SysV backend. The zero value is ready to use; so is New().
 type Backend struct {
@@ -321,9 +257,9 @@ func rmid(id int, path string) error {
 	return nil
 }
 
-// Chmod sets the permission bits of the segment under name's key, exactly.
+// chmod sets the permission bits of the segment under name's key, exactly.
 // Only its owner, its creator or a privileged process may.
-func (b *Backend) Chmod(name string, perm fs.FileMode) error {
+func (b *Backend) chmod(name string, perm fs.FileMode) error {
 	key := b.key(name)
 	path := keyPath(name, key)
 	id, err := unix.SysvShmGet(key, 0, 0)
@@ -362,9 +298,11 @@ type Stat struct {
 	Removed  bool        // IPC_RMID done, freed at the last detach (SHM_DEST)
 }
 
-// Stat reports on the segment under name's key. It fails with an error
-// matching fs.ErrNotExist when there is none, and fs.ErrPermission when the
-// caller may not read it.
+// Stat reports on the segment under name's key, as ipcs -m would: what
+// package shm's Stat cannot tell, such as the attach count and the PIDs of
+// the creator and the last user (cmd/shmctl's stat shows them). It fails
+// with an error matching fs.ErrNotExist when there is none, and
+// fs.ErrPermission when the caller may not read it.
 func (b *Backend) Stat(name string) (Stat, error) {
 	key := b.key(name)
 	path := keyPath(name, key)
@@ -375,7 +313,8 @@ func (b *Backend) Stat(name string) (Stat, error) {
 	return statID(id, path)
 }
 
-// StatID is Stat for the segment with the given shmid (as List reports it).
+// StatID is Stat for the segment with the given shmid (as List reports it
+// in Info.ID, and ipcs -m shows it): cmd/shmctl's "stat sysv:@SHMID".
 func (b *Backend) StatID(id string) (Stat, error) {
 	n, err := parseID(id)
 	if err != nil {
@@ -406,7 +345,7 @@ func statID(id int, path string) (Stat, error) {
 // ours or not. Name is empty (the name is in the header); ID is the shmid.
 // Attached is nattch.
 func (b *Backend) List() ([]backend.Info, error) {
-	f, err := os.Open(ProcFile)
+	f, err := os.Open(procFile)
 	if err != nil {
 		return nil, err
 	}
@@ -421,7 +360,7 @@ func parseList(r io.Reader) ([]backend.Info, error) {
 	sc := bufio.NewScanner(r)
 	if !sc.Scan() {
 		if err := sc.Err(); err != nil {
-			return nil, &fs.PathError{Op: "read", Path: ProcFile, Err: err}
+			return nil, &fs.PathError{Op: "read", Path: procFile, Err: err}
 		}
 		return nil, nil
 	}
@@ -432,7 +371,7 @@ func parseList(r io.Reader) ([]backend.Info, error) {
 	need := []string{"key", "shmid", "perms", "size", "nattch", "uid", "gid"}
 	for _, n := range need {
 		if _, ok := col[n]; !ok {
-			return nil, &fs.PathError{Op: "parse", Path: ProcFile, Err: fmt.Errorf("no %q column", n)}
+			return nil, &fs.PathError{Op: "parse", Path: procFile, Err: fmt.Errorf("no %q column", n)}
 		}
 	}
 	var out []backend.Info
@@ -452,7 +391,7 @@ func parseList(r io.Reader) ([]backend.Info, error) {
 		uid, err6 := get("uid", 10)
 		gid, err7 := get("gid", 10)
 		if err := errors.Join(err1, err2, err3, err4, err5, err6, err7); err != nil {
-			return nil, &fs.PathError{Op: "parse", Path: ProcFile, Err: err}
+			return nil, &fs.PathError{Op: "parse", Path: procFile, Err: err}
 		}
 		if key == 0 || perms&shmDest != 0 {
 			continue // IPC_PRIVATE or removed: no key can reach it
@@ -464,7 +403,7 @@ func parseList(r io.Reader) ([]backend.Info, error) {
 		})
 	}
 	if err := sc.Err(); err != nil {
-		return nil, &fs.PathError{Op: "read", Path: ProcFile, Err: err}
+		return nil, &fs.PathError{Op: "read", Path: procFile, Err: err}
 	}
 	return out, nil
 }
@@ -556,7 +495,7 @@ func (s *segment) Owner() int { return s.uid }
 // can have its shmid, and a removed segment is no longer found by its key.
 // The segment's immutable identity (creator PID and uid, size, as IPC_STAT
 // showed them at attach) is compared as well, where IPC_STAT is allowed;
-// shm_ctime is not used, since IPC_SET (Chmod, Chown) changes it.
+// shm_ctime is not used, since IPC_SET (chmod, Chown) changes it.
 //
 // It fails with an error matching fs.ErrNotExist when no segment has the
 // key, and fs.ErrClosed after Close (when the shmid may be reused).

@@ -1,8 +1,8 @@
 // Package dirobj holds what the backends that keep each object as a regular
 // file in one directory share (backend/posix, backend/file): creating a file
 // under a temporary name with an exact mode and reserved pages, publishing
-// it under its final name exclusively, opening it with checks, removing and
-// listing.
+// it under its final name exclusively, opening it with checks and mapping it
+// (Segment, OpenMapped), removing and listing.
 //
 // Every error is an *fs.PathError wrapping the syscall.Errno (or a
 // *ForeignError, a *BusyError: see OpenContext), so that errors.Is(err,
@@ -36,6 +36,9 @@ type Dir struct {
 	// (the file backend's protocol): where a lease cannot be had, an
 	// exclusive flock proves that nobody uses it.
 	Flock bool
+	// Lock, when set, is taken by OpenMapped on every object it opens,
+	// and held by the segment until Close.
+	Lock LockFunc
 }
 
 // Join returns the path of the object name.
