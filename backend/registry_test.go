@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -95,6 +96,8 @@ func TestFileFactoryDefaultDir(t *testing.T) {
 	}
 }
 
+var registered atomic.Int64
+
 func TestRegisterPanics(t *testing.T) {
 	f := func(string) (backend.Backend, error) { return nil, nil }
 	for _, c := range []struct {
@@ -122,11 +125,21 @@ func TestRegisterPanics(t *testing.T) {
 			backend.Register(c.name, c.f)
 		}()
 	}
-	// A good name registers once.
-	backend.Register("t-registry-9", f)
-	if _, ok := backend.Lookup("t-registry-9"); !ok {
-		t.Error("t-registry-9 not registered")
+	// A good name registers once (a name of this run's: -count=N runs
+	// this test again in the same process, where the registry remembers).
+	name := fmt.Sprintf("t-registry-%d", registered.Add(1))
+	backend.Register(name, f)
+	if _, ok := backend.Lookup(name); !ok {
+		t.Errorf("%s not registered", name)
 	}
+	func() {
+		defer func() {
+			if recover() == nil {
+				t.Errorf("a second Register(%q) did not panic", name)
+			}
+		}()
+		backend.Register(name, f)
+	}()
 }
 
 // TestThirdPartyBackend uses tposix as the built-in ones are used: in a
