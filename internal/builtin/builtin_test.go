@@ -7,7 +7,6 @@ import (
 	"testing"
 )
 
-
 func TestForOpenOrder(t *testing.T) {
 	var got []string
 	for _, be := range ForOpen() {
