@@ -14,6 +14,8 @@
 //     and plays the role itself, with what the test has at hand (package
 //     conformance plays its roles inside Run, where the backend under test
 //     is known).
+//   - Rerun runs the calling test again in a child (in new namespaces, say),
+//     in which it returns true and the test does its work.
 //
 // Parent and child talk in lines. The child reports with Child.Say, which
 // the parent reads with Proc.Expect or Proc.Next; the parent sends lines
@@ -100,7 +102,15 @@ func IsChild() bool { return os.Getenv(envSpec) != "" }
 // InBenchmark naming tb's test or benchmark, and returns its Child. The
 // caller plays c.Role() and ends with c.Exit.
 func In(tb testing.TB) (c *Child, ok bool) {
-	c, ok = self()
+	c, ok = in(tb)
+	if !ok || c.spec.Role == rerunRole {
+		return nil, false
+	}
+	return c, true
+}
+
+func in(tb testing.TB) (*Child, bool) {
+	c, ok := self()
 	if !ok || c.spec.Test == "" || c.spec.Test != tb.Name() {
 		return nil, false
 	}
@@ -193,11 +203,13 @@ type Option func(*config)
 
 type config struct {
 	test, bench string
+	verbose     bool // -test.v, for Rerun
 	env         []string
 	user        *syscall.Credential
 	timeout     time.Duration
 	extra       []*os.File
 	attr        *syscall.SysProcAttr
+	prefix      []string
 }
 
 // InTest starts the child in the test (or subtest) called name, whose code
@@ -233,6 +245,16 @@ func ExtraFiles(f ...*os.File) Option { return func(c *config) { c.extra = appen
 // AsUser, the credential is set in it.
 func SysProcAttr(a *syscall.SysProcAttr) Option { return func(c *config) { c.attr = a } }
 
+// Prefix runs the test binary through the command argv (unshare(1) or
+// nsenter(1) with their options, say): the child's command line is argv,
+// then the test binary and its flags. Proc.PID, Signal, Kill and the kill
+// at the end of the test are then argv[0]'s: a command that forks the child
+// and does not pass SIGKILL on leaves the child to be killed by the caller,
+// after which Proc.Done waits for it to end.
+func Prefix(argv ...string) Option {
+	return func(c *config) { c.prefix = append([]string{}, argv...) }
+}
+
 // Command returns the child process of role with args, not started, for a
 // caller that runs it itself (reading its reports with CutReport): a child
 // that starts a grandchild, say. It cannot use AsUser. Its stdin, stdout and
@@ -245,7 +267,16 @@ func Command(role string, args []string, opts ...Option) (*exec.Cmd, error) {
 	if cf.user != nil {
 		return nil, errors.New("reexec.Command: AsUser needs Start")
 	}
-	return command(role, args, &cf, os.Args[0])
+	return command(role, args, &cf, testBinary())
+}
+
+// testBinary is the absolute path of the test binary, which a child started
+// through a Prefix that changes directory finds as well.
+func testBinary() string {
+	if exe, err := os.Executable(); err == nil {
+		return exe
+	}
+	return os.Args[0]
 }
 
 func command(role string, args []string, cf *config, exe string) (*exec.Cmd, error) {
@@ -260,11 +291,15 @@ func command(role string, args []string, cf *config, exe string) (*exec.Cmd, err
 		s.Test = cf.bench
 		flags = []string{"-test.run=^$", "-test.bench=" + Pattern(cf.bench), "-test.benchtime=1x"}
 	}
+	if cf.verbose {
+		flags = append(flags, "-test.v")
+	}
 	raw, err := json.Marshal(s)
 	if err != nil {
 		return nil, err
 	}
-	cmd := exec.Command(exe, append(flags, "-test.count=1")...)
+	argv := append(append(append([]string{}, cf.prefix...), exe), append(flags, "-test.count=1")...)
+	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Env = append(os.Environ(), envSpec+"="+string(raw))
 	if g := os.Getenv("GORACE"); !strings.Contains(g, "atexit_sleep_ms") {
 		// The race detector sleeps a second at exit by default.
@@ -308,13 +343,22 @@ func Start(t testing.TB, role string, args []string, opts ...Option) *Proc {
 	for _, o := range opts {
 		o(&cf)
 	}
-	exe := os.Args[0]
+	p, err := start(t, role, args, &cf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func start(t testing.TB, role string, args []string, cf *config) (*Proc, error) {
+	t.Helper()
+	exe := testBinary()
 	if cf.user != nil {
 		exe = exeFor(t, cf.user.Uid, cf.user.Gid)
 	}
-	cmd, err := command(role, args, &cf, exe)
+	cmd, err := command(role, args, cf, exe)
 	if err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
 	if cf.user != nil {
 		if cmd.SysProcAttr == nil {
@@ -330,13 +374,13 @@ func Start(t testing.TB, role string, args []string, opts ...Option) *Proc {
 	cmd.Stderr = &p.out
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
 	if p.stdin, err = cmd.StdinPipe(); err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
 	if err := cmd.Start(); err != nil {
-		t.Fatalf("starting child %s: %v", role, err)
+		return nil, fmt.Errorf("starting child %s: %w", role, err)
 	}
 	go func() {
 		sc := bufio.NewScanner(stdout)
@@ -357,7 +401,51 @@ func Start(t testing.TB, role string, args []string, opts ...Option) *Proc {
 		p.cmd.Process.Kill()
 		<-p.done
 	})
-	return p
+	return p, nil
+}
+
+// rerunRole is the role of a child of Rerun.
+const rerunRole = "rerun"
+
+// Rerun runs the calling test (or subtest) again in a child process started
+// with opts (SysProcAttr with Cloneflags for new namespaces, Env, Timeout),
+// and reports whether this process is that child, in which the test does
+// its work:
+//
+//	if !reexec.Rerun(t, reexec.SysProcAttr(&syscall.SysProcAttr{Cloneflags: syscall.CLONE_NEWIPC})) {
+//		return // the child ran the test
+//	}
+//
+// In the parent, Rerun waits for the child and fails t unless the child's
+// run of the test passed; it skips t when the kernel refuses to start the
+// child for want of privilege (EPERM: new namespaces need CAP_SYS_ADMIN).
+func Rerun(t testing.TB, opts ...Option) bool {
+	t.Helper()
+	if c, ok := in(t); ok && c.Role() == rerunRole {
+		return true
+	}
+	var cf config
+	for _, o := range opts {
+		o(&cf)
+	}
+	cf.test, cf.bench, cf.verbose = t.Name(), "", true
+	p, err := start(t, rerunRole, nil, &cf)
+	if errors.Is(err, syscall.EPERM) {
+		t.Skipf("skipped: cannot start the child that reruns %s (new namespaces need CAP_SYS_ADMIN): %v", t.Name(), err)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.stdin.Close()
+	select {
+	case <-p.done:
+	case <-time.After(p.timeout):
+		t.Fatalf("the child that reruns %s did not exit within %v; its output:\n%s", t.Name(), p.timeout, p.Output())
+	}
+	if out := p.Output(); p.err != nil || !strings.Contains(out, "--- PASS: "+t.Name()+" ") {
+		t.Fatalf("in the child, %s did not pass (%v); its output:\n%s", t.Name(), p.err, out)
+	}
+	return false
 }
 
 // PID is the child's process ID.
@@ -483,9 +571,9 @@ func exeFor(t testing.TB, uid, gid uint32) string {
 	}
 	var data []byte
 	if err == nil {
-		data, err = os.ReadFile(os.Args[0])
+		data, err = os.ReadFile(testBinary())
 	}
-	exe := filepath.Join(dir, filepath.Base(os.Args[0]))
+	exe := filepath.Join(dir, filepath.Base(testBinary()))
 	if err == nil {
 		err = os.WriteFile(exe, data, 0o755)
 	}

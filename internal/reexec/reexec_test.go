@@ -2,7 +2,9 @@ package reexec_test
 
 import (
 	"errors"
+	"fmt"
 	"os"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -120,4 +122,59 @@ func TestPattern(t *testing.T) {
 	if got := reexec.Pattern("TestA/b.c"); got != `^TestA$/^b\.c$` {
 		t.Fatalf("Pattern: %q", got)
 	}
+}
+
+func TestPrefix(t *testing.T) {
+	p := reexec.Start(t, "env", nil, reexec.Prefix("env", "REEXEC_TEST_VAR=through env(1)"))
+	if r := p.Expect(""); r != "through env(1)" {
+		t.Fatalf("child sees %q", r)
+	}
+	p.Wait()
+}
+
+func TestRerun(t *testing.T) {
+	t.Run("sub", func(t *testing.T) {
+		if !reexec.Rerun(t, reexec.Env("REEXEC_TEST_VAR=rerun")) {
+			return // the child passed
+		}
+		// The child: the same subtest, with the options.
+		if !reexec.IsChild() || os.Getenv("REEXEC_TEST_VAR") != "rerun" {
+			t.Fatalf("rerun: child %v, REEXEC_TEST_VAR=%q", reexec.IsChild(), os.Getenv("REEXEC_TEST_VAR"))
+		}
+		if _, ok := reexec.In(t); ok {
+			t.Fatal("In reports a rerun as a role to play")
+		}
+	})
+}
+
+// failTB records a Fatal instead of failing the test.
+type failTB struct {
+	testing.TB
+	failed string
+}
+
+func (f *failTB) Fatalf(format string, args ...any) {
+	f.failed = fmt.Sprintf(format, args...)
+	runtime.Goexit()
+}
+
+func (f *failTB) Fatal(args ...any) { f.Fatalf("%s", fmt.Sprint(args...)) }
+
+// A test that fails in the child fails the parent's Rerun, saying why.
+func TestRerunFailure(t *testing.T) {
+	t.Run("sub", func(t *testing.T) {
+		if reexec.IsChild() {
+			t.Fatal("failing on purpose, in the child")
+		}
+		f := &failTB{TB: t}
+		done := make(chan bool)
+		go func() {
+			defer close(done)
+			reexec.Rerun(f)
+		}()
+		<-done
+		if !strings.Contains(f.failed, "did not pass") || !strings.Contains(f.failed, "failing on purpose") {
+			t.Fatalf("Rerun of a failing test: %q", f.failed)
+		}
+	})
 }
