@@ -37,6 +37,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"runtime"
 	"strings"
 	"sync"
 	"syscall"
@@ -92,6 +93,19 @@ func Main() {
 		os.Exit(3)
 	}
 	c.Exit(play(c))
+}
+
+// LockMainThread, called from an init function, makes the roles that Main
+// plays in this process run on the main thread, whose thread ID is the PID
+// (1 for PID 1 of a new PID namespace): for a role that ends the main
+// thread alone, say. It does nothing in a process that is not a child
+// started for Main (the tests' process, a child of InTest).
+func LockMainThread() {
+	if c, ok := self(); ok && c.spec.Test == "" {
+		// Calling LockOSThread from an init function keeps the main
+		// goroutine, which runs TestMain and so Main, on the main thread.
+		runtime.LockOSThread()
+	}
 }
 
 // IsChild reports whether this process is a child started by Start or

@@ -6,13 +6,44 @@ import (
 	"os"
 	"runtime"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/shmgo/shm/internal/reexec"
 )
 
+func init() { reexec.LockMainThread() }
+
 func TestMain(m *testing.M) {
+	reexec.Register("mainthread", func(c *reexec.Child) error {
+		// Busy goroutines, and system calls long enough for the runtime
+		// to hand this goroutine's P to another thread: an unlocked
+		// goroutine moves to other threads.
+		stop := make(chan struct{})
+		defer close(stop)
+		for range 4 {
+			go func() {
+				for {
+					select {
+					case <-stop:
+						return
+					default:
+						runtime.Gosched()
+					}
+				}
+			}()
+		}
+		moved := 0
+		for range 200 {
+			syscall.Nanosleep(&syscall.Timespec{Nsec: 500_000}, nil)
+			if syscall.Gettid() != os.Getpid() {
+				moved++
+			}
+		}
+		c.Say("off the main thread %d times", moved)
+		return nil
+	})
 	reexec.Register("echo", func(c *reexec.Child) error {
 		c.Say("args %s", strings.Join(c.Args(), ","))
 		for {
@@ -177,4 +208,11 @@ func TestRerunFailure(t *testing.T) {
 			t.Fatalf("Rerun of a failing test: %q", f.failed)
 		}
 	})
+}
+
+// With LockMainThread, Main plays its roles on the main thread.
+func TestLockMainThread(t *testing.T) {
+	p := reexec.Start(t, "mainthread", nil)
+	p.ExpectLine("off the main thread 0 times")
+	p.Wait()
 }
