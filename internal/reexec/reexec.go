@@ -38,6 +38,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -57,6 +58,8 @@ const DefaultTimeout = 2 * time.Minute
 
 type spec struct {
 	Role string
+	// Args are Go-quoted (strconv.Quote): JSON would replace bytes that
+	// are not UTF-8, and an environment variable cannot hold a NUL.
 	Args []string `json:",omitempty"`
 	Test string   `json:",omitempty"` // the test or benchmark that plays the role; "" for Main
 }
@@ -143,7 +146,11 @@ func self() (*Child, bool) {
 			return
 		}
 		var s spec
-		if err := json.Unmarshal([]byte(raw), &s); err != nil {
+		err := json.Unmarshal([]byte(raw), &s)
+		for i := 0; err == nil && i < len(s.Args); i++ {
+			s.Args[i], err = strconv.Unquote(s.Args[i])
+		}
+		if err != nil {
 			fmt.Fprintf(os.Stderr, "reexec: bad %s: %v\n", envSpec, err)
 			os.Exit(3)
 		}
@@ -294,7 +301,10 @@ func testBinary() string {
 }
 
 func command(role string, args []string, cf *config, exe string) (*exec.Cmd, error) {
-	s := spec{Role: role, Args: args, Test: cf.test}
+	s := spec{Role: role, Test: cf.test}
+	for _, a := range args {
+		s.Args = append(s.Args, strconv.Quote(a))
+	}
 	flags := []string{"-test.run=^$"}
 	switch {
 	case cf.test != "" && cf.bench != "":

@@ -54,6 +54,10 @@ func TestMain(m *testing.M) {
 			c.Say("heard %s", line)
 		}
 	})
+	reexec.Register("quote", func(c *reexec.Child) error {
+		c.Say("%q", c.Args())
+		return nil
+	})
 	reexec.Register("fail", func(c *reexec.Child) error {
 		os.Stdout.WriteString("not a report\n")
 		return errors.New("failed on purpose")
@@ -214,5 +218,13 @@ func TestRerunFailure(t *testing.T) {
 func TestLockMainThread(t *testing.T) {
 	p := reexec.Start(t, "mainthread", nil)
 	p.ExpectLine("off the main thread 0 times")
+	p.Wait()
+}
+
+// Arguments reach the child byte for byte, whatever they hold.
+func TestArgsExact(t *testing.T) {
+	args := []string{"", "\xff\xfe not UTF-8", "a\nnewline", "a NUL\x00", `"quoted" \ esc\x1b[2J`}
+	p := reexec.Start(t, "quote", args)
+	p.ExpectLine(fmt.Sprintf("%q", args))
 	p.Wait()
 }
