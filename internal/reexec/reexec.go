@@ -49,8 +49,10 @@ import (
 // envSpec holds a child's spec, as JSON.
 const envSpec = "SHMGO_REEXEC"
 
-// linePrefix starts the lines of stdout that are a child's reports.
-const linePrefix = "REEXEC "
+// ReportPrefix starts the lines of a child's stdout that are its reports
+// (Child.Say). A command that a child runs through (Prefix) may report
+// with such lines itself.
+const ReportPrefix = "REEXEC "
 
 // DefaultTimeout is how long the parent waits for a child's report or exit
 // unless Timeout says otherwise.
@@ -188,7 +190,7 @@ func (c *Child) Arg(i int) string {
 // Say reports a line to the parent (Proc.Expect, Proc.Next). The line must
 // not contain a newline.
 func (c *Child) Say(format string, args ...any) {
-	line := linePrefix + fmt.Sprintf(format, args...) + "\n"
+	line := ReportPrefix + fmt.Sprintf(format, args...) + "\n"
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	os.Stdout.WriteString(line)
@@ -216,7 +218,7 @@ func (c *Child) Exit(err error) {
 // CutReport returns the report in a line of a child's stdout, for a parent
 // that reads it itself (see Command).
 func CutReport(line string) (report string, ok bool) {
-	return strings.CutPrefix(strings.TrimRight(line, "\r\n"), linePrefix)
+	return strings.CutPrefix(strings.TrimRight(line, "\r\n"), ReportPrefix)
 }
 
 // An Option configures a child.
@@ -359,8 +361,9 @@ type Proc struct {
 }
 
 // Start starts a child playing role with args. It fails the test when the
-// child cannot be started. The child is killed and reaped when the test
-// ends, if it still runs.
+// child cannot be started, and skips it when the kernel refuses the new
+// namespaces that SysProcAttr asks for (EPERM, EINVAL). The child is
+// killed and reaped when the test ends, if it still runs.
 func Start(t testing.TB, role string, args []string, opts ...Option) *Proc {
 	t.Helper()
 	var cf config
@@ -404,6 +407,9 @@ func start(t testing.TB, role string, args []string, cf *config) (*Proc, error) 
 		return nil, err
 	}
 	if err := cmd.Start(); err != nil {
+		if cf.attr != nil && cf.attr.Cloneflags != 0 && (errors.Is(err, syscall.EPERM) || errors.Is(err, syscall.EINVAL)) {
+			t.Skipf("skipped: cannot create namespaces (clone flags %#x) here, for child %s: %v", cf.attr.Cloneflags, role, err)
+		}
 		return nil, fmt.Errorf("starting child %s: %w", role, err)
 	}
 	go func() {
@@ -422,8 +428,15 @@ func start(t testing.TB, role string, args []string, cf *config) (*Proc, error) 
 		close(p.reports)
 	}()
 	t.Cleanup(func() {
+		// Its input closed too: a process it started that waits for
+		// input ends as well, and so lets go of the output.
+		p.stdin.Close()
 		p.cmd.Process.Kill()
-		<-p.done
+		select {
+		case <-p.done:
+		case <-time.After(p.timeout):
+			t.Errorf("child %s: its output still open %v after it was killed (by a process it started?); its output:\n%s", role, p.timeout, p.Output())
+		}
 	})
 	return p, nil
 }
@@ -441,8 +454,8 @@ const rerunRole = "rerun"
 //	}
 //
 // In the parent, Rerun waits for the child and fails t unless the child's
-// run of the test passed; it skips t when the kernel refuses to start the
-// child for want of privilege (EPERM: new namespaces need CAP_SYS_ADMIN).
+// run of the test passed; like Start, it skips t when the kernel refuses
+// the new namespaces (they need CAP_SYS_ADMIN).
 func Rerun(t testing.TB, opts ...Option) bool {
 	t.Helper()
 	if c, ok := in(t); ok && c.Role() == rerunRole {
@@ -454,9 +467,6 @@ func Rerun(t testing.TB, opts ...Option) bool {
 	}
 	cf.test, cf.bench, cf.verbose = t.Name(), "", true
 	p, err := start(t, rerunRole, nil, &cf)
-	if errors.Is(err, syscall.EPERM) {
-		t.Skipf("skipped: cannot start the child that reruns %s (new namespaces need CAP_SYS_ADMIN): %v", t.Name(), err)
-	}
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -541,10 +551,24 @@ func (p *Proc) Wait() {
 // Signal sends sig to the child.
 func (p *Proc) Signal(sig os.Signal) error { return p.cmd.Process.Signal(sig) }
 
-// Kill sends SIGKILL to the child and reaps it.
+// Kill sends SIGKILL to the child and reaps it. It fails the test if the
+// child's output stays open for the timeout (a process it started holds
+// it).
 func (p *Proc) Kill() {
+	p.t.Helper()
 	p.cmd.Process.Signal(syscall.SIGKILL)
-	<-p.done
+	p.WaitDone()
+}
+
+// WaitDone waits until the child has exited and been reaped (Done), and
+// fails the test if that takes longer than the timeout.
+func (p *Proc) WaitDone() {
+	p.t.Helper()
+	select {
+	case <-p.done:
+	case <-time.After(p.timeout):
+		p.t.Fatalf("child %s did not end within %v; its output:\n%s", p.role, p.timeout, p.Output())
+	}
 }
 
 // Done is closed once the child has exited and been reaped.

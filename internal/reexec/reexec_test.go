@@ -58,6 +58,23 @@ func TestMain(m *testing.M) {
 		c.Say("%q", c.Args())
 		return nil
 	})
+	reexec.Register("reader", func(c *reexec.Child) error {
+		c.Hear()
+		return nil
+	})
+	reexec.Register("parent-of-reader", func(c *reexec.Child) error {
+		cmd, err := reexec.Command("reader", nil)
+		if err != nil {
+			return err
+		}
+		cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
+		if err := cmd.Start(); err != nil {
+			return err
+		}
+		c.Say("started %d", cmd.Process.Pid)
+		time.Sleep(time.Hour) // until killed
+		return nil
+	})
 	reexec.Register("fail", func(c *reexec.Child) error {
 		os.Stdout.WriteString("not a report\n")
 		return errors.New("failed on purpose")
@@ -227,4 +244,18 @@ func TestArgsExact(t *testing.T) {
 	p := reexec.Start(t, "quote", args)
 	p.ExpectLine(fmt.Sprintf("%q", args))
 	p.Wait()
+}
+
+// The end of a test closes the child's input as it kills it: a process
+// the child started, which holds the child's output and waits for input,
+// ends too, so that the test ends at once.
+func TestCleanupEndsGrandchild(t *testing.T) {
+	start := time.Now()
+	t.Run("sub", func(t *testing.T) {
+		p := reexec.Start(t, "parent-of-reader", nil, reexec.Timeout(20*time.Second))
+		p.Expect("started")
+	})
+	if d := time.Since(start); d > 10*time.Second {
+		t.Fatalf("the test took %v to end", d)
+	}
 }
