@@ -233,6 +233,7 @@ type config struct {
 	extra       []*os.File
 	attr        *syscall.SysProcAttr
 	prefix      []string
+	name        string
 }
 
 // InTest starts the child in the test (or subtest) called name, whose code
@@ -267,6 +268,10 @@ func ExtraFiles(f ...*os.File) Option { return func(c *config) { c.extra = appen
 // SysProcAttr sets the child's exec.Cmd.SysProcAttr (namespaces, say). With
 // AsUser, the credential is set in it.
 func SysProcAttr(a *syscall.SysProcAttr) Option { return func(c *config) { c.attr = a } }
+
+// Name is what the parent's failure messages call the child, besides its
+// role: for children of one role that play different parts.
+func Name(name string) Option { return func(c *config) { c.name = name } }
 
 // Prefix runs the test binary through the command argv (unshare(1) or
 // nsenter(1) with their options, say): the child's command line is argv,
@@ -350,7 +355,7 @@ func Pattern(name string) string {
 // Proc is a running child, seen from the parent.
 type Proc struct {
 	t       testing.TB
-	role    string
+	role    string // the role, and the Name given
 	cmd     *exec.Cmd
 	stdin   io.WriteCloser
 	reports chan string
@@ -394,7 +399,11 @@ func start(t testing.TB, role string, args []string, cf *config) (*Proc, error) 
 		cmd.SysProcAttr.Credential = cf.user
 		cmd.Dir = "/"
 	}
-	p := &Proc{t: t, role: role, cmd: cmd, reports: make(chan string, 64), done: make(chan struct{}), timeout: cf.timeout}
+	name := role
+	if cf.name != "" {
+		name = fmt.Sprintf("%q (%s)", cf.name, role)
+	}
+	p := &Proc{t: t, role: name, cmd: cmd, reports: make(chan string, 64), done: make(chan struct{}), timeout: cf.timeout}
 	if p.timeout <= 0 {
 		p.timeout = DefaultTimeout
 	}
@@ -435,7 +444,7 @@ func start(t testing.TB, role string, args []string, cf *config) (*Proc, error) 
 		select {
 		case <-p.done:
 		case <-time.After(p.timeout):
-			t.Errorf("child %s: its output still open %v after it was killed (by a process it started?); its output:\n%s", role, p.timeout, p.Output())
+			t.Errorf("child %s: its output still open %v after it was killed (by a process it started?); its output:\n%s", p.role, p.timeout, p.Output())
 		}
 	})
 	return p, nil

@@ -121,6 +121,7 @@ func TestFailure(t *testing.T) {
 	if out := p.Output(); !strings.Contains(out, "not a report") || !strings.Contains(out, "child fail: failed on purpose") {
 		t.Fatalf("output %q lacks the child's other lines or its error", out)
 	}
+
 }
 
 func TestKill(t *testing.T) {
@@ -257,5 +258,19 @@ func TestCleanupEndsGrandchild(t *testing.T) {
 	})
 	if d := time.Since(start); d > 10*time.Second {
 		t.Fatalf("the test took %v to end", d)
+	}
+}
+
+// Failure messages call a child by its Name and role.
+func TestName(t *testing.T) {
+	f := &failTB{TB: t}
+	done := make(chan bool)
+	go func() {
+		defer close(done)
+		reexec.Start(f, "fail", nil, reexec.Name("the failing one")).Expect("never")
+	}()
+	<-done
+	if !strings.Contains(f.failed, `child "the failing one" (fail) said "error failed on purpose", want "never"`) {
+		t.Fatalf("failure message %q", f.failed)
 	}
 }
