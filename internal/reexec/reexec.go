@@ -8,7 +8,9 @@
 //
 //   - Roles registered with Register are played by Main, which a package's
 //     TestMain (or an init function) calls before anything else: the child
-//     plays its role and exits without running any test.
+//     plays its role and exits without running any test. A program that
+//     re-executes itself may do the same from its main, starting its
+//     children with Command (cmd/shmbench's workers).
 //   - A child started with InTest (or InBenchmark) runs that test (or
 //     benchmark) instead, whose code calls In to learn that it is the child
 //     and plays the role itself, with what the test has at hand (package
