@@ -165,24 +165,19 @@ func (ws *workers) wait() (map[string][]string, error) {
 
 func runContend(c *config, e *benv) (result, error) {
 	n := pick(c.n, 1_000_000)
-	key := e.key("contend")
-	r, err := shm.Create(key, max(c.size, benchproc.CtlSize), e.opt())
+	r, ws, err := withWorkers(c, e, "contend", c.procs, n)
 	if err != nil {
 		return result{}, err
 	}
 	defer r.Close()
 	defer r.Unlink()
 	data := r.Bytes()
-	ws, err := startWorkers(c, e, "contend", key, c.procs, n)
-	if err != nil {
-		return result{}, err
-	}
-	var start time.Time
-	var d time.Duration
-	if err := benchproc.Contend(data, c.procs, ws.check, func() { start = time.Now() }, func() { d = time.Since(start) }); err != nil {
+	var clk clock
+	if err := benchproc.Contend(data, c.procs, ws.check, clk.start, clk.stop); err != nil {
 		ws.kill()
 		return result{}, err
 	}
+	d := clk.d
 	fields, err := ws.wait()
 	if err != nil {
 		return result{}, err
@@ -217,28 +212,49 @@ func runContend(c *config, e *benv) (result, error) {
 
 func runPingPong(c *config, e *benv) (result, error) {
 	n := pick(c.n, 20000)
-	key := e.key("pingpong")
-	r, err := shm.Create(key, max(c.size, benchproc.CtlSize), e.opt())
+	r, ws, err := withWorkers(c, e, "pingpong", 1, n)
 	if err != nil {
 		return result{}, err
 	}
 	defer r.Close()
 	defer r.Unlink()
-	ws, err := startWorkers(c, e, "pingpong", key, 1, n)
-	if err != nil {
-		return result{}, err
-	}
-	var start time.Time
-	var d time.Duration
-	if err := benchproc.PingPong(r.Bytes(), n, ws.check, func() { start = time.Now() }, func() { d = time.Since(start) }); err != nil {
+	var clk clock
+	if err := benchproc.PingPong(r.Bytes(), n, ws.check, clk.start, clk.stop); err != nil {
 		ws.kill()
 		return result{}, err
 	}
 	if _, err := ws.wait(); err != nil {
 		return result{}, err
 	}
-	return result{nsPerOp: perOp(d, n)}, nil
+	return result{nsPerOp: perOp(clk.d, n)}, nil
 }
+
+// withWorkers creates the region of workload w (its data holds the control
+// block) and starts count workers on it, each doing n of its operations.
+// The caller unlinks and closes the region.
+func withWorkers(c *config, e *benv, w string, count, n int) (*shm.Region, *workers, error) {
+	key := e.key(w)
+	r, err := shm.Create(key, max(c.size, benchproc.CtlSize), e.opt())
+	if err != nil {
+		return nil, nil, err
+	}
+	ws, err := startWorkers(c, e, w, key, count, n)
+	if err != nil {
+		r.Unlink()
+		r.Close()
+		return nil, nil, err
+	}
+	return r, ws, nil
+}
+
+// clock times what runs between its start and stop.
+type clock struct {
+	t0 time.Time
+	d  time.Duration
+}
+
+func (c *clock) start() { c.t0 = time.Now() }
+func (c *clock) stop()  { c.d = time.Since(c.t0) }
 
 // work plays a worker's role.
 func work(c *reexec.Child, role string, a workerArgs) error {

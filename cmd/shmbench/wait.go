@@ -34,23 +34,16 @@ type waitBlock struct {
 // returns once the worker has attached. done closes the region and waits
 // for the worker.
 func startPair(c *config, e *benv, w string, n int) (r *shm.Region, wb *waitBlock, ws *workers, err error) {
-	key := e.key(w)
-	r, err = shm.Create(key, max(c.size, benchproc.CtlSize), e.opt())
-	if err != nil {
+	if r, ws, err = withWorkers(c, e, w, 1, n+warmRounds); err != nil {
 		return nil, nil, nil, err
 	}
 	fail := func(err error) (*shm.Region, *waitBlock, *workers, error) {
-		if ws != nil {
-			ws.kill()
-		}
+		ws.kill()
 		r.Unlink()
 		r.Close()
 		return nil, nil, nil, err
 	}
 	if wb, err = shm.View[waitBlock](r, benchproc.OffWait); err != nil {
-		return fail(err)
-	}
-	if ws, err = startWorkers(c, e, w, key, 1, n+warmRounds); err != nil {
 		return fail(err)
 	}
 	if err := sys.WaitAtLeast(benchproc.Word(r.Bytes(), benchproc.OffReady), 1, ws.check); err != nil {
