@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"syscall"
 	"testing"
@@ -49,10 +50,11 @@ func Register() {
 }
 
 func play(c *reexec.Child, key string, be backend.Backend) error {
+	var r *shm.Region
+	var err error
 	switch c.Role() {
 	case "create", "create-lock", "create-robust-lock":
-		r, err := shm.Create(key, 4096, shm.WithBackend(be), shm.WithMode(0o640))
-		if err != nil {
+		if r, err = shm.Create(key, 4096, shm.WithBackend(be), shm.WithMode(0o640)); err != nil {
 			return err
 		}
 		copy(r.Bytes(), "written by the creator")
@@ -62,7 +64,7 @@ func play(c *reexec.Child, key string, be backend.Backend) error {
 			}
 		}
 	case "attach":
-		if _, err := shm.Open(key, 30*time.Second, shm.WithBackend(be)); err != nil {
+		if r, err = shm.Open(key, 30*time.Second, shm.WithBackend(be)); err != nil {
 			return err
 		}
 	case "initdie":
@@ -77,6 +79,7 @@ func play(c *reexec.Child, key string, be backend.Backend) error {
 	}
 	c.Say("ready")
 	c.Hear() // until the parent kills this process, or goes away
+	runtime.KeepAlive(r)
 	return nil
 }
 
