@@ -232,15 +232,28 @@ func TestCondWaitSemantics(t *testing.T) {
 	}
 }
 
+// waitReleasedInWait waits until the only other user of r, which called
+// Lock.Wait, sleeps there: it is counted among the waiters and has released
+// the lock (Wait counts itself before it unlocks: killed in between, it
+// would die holding the lock).
+func waitReleasedInWait(t *testing.T, r *Region) {
+	t.Helper()
+	deadline := time.Now().Add(time.Minute)
+	for atomic.LoadUint32(&r.hdr.Cond.Waiters) == 0 || atomic.LoadUint32(r.word)&lockOwner != 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("the child did not wait, the lock released, within a minute (waiters %d, lock word %#x)", atomic.LoadUint32(&r.hdr.Cond.Waiters), atomic.LoadUint32(r.word))
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
 // A waiter killed in Wait blocks nobody; a waiter woken while the lock's
 // holder died gets the lock with ErrOwnerDead.
 func TestCondWaiterKilledAndHolderDied(t *testing.T) {
 	r, key := lockRegion(t, "condkill")
 	p := startLockChild(t, "condsleep", key)
 	p.ExpectLine("waiting")
-	for atomic.LoadUint32(&r.hdr.Cond.Waiters) == 0 {
-		time.Sleep(time.Millisecond) // until it waits, the lock released
-	}
+	waitReleasedInWait(t, r)
 	p.Kill()
 	l, err := r.Lock()
 	if err != nil {
@@ -340,9 +353,7 @@ func TestCondKilledWaiterUncounted(t *testing.T) {
 	r, key := lockRegion(t, "condcount")
 	p := startLockChild(t, "condsleep", key)
 	p.ExpectLine("waiting")
-	for atomic.LoadUint32(&r.hdr.Cond.Waiters) == 0 {
-		time.Sleep(time.Millisecond)
-	}
+	waitReleasedInWait(t, r)
 	p.Kill()
 	if w := atomic.LoadUint32(&r.hdr.Cond.Waiters); w != 1 {
 		t.Fatalf("%d waiters counted after the waiter died, want its 1 until its slot is reused", w)
