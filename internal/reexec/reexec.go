@@ -439,10 +439,12 @@ func start(t testing.TB, role string, args []string, cf *config) (*Proc, error) 
 		close(p.reports)
 	}()
 	t.Cleanup(func() {
-		// Its input closed too: a process it started that waits for
-		// input ends as well, and so lets go of the output.
-		p.stdin.Close()
 		p.cmd.Process.Kill()
+		// Its input closed too (after the kill: the child must not take
+		// the end of its input for a word of the parent's): a process it
+		// started that waits for input ends as well, and so lets go of
+		// the output.
+		p.stdin.Close()
 		select {
 		case <-p.done:
 		case <-time.After(p.timeout):
