@@ -92,19 +92,13 @@ func TestFutexAcrossProcesses(t *testing.T) {
 	f, _ := View[Futex](r, 8)
 	for i := range 20 {
 		f.Store(0)
-		cmd, out := startLockChild(t, "futexwait", key, nil)
-		out.Scan()
-		if out.Text() != "waiting" {
-			t.Fatalf("child said %q", out.Text())
-		}
+		p := startLockChild(t, "futexwait", key)
+		p.ExpectLine("waiting")
 		time.Sleep(time.Duration(i%3) * time.Millisecond)
 		f.Store(uint32(i + 1))
 		f.Wake(1)
-		out.Scan()
-		if want := "woke " + strconv.Itoa(i+1); out.Text() != want {
-			t.Fatalf("child said %q, want %q", out.Text(), want)
-		}
-		cmd.Wait()
+		p.ExpectLine("woke " + strconv.Itoa(i+1))
+		p.Wait()
 	}
 }
 
@@ -130,11 +124,8 @@ func TestFutexWaitClose(t *testing.T) {
 // wake-up is lost in 100 rounds each way.
 func TestCondAcrossProcesses(t *testing.T) {
 	r, key := lockRegion(t, "cond")
-	cmd, out := startLockChild(t, "condwait", key, nil)
-	out.Scan()
-	if out.Text() != "waiting" {
-		t.Fatalf("child said %q", out.Text())
-	}
+	p := startLockChild(t, "condwait", key)
+	p.ExpectLine("waiting")
 	c := (*uint64)(r.Pointer())
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
@@ -157,11 +148,8 @@ func TestCondAcrossProcesses(t *testing.T) {
 		lat = append(lat, time.Since(sent))
 	}
 	l.Unlock()
-	out.Scan()
-	if out.Text() != "done" {
-		t.Fatalf("child said %q", out.Text())
-	}
-	cmd.Wait()
+	p.ExpectLine("done")
+	p.Wait()
 	if w := r.hdr.Cond.Waiters; w != 0 {
 		t.Fatalf("%d waiters counted after every wait ended", w)
 	}
@@ -244,17 +232,29 @@ func TestCondWaitSemantics(t *testing.T) {
 	}
 }
 
+// waitReleasedInWait waits until the only other user of r, which called
+// Lock.Wait, sleeps there: it is counted among the waiters and has released
+// the lock (Wait counts itself before it unlocks: killed in between, it
+// would die holding the lock).
+func waitReleasedInWait(t *testing.T, r *Region) {
+	t.Helper()
+	deadline := time.Now().Add(time.Minute)
+	for atomic.LoadUint32(&r.hdr.Cond.Waiters) == 0 || atomic.LoadUint32(r.word)&lockOwner != 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("the child did not wait, the lock released, within a minute (waiters %d, lock word %#x)", atomic.LoadUint32(&r.hdr.Cond.Waiters), atomic.LoadUint32(r.word))
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
 // A waiter killed in Wait blocks nobody; a waiter woken while the lock's
 // holder died gets the lock with ErrOwnerDead.
 func TestCondWaiterKilledAndHolderDied(t *testing.T) {
 	r, key := lockRegion(t, "condkill")
-	cmd, out := startLockChild(t, "condsleep", key, nil)
-	out.Scan()
-	for atomic.LoadUint32(&r.hdr.Cond.Waiters) == 0 {
-		time.Sleep(time.Millisecond) // until it waits, the lock released
-	}
-	cmd.Process.Kill()
-	cmd.Wait()
+	p := startLockChild(t, "condsleep", key)
+	p.ExpectLine("waiting")
+	waitReleasedInWait(t, r)
+	p.Kill()
 	l, err := r.Lock()
 	if err != nil {
 		t.Fatalf("Lock after a waiter was killed in Wait: %v", err)
@@ -274,14 +274,10 @@ func TestCondWaiterKilledAndHolderDied(t *testing.T) {
 		time.Sleep(time.Millisecond)
 	}
 	time.Sleep(5 * time.Millisecond)
-	h, hout := startLockChild(t, "hold", key, nil)
-	hout.Scan()
-	if !strings.HasPrefix(hout.Text(), "locked") {
-		t.Fatalf("holder said %q", hout.Text())
-	}
+	h := startLockChild(t, "hold", key)
+	h.Expect("locked")
 	r.Signal()
-	h.Process.Kill()
-	h.Wait()
+	h.Kill()
 	if err := <-got; !errors.Is(err, ErrOwnerDead) {
 		t.Fatalf("Wait woken while the holder died: %v, want ErrOwnerDead", err)
 	}
@@ -355,13 +351,10 @@ func TestCondWaitKeepsGenerationsUnique(t *testing.T) {
 // then Signal with nobody waiting stops entering the kernel.
 func TestCondKilledWaiterUncounted(t *testing.T) {
 	r, key := lockRegion(t, "condcount")
-	cmd, out := startLockChild(t, "condsleep", key, nil)
-	out.Scan()
-	for atomic.LoadUint32(&r.hdr.Cond.Waiters) == 0 {
-		time.Sleep(time.Millisecond)
-	}
-	cmd.Process.Kill()
-	cmd.Wait()
+	p := startLockChild(t, "condsleep", key)
+	p.ExpectLine("waiting")
+	waitReleasedInWait(t, r)
+	p.Kill()
 	if w := atomic.LoadUint32(&r.hdr.Cond.Waiters); w != 1 {
 		t.Fatalf("%d waiters counted after the waiter died, want its 1 until its slot is reused", w)
 	}

@@ -1,7 +1,6 @@
 package shm_test
 
 import (
-	"bufio"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -11,8 +10,6 @@ import (
 	"math/rand/v2"
 	"net"
 	"os"
-	"os/exec"
-	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -23,6 +20,8 @@ import (
 	"github.com/shmgo/shm/backend"
 	"github.com/shmgo/shm/backend/memfd"
 	"github.com/shmgo/shm/backend/posix"
+	"github.com/shmgo/shm/internal/fdtest"
+	"github.com/shmgo/shm/internal/reexec"
 )
 
 var fdKeySeq atomic.Int64
@@ -59,31 +58,22 @@ func mkRegion(t *testing.T, be backend.Backend, tag string, size int) *shm.Regio
 	return r
 }
 
-func openFDs(t *testing.T) int {
-	t.Helper()
-	ents, err := os.ReadDir("/proc/self/fd")
-	if err != nil {
-		t.Fatal(err)
-	}
-	return len(ents)
-}
-
 // checkFDs fails the test unless the process has n descriptors again.
 func checkFDs(t *testing.T, n int) {
 	t.Helper()
 	for wait := time.Millisecond; wait < 5*time.Second; wait *= 2 {
-		if openFDs(t) == n {
+		if fdtest.Count(t) == n {
 			return
 		}
 		time.Sleep(wait)
 	}
-	t.Fatalf("%d descriptors open, want %d", openFDs(t), n)
+	t.Fatalf("%d descriptors open, want %d", fdtest.Count(t), n)
 }
 
 func TestOpenFile(t *testing.T) {
 	for _, bc := range fdBackends {
 		t.Run(bc.name, func(t *testing.T) {
-			n := openFDs(t)
+			n := fdtest.Count(t)
 			r := mkRegion(t, bc.be(), "file", 4096)
 			copy(r.Bytes(), "from the owner")
 			f, err := r.File()
@@ -150,7 +140,7 @@ func TestOpenFile(t *testing.T) {
 }
 
 func TestOpenFileRejects(t *testing.T) {
-	n := openFDs(t)
+	n := fdtest.Count(t)
 	dir := t.TempDir()
 	cases := map[string][]byte{
 		"empty": nil,
@@ -231,7 +221,7 @@ func socketpair(t *testing.T, typ int) (*net.UnixConn, *net.UnixConn) {
 }
 
 func TestSendReceive(t *testing.T) {
-	n := openFDs(t)
+	n := fdtest.Count(t)
 	r := mkRegion(t, memfd.New(), "send", 128)
 	copy(r.Bytes(), "sent")
 	for _, typ := range []int{unix.SOCK_STREAM, unix.SOCK_SEQPACKET, unix.SOCK_DGRAM} {
@@ -260,7 +250,7 @@ func TestSendReceive(t *testing.T) {
 }
 
 func TestReceiveRegionErrors(t *testing.T) {
-	n := openFDs(t)
+	n := fdtest.Count(t)
 	r := mkRegion(t, posix.New(), "recv", 64)
 	a, b := socketpair(t, unix.SOCK_SEQPACKET)
 
@@ -327,21 +317,18 @@ func TestReceiveRegionErrors(t *testing.T) {
 	checkFDs(t, n)
 }
 
-const fdChildEnv = "SHM_FD_TEST_CHILD"
-
 const passIncrements = 2000
+
+// The child of TestPassToChild (internal/reexec): its argument says how the
+// region comes, "extrafiles" or "socket".
+func init() {
+	reexec.Register("pass", func(c *reexec.Child) error { return passChild(c, c.Arg(0)) })
+}
 
 // TestPassToChild hands a region to a re-executed child, through
 // ExtraFiles and over a socketpair; the child sees and changes the data,
 // and the lock excludes across the two.
 func TestPassToChild(t *testing.T) {
-	if via := os.Getenv(fdChildEnv); via != "" {
-		if err := passChild(via); err != nil {
-			fmt.Println("child: error", err)
-			os.Exit(1)
-		}
-		return
-	}
 	for _, bc := range fdBackends {
 		for _, via := range []string{"extrafiles", "socket"} {
 			t.Run(bc.name+"/"+via, func(t *testing.T) { passParent(t, bc.be(), via) })
@@ -359,9 +346,7 @@ func passParent(t *testing.T, be backend.Backend, via string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(os.Args[0], "-test.run=^TestPassToChild$")
-	cmd.Env = append(os.Environ(), fdChildEnv+"="+via)
-	cmd.Stderr = os.Stderr
+	var passed *os.File
 	var conn *net.UnixConn
 	switch via {
 	case "extrafiles":
@@ -370,7 +355,7 @@ func passParent(t *testing.T, be backend.Backend, via string) {
 			t.Fatal(err)
 		}
 		defer f.Close()
-		cmd.ExtraFiles = []*os.File{f}
+		passed = f
 	case "socket":
 		fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
 		if err != nil {
@@ -385,41 +370,9 @@ func passParent(t *testing.T, be backend.Backend, via string) {
 		}
 		defer c.Close()
 		conn = c.(*net.UnixConn)
-		cmd.ExtraFiles = []*os.File{theirs}
+		passed = theirs
 	}
-	in, err := cmd.StdinPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer cmd.Process.Kill()
-	lines := make(chan string, 8)
-	go func() {
-		sc := bufio.NewScanner(out)
-		for sc.Scan() {
-			if l, ok := strings.CutPrefix(sc.Text(), "child: "); ok {
-				lines <- l
-			}
-		}
-		close(lines)
-	}()
-	expect := func(want string) {
-		t.Helper()
-		select {
-		case l := <-lines:
-			if l != want {
-				t.Fatalf("child said %q, want %q", l, want)
-			}
-		case <-time.After(60 * time.Second):
-			t.Fatalf("child silent for 60s, want %q", want)
-		}
-	}
+	p := reexec.Start(t, "pass", []string{via}, reexec.ExtraFiles(passed), reexec.Timeout(60*time.Second))
 	if conn != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		err := shm.SendRegion(ctx, conn, r)
@@ -428,11 +381,11 @@ func passParent(t *testing.T, be backend.Backend, via string) {
 			t.Fatal(err)
 		}
 	}
-	expect("key " + r.Key() + " fd")
-	expect("data parent")
-	expect("trylock locked")
+	p.ExpectLine("key " + r.Key() + " fd")
+	p.ExpectLine("data parent")
+	p.ExpectLine("trylock locked")
 	held.Unlock()
-	fmt.Fprintln(in, "go")
+	p.Send("go")
 	for range passIncrements {
 		l, err := r.Lock()
 		if err != nil {
@@ -441,11 +394,8 @@ func passParent(t *testing.T, be backend.Backend, via string) {
 		incr(r.Bytes())
 		l.Unlock()
 	}
-	expect("done")
-	in.Close()
-	if err := cmd.Wait(); err != nil {
-		t.Fatalf("child: %v", err)
-	}
+	p.ExpectLine("done")
+	p.Wait()
 	if got := counter(r.Bytes()); got != 2*passIncrements {
 		t.Fatalf("counter %d, want %d: the lock did not exclude", got, 2*passIncrements)
 	}
@@ -456,8 +406,8 @@ func passParent(t *testing.T, be backend.Backend, via string) {
 
 // passChild is the child's side of TestPassToChild: descriptor 3 is the
 // region, or a socket that carries it.
-func passChild(via string) error {
-	say := func(format string, a ...any) { fmt.Printf("child: "+format+"\n", a...) }
+func passChild(c *reexec.Child, via string) error {
+	say := c.Say
 	f := os.NewFile(3, "passed")
 	var r *shm.Region
 	var err error
@@ -465,14 +415,14 @@ func passChild(via string) error {
 	case "extrafiles":
 		r, err = shm.OpenFile(f)
 	case "socket":
-		c, cerr := net.FileConn(f)
+		conn, cerr := net.FileConn(f)
 		if cerr != nil {
 			return cerr
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		r, err = shm.ReceiveRegion(ctx, c.(*net.UnixConn))
+		r, err = shm.ReceiveRegion(ctx, conn.(*net.UnixConn))
 		cancel()
-		c.Close()
+		conn.Close()
 	}
 	f.Close()
 	if err != nil {
@@ -486,8 +436,7 @@ func passChild(via string) error {
 	} else {
 		say("trylock %v", err)
 	}
-	in := bufio.NewScanner(os.Stdin)
-	in.Scan()
+	c.Hear()
 	l, err := r.Lock()
 	if err != nil {
 		return err

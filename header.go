@@ -6,6 +6,7 @@ import (
 	"time"
 	"unsafe"
 
+	"github.com/shmgo/shm/internal/layout"
 	"github.com/shmgo/shm/internal/sys"
 )
 
@@ -136,6 +137,46 @@ var (
 	_ [0]struct{} = [unsafe.Offsetof(header{}.Cond) - 448]struct{}{}
 	_ [0]struct{} = [unsafe.Sizeof(slot{}) - slotSize]struct{}{}
 	_ [0]struct{} = [unsafe.Offsetof(slot{}.Link) - unsafe.Offsetof(slot{}.Live) - sys.RobustEntryOffset]struct{}{}
+)
+
+// Compile-time checks that internal/layout, which states this layout for
+// package conformance and the tests, agrees: each length is 0 only when the
+// two sides are equal (and negative is an error).
+var (
+	_ [0]struct{} = [headerSize - layout.HeaderSize]struct{}{}
+	_ [0]struct{} = [version - layout.Version]struct{}{}
+	_ [0]struct{} = [maxKeyLen - layout.MaxKeyLen]struct{}{}
+	_ [0]struct{} = [len(magic) - len(layout.Magic)]struct{}{}
+	_ [0]struct{} = [stateInit - layout.StateInit]struct{}{}
+	_ [0]struct{} = [stateReady - layout.StateReady]struct{}{}
+	_ [0]struct{} = [lockOwner - layout.LockOwner]struct{}{}
+	_ [0]struct{} = [lockWaiters - layout.LockWaiters]struct{}{}
+	_ [0]struct{} = [slotSize - layout.SlotSize]struct{}{}
+	_ [0]struct{} = [unsafe.Sizeof(header{}.Key) - layout.MaxKeyLen]struct{}{}
+
+	_ [0]struct{} = [unsafe.Offsetof(header{}.Magic) - layout.OffMagic]struct{}{}
+	_ [0]struct{} = [unsafe.Offsetof(header{}.Version) - layout.OffVersion]struct{}{}
+	_ [0]struct{} = [unsafe.Offsetof(header{}.HeaderSize) - layout.OffHeaderSize]struct{}{}
+	_ [0]struct{} = [unsafe.Offsetof(header{}.DataSize) - layout.OffDataSize]struct{}{}
+	_ [0]struct{} = [unsafe.Offsetof(header{}.State) - layout.OffState]struct{}{}
+	_ [0]struct{} = [unsafe.Offsetof(header{}.Flags) - layout.OffFlags]struct{}{}
+	_ [0]struct{} = [unsafe.Offsetof(header{}.CreatorPID) - layout.OffCreatorPID]struct{}{}
+	_ [0]struct{} = [unsafe.Offsetof(header{}.KeyLen) - layout.OffKeyLen]struct{}{}
+	_ [0]struct{} = [unsafe.Offsetof(header{}.CreatorStart) - layout.OffCreatorStart]struct{}{}
+	_ [0]struct{} = [unsafe.Offsetof(header{}.CreatorNS) - layout.OffCreatorNS]struct{}{}
+	_ [0]struct{} = [unsafe.Offsetof(header{}.Created) - layout.OffCreated]struct{}{}
+	_ [0]struct{} = [unsafe.Offsetof(header{}.Key) - layout.OffKey]struct{}{}
+	_ [0]struct{} = [unsafe.Offsetof(header{}.Users) - layout.OffUsers]struct{}{}
+	_ [0]struct{} = [unsafe.Offsetof(header{}.Lock) + unsafe.Offsetof(lockLine{}.Word) - layout.OffLock]struct{}{}
+	_ [0]struct{} = [unsafe.Offsetof(header{}.Cond) + unsafe.Offsetof(condLine{}.Seq) - layout.OffCondSeq]struct{}{}
+	_ [0]struct{} = [unsafe.Offsetof(header{}.Cond) + unsafe.Offsetof(condLine{}.Waiters) - layout.OffCondWaiters]struct{}{}
+
+	_ [0]struct{} = [unsafe.Offsetof(slot{}.Live) - layout.SlotLive]struct{}{}
+	_ [0]struct{} = [unsafe.Offsetof(slot{}.Hazard) - layout.SlotHazard]struct{}{}
+	_ [0]struct{} = [unsafe.Offsetof(slot{}.Link) - layout.SlotLink]struct{}{}
+	_ [0]struct{} = [unsafe.Offsetof(slot{}.Start) - layout.SlotStart]struct{}{}
+	_ [0]struct{} = [unsafe.Offsetof(slot{}.PID) - layout.SlotPID]struct{}{}
+	_ [0]struct{} = [unsafe.Offsetof(slot{}.NS) - layout.SlotNS]struct{}{}
 )
 
 // dataOffset is where the data of a region with users slots starts.

@@ -11,6 +11,8 @@ import (
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/shmgo/shm/internal/layout"
 )
 
 // fuzzName is the key name the seeds are made for.
@@ -18,26 +20,26 @@ const fuzzName = "t-rel-fuzz"
 
 // fuzzOff is where the data of the seeds starts: a header with one user
 // slot.
-const fuzzOff = 576
+var fuzzOff = layout.DataOffset(1)
 
-// fuzzHeader lays out a header by hand, as the comment in header.go
-// documents it, independently of the header struct: one user slot, and the
-// data after it up to total bytes.
+// fuzzHeader lays out a header by hand, as internal/layout states it,
+// independently of the header struct: one user slot, and the data after it
+// up to total bytes.
 func fuzzHeader(total int, edit func(b []byte)) []byte {
 	b := make([]byte, max(total, fuzzOff))
 	ne := binary.NativeEndian
-	copy(b, "\x89SHMGO\r\n")
-	ne.PutUint32(b[8:], 2)        // version
-	ne.PutUint32(b[12:], fuzzOff) // header size
-	ne.PutUint64(b[16:], uint64(max(total-fuzzOff, 1)))
-	ne.PutUint32(b[264:], 1) // user slots
-	ne.PutUint32(b[24:], 1)  // ready
-	ne.PutUint32(b[32:], uint32(os.Getpid()))
-	ne.PutUint32(b[36:], uint32(len(fuzzName)))
-	ne.PutUint64(b[40:], 1234)
-	ne.PutUint64(b[48:], 5678)
-	ne.PutUint64(b[56:], uint64(time.Now().UnixNano()))
-	copy(b[64:], fuzzName)
+	copy(b[layout.OffMagic:], layout.Magic)
+	ne.PutUint32(b[layout.OffVersion:], layout.Version)
+	ne.PutUint32(b[layout.OffHeaderSize:], uint32(fuzzOff))
+	ne.PutUint64(b[layout.OffDataSize:], uint64(max(total-fuzzOff, 1)))
+	ne.PutUint32(b[layout.OffUsers:], 1)
+	ne.PutUint32(b[layout.OffState:], layout.StateReady)
+	ne.PutUint32(b[layout.OffCreatorPID:], uint32(os.Getpid()))
+	ne.PutUint32(b[layout.OffKeyLen:], uint32(len(fuzzName)))
+	ne.PutUint64(b[layout.OffCreatorStart:], 1234)
+	ne.PutUint64(b[layout.OffCreatorNS:], 5678)
+	ne.PutUint64(b[layout.OffCreated:], uint64(time.Now().UnixNano()))
+	copy(b[layout.OffKey:], fuzzName)
 	if edit != nil {
 		edit(b)
 	}
@@ -52,8 +54,8 @@ func put64(off int, v uint64) func([]byte) {
 	return func(b []byte) { binary.NativeEndian.PutUint64(b[off:], v) }
 }
 
-// refCheck is what checkHeader must answer, computed from the documented
-// layout with bounds-checked reads.
+// refCheck is what checkHeader must answer, computed from the layout
+// internal/layout states, with bounds-checked reads.
 func refCheck(mem []byte, name string) headerState {
 	if len(mem) == 0 {
 		return headerBlank
@@ -62,7 +64,7 @@ func refCheck(mem []byte, name string) headerState {
 		return headerBad
 	}
 	ne := binary.NativeEndian
-	if !bytes.Equal(mem[:4], magic[:4]) {
+	if string(mem[:4]) != layout.Magic[:4] {
 		// The creator writes the magic's first 4 bytes last: without
 		// them, the header may still be being written (SysV objects are
 		// visible meanwhile), whatever the other fields hold.
@@ -71,22 +73,22 @@ func refCheck(mem []byte, name string) headerState {
 		}
 		return headerBad
 	}
-	keyLen := ne.Uint32(mem[36:])
-	dataSize := ne.Uint64(mem[16:])
-	users := ne.Uint32(mem[264:])
-	hsize := ne.Uint32(mem[12:])
+	keyLen := ne.Uint32(mem[layout.OffKeyLen:])
+	dataSize := ne.Uint64(mem[layout.OffDataSize:])
+	users := ne.Uint32(mem[layout.OffUsers:])
+	hsize := ne.Uint32(mem[layout.OffHeaderSize:])
 	switch {
-	case !bytes.Equal(mem[:8], magic[:]),
-		ne.Uint32(mem[8:]) != version,
+	case string(mem[:8]) != layout.Magic,
+		ne.Uint32(mem[layout.OffVersion:]) != layout.Version,
 		users == 0, users > MaxUsers,
-		hsize != (512+32*users+63)&^63,
-		keyLen > maxKeyLen, keyLen == 0,
-		!validName(string(mem[64 : 64+keyLen])),
-		string(mem[64:64+keyLen]) != name,
+		int(hsize) != layout.DataOffset(int(users)),
+		keyLen > layout.MaxKeyLen, keyLen == 0,
+		!validName(string(mem[layout.OffKey : layout.OffKey+keyLen])),
+		string(mem[layout.OffKey:layout.OffKey+keyLen]) != name,
 		dataSize == 0, dataSize > MaxSize, uint64(hsize) > uint64(len(mem)), dataSize > uint64(len(mem))-uint64(hsize):
 		return headerBad
 	}
-	if ne.Uint32(mem[24:]) != stateReady {
+	if ne.Uint32(mem[layout.OffState:]) != layout.StateReady {
 		return headerNotReady
 	}
 	return headerOK
@@ -169,22 +171,22 @@ func FuzzCheckHeader(f *testing.F) {
 		make([]byte, fuzzOff+64),                 // zeros
 		make([]byte, 100),                        // short zeros
 		fuzzHeader(fuzzOff+64, func(b []byte) { copy(b, "GEOPMSHM") }),
-		fuzzHeader(fuzzOff+64, put32(8, 1)),                                      // version 1
-		fuzzHeader(fuzzOff+64, put32(264, 0)),                                    // no user slots
-		fuzzHeader(fuzzOff+64, put32(264, 2)),                                    // slots without room
-		fuzzHeader(fuzzOff+64, put32(264, MaxUsers+1)),                           // too many slots
-		fuzzHeader(fuzzOff+64, put32(8, 0)),                                      // version 0
-		fuzzHeader(fuzzOff+64, put32(12, 256)),                                   // header size
-		fuzzHeader(fuzzOff+64, put64(16, 0)),                                     // data size 0
-		fuzzHeader(fuzzOff+64, put64(16, 65)),                                    // data beyond the end
-		fuzzHeader(fuzzOff+64, put64(16, MaxSize+1)),                             // beyond MaxSize
-		fuzzHeader(fuzzOff+64, put64(16, 1<<63)),                                 // huge
-		fuzzHeader(fuzzOff+64, put32(24, 0)),                                     // initialising
-		fuzzHeader(fuzzOff+64, put32(24, 7)),                                     // unknown state
-		fuzzHeader(fuzzOff+64, put32(36, maxKeyLen+1)),                           // key length
-		fuzzHeader(fuzzOff+64, put32(36, 1<<32-1)),                               // key length
-		fuzzHeader(fuzzOff+64, put32(36, uint32(len(fuzzName)-1))),               // key prefix
-		fuzzHeader(fuzzOff+64, func(b []byte) { b[64] = 'T' }),                   // other key
+		fuzzHeader(fuzzOff+64, put32(layout.OffVersion, 1)),                      // version 1
+		fuzzHeader(fuzzOff+64, put32(layout.OffUsers, 0)),                        // no user slots
+		fuzzHeader(fuzzOff+64, put32(layout.OffUsers, 2)),                        // slots without room
+		fuzzHeader(fuzzOff+64, put32(layout.OffUsers, MaxUsers+1)),               // too many slots
+		fuzzHeader(fuzzOff+64, put32(layout.OffVersion, 0)),                      // version 0
+		fuzzHeader(fuzzOff+64, put32(layout.OffHeaderSize, 256)),                 // header size
+		fuzzHeader(fuzzOff+64, put64(layout.OffDataSize, 0)),                     // data size 0
+		fuzzHeader(fuzzOff+64, put64(layout.OffDataSize, 65)),                    // data beyond the end
+		fuzzHeader(fuzzOff+64, put64(layout.OffDataSize, MaxSize+1)),             // beyond MaxSize
+		fuzzHeader(fuzzOff+64, put64(layout.OffDataSize, 1<<63)),                 // huge
+		fuzzHeader(fuzzOff+64, put32(layout.OffState, 0)),                        // initialising
+		fuzzHeader(fuzzOff+64, put32(layout.OffState, 7)),                        // unknown state
+		fuzzHeader(fuzzOff+64, put32(layout.OffKeyLen, layout.MaxKeyLen+1)),      // key length
+		fuzzHeader(fuzzOff+64, put32(layout.OffKeyLen, 1<<32-1)),                 // key length
+		fuzzHeader(fuzzOff+64, put32(layout.OffKeyLen, uint32(len(fuzzName)-1))), // key prefix
+		fuzzHeader(fuzzOff+64, func(b []byte) { b[layout.OffKey] = 'T' }),        // other key
 		fuzzHeader(fuzzOff+64, func(b []byte) { copy(b[4:8], make([]byte, 4)) }), // half a magic
 		fuzzHeader(fuzzOff+64, func(b []byte) { copy(b, make([]byte, 16)) }),     // no magic, version or header size
 	}
@@ -193,7 +195,7 @@ func FuzzCheckHeader(f *testing.F) {
 	}
 	f.Add(fuzzHeader(fuzzOff+64, nil), "")
 	f.Add(fuzzHeader(fuzzOff+64, nil), fuzzName+"x")
-	f.Add(fuzzHeader(fuzzOff+64, put32(36, 0)), "")
+	f.Add(fuzzHeader(fuzzOff+64, put32(layout.OffKeyLen, 0)), "")
 
 	f.Fuzz(func(t *testing.T, data []byte, name string) {
 		want := refCheck(data, name)

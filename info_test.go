@@ -1,23 +1,17 @@
 package shm_test
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"math/rand/v2"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"regexp"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
-
-	"golang.org/x/sys/unix"
 
 	"github.com/shmgo/shm"
 	"github.com/shmgo/shm/backend"
@@ -25,165 +19,19 @@ import (
 	"github.com/shmgo/shm/backend/memfd"
 	"github.com/shmgo/shm/backend/posix"
 	"github.com/shmgo/shm/backend/sysv"
+	"github.com/shmgo/shm/internal/reexec"
+	"github.com/shmgo/shm/internal/shmtest"
 )
-
-// The re-executed test binary plays these roles (SHM_OPS_ROLE), on the
-// region SHM_OPS_KEY of the backend SHM_OPS_BACKEND ("posix:DIR", "sysv",
-// "memfd", "file:DIR").
-const (
-	envRole    = "SHM_OPS_ROLE"
-	envKey     = "SHM_OPS_KEY"
-	envBackend = "SHM_OPS_BACKEND"
-	envInNS    = "SHM_OPS_IN_NEW_IPC_NS"
-)
-
-// backendOf makes the backend of a spec, NAME[:ARG] as in SHM_BACKEND.
-func backendOf(spec string) backend.Backend {
-	name, arg, _ := strings.Cut(spec, ":")
-	if f, ok := backend.Lookup(name); ok {
-		if be, err := f(arg); err == nil {
-			return be
-		}
-	}
-	panic("unknown backend spec " + spec)
-}
-
-// The tests below re-execute the test binary; init plays the child's role
-// before any test runs.
-func init() {
-	if role := os.Getenv(envRole); role != "" {
-		opsChild(role)
-	}
-}
-
-// opsChild is the child process of the tests below.
-func opsChild(role string) {
-	key := os.Getenv(envKey)
-	be := backendOf(os.Getenv(envBackend))
-	ready := func() { fmt.Println("ready"); os.Stdout.Sync() }
-	die := func(err error) { fmt.Println("error:", err); os.Exit(1) }
-	switch role {
-	case "create", "create-lock", "create-robust-lock":
-		opts := []shm.Option{shm.WithBackend(be), shm.WithMode(0o640)}
-		r, err := shm.Create(key, 4096, opts...)
-		if err != nil {
-			die(err)
-		}
-		copy(r.Bytes(), "written by the creator")
-		if role != "create" {
-			if _, err := r.Lock(); err != nil {
-				die(err)
-			}
-		}
-		ready()
-	case "attach":
-		r, err := shm.Open(key, 30*time.Second, shm.WithBackend(be))
-		if err != nil {
-			die(err)
-		}
-		_ = r
-		ready()
-	case "initdie":
-		_, err := shm.Create(key, 4096, shm.WithBackend(be), shm.WithInit(func([]byte) error {
-			ready()
-			time.Sleep(time.Hour)
-			return nil
-		}))
-		die(err)
-	case "attach-loop":
-		attachLoop(key, be)
-		os.Exit(0)
-	default:
-		die(errors.New("unknown role " + role))
-	}
-	time.Sleep(time.Hour)
-}
-
-// attachLoop attaches to key again and again until it is gone, and checks
-// while attached that the key still names the very object it maps: a
-// removal must never take a region from under a process that attached.
-func attachLoop(key string, be backend.Backend) {
-	dir := be.(interface{ Dir() string }).Dir()
-	path := filepath.Join(dir, strings.TrimPrefix(key, "/"))
-	for i := 0; ; i++ {
-		r, err := shm.Open(key, 0, shm.WithBackend(be))
-		if errors.Is(err, shm.ErrNotExist) {
-			fmt.Printf("gone after %d attaches\n", i)
-			return
-		}
-		if err != nil {
-			fmt.Println("error:", err)
-			os.Exit(1)
-		}
-		if i == 0 {
-			fmt.Println("ready")
-		}
-		f, err := r.File()
-		if err != nil {
-			fmt.Println("error:", err)
-			os.Exit(1)
-		}
-		var mine, named unix.Stat_t
-		unix.Fstat(int(f.Fd()), &mine)
-		f.Close()
-		time.Sleep(time.Duration(i%7) * 50 * time.Microsecond)
-		if err := unix.Stat(path, &named); err != nil || named.Ino != mine.Ino || mine.Nlink == 0 {
-			fmt.Printf("VIOLATION: attached to inode %d (links %d), but %s: ino %d, %v\n", mine.Ino, mine.Nlink, path, named.Ino, err)
-			os.Exit(3)
-		}
-		r.Close()
-		time.Sleep(time.Duration(i%5) * 100 * time.Microsecond)
-	}
-}
-
-// child is a re-executed test binary in some role.
-type child struct {
-	cmd *exec.Cmd
-	out *bufio.Reader
-	pid int
-}
-
-func startChild(t *testing.T, role, key, spec string) *child {
-	t.Helper()
-	cmd := exec.Command(os.Args[0], "-test.run=^$", "-test.count=1")
-	cmd.Env = append(os.Environ(), envRole+"="+role, envKey+"="+key, envBackend+"="+spec)
-	cmd.Stderr = os.Stderr
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	c := &child{cmd: cmd, out: bufio.NewReader(stdout), pid: cmd.Process.Pid}
-	t.Cleanup(func() { c.kill() })
-	line, err := c.out.ReadString('\n')
-	if strings.TrimSpace(line) != "ready" {
-		rest, _ := io.ReadAll(c.out)
-		t.Fatalf("child %s: %q%s (%v)", role, line, rest, err)
-	}
-	return c
-}
-
-// kill SIGKILLs the child and reaps it.
-func (c *child) kill() {
-	if c.cmd.ProcessState == nil {
-		c.cmd.Process.Kill()
-		c.cmd.Wait()
-	}
-}
 
 // privateDir makes a directory on /dev/shm's tmpfs for one test, so that
 // RemoveStale sees only the test's objects.
-func privateDir(t *testing.T) string {
+func privateDir(t *testing.T) string { return shmtest.PrivateDir(t) }
+
+// startChild starts a child playing role (see internal/shmtest) on key of
+// the backend spec, and waits until it is ready.
+func startChild(t *testing.T, role, key, spec string) *reexec.Proc {
 	t.Helper()
-	dir, err := os.MkdirTemp(posix.DefaultDir, "t-ops-dir-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	os.Chmod(dir, 0o755)
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	return dir
+	return shmtest.Start(t, role, key, spec)
 }
 
 type backendCase struct {
@@ -321,7 +169,7 @@ func TestStaleAfterKill(t *testing.T) {
 			key := opsKey(t, "killed-"+bc.name)
 			cleanupKey(t, bc.be, key)
 			c := startChild(t, "create-lock", key, bc.spec)
-			c.kill()
+			c.Kill()
 
 			in, err := shm.Stat(key, shm.WithBackend(bc.be))
 			if bc.name == "memfd" {
@@ -334,11 +182,11 @@ func TestStaleAfterKill(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if in.CreatorPID != c.pid || in.Creator != shm.Dead {
-				t.Errorf("creator %d %v, want %d dead", in.CreatorPID, in.Creator, c.pid)
+			if in.CreatorPID != c.PID() || in.Creator != shm.Dead {
+				t.Errorf("creator %d %v, want %d dead", in.CreatorPID, in.Creator, c.PID())
 			}
-			if in.Lock.State != shm.LockHolderDead || in.Lock.PID != c.pid {
-				t.Errorf("lock %+v, want holder %d dead", in.Lock, c.pid)
+			if in.Lock.State != shm.LockHolderDead || in.Lock.PID != c.PID() {
+				t.Errorf("lock %+v, want holder %d dead", in.Lock, c.PID())
 			}
 			if in.Attached != 0 || !in.AttachedExact || !in.Stale {
 				t.Errorf("attached %d exact %v stale %v (%s), want 0 true true", in.Attached, in.AttachedExact, in.Stale, in.Reason)
@@ -378,7 +226,7 @@ func TestInUseNeverRemoved(t *testing.T) {
 			cleanupKey(t, bc.be, key)
 			creator := startChild(t, "create", key, bc.spec)
 			user := startChild(t, "attach", key, bc.spec)
-			creator.kill()
+			creator.Kill()
 
 			in, err := shm.Stat(key, shm.WithBackend(bc.be))
 			if err != nil {
@@ -400,7 +248,7 @@ func TestInUseNeverRemoved(t *testing.T) {
 				t.Fatalf("the region in use was removed: %v", err)
 			}
 
-			user.kill()
+			user.Kill()
 			if bc.name == "sysv" {
 				if err := shm.Remove(key, shm.WithBackend(bc.be)); err != nil {
 					t.Fatal(err)
@@ -411,7 +259,7 @@ func TestInUseNeverRemoved(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if len(removed) != 1 || removed[0].Key != key || removed[0].CreatorPID != creator.pid {
+			if len(removed) != 1 || removed[0].Key != key || removed[0].CreatorPID != creator.PID() {
 				t.Fatalf("RemoveStale removed %+v, want %s", removed, key)
 			}
 			if _, err := shm.Stat(key, shm.WithBackend(bc.be)); !errors.Is(err, shm.ErrNotExist) {
@@ -429,7 +277,7 @@ func TestSysvRemoveStale(t *testing.T) {
 	}
 	be := sysv.New()
 	stale, live := opsKey(t, "sysv-stale"), opsKey(t, "sysv-live")
-	startChild(t, "create", stale, "sysv").kill()
+	startChild(t, "create", stale, "sysv").Kill()
 	startChild(t, "create", live, "sysv")
 	defer be.Unlink(strings.TrimPrefix(live, "/"))
 
@@ -456,40 +304,7 @@ func TestSysvRemoveStale(t *testing.T) {
 // reports whether the caller is that re-run (and should do the work).
 func inNewIPCNamespace(t *testing.T) bool {
 	t.Helper()
-	return inNewNamespaces(t, syscall.CLONE_NEWIPC)
-}
-
-// inNewNamespaces re-runs the calling test (or subtest) in new namespaces
-// of the kinds in flags (CLONE_NEW*), and reports whether the caller is that
-// re-run (and should do the work).
-func inNewNamespaces(t *testing.T, flags uintptr) bool {
-	t.Helper()
-	if os.Getenv(envInNS) == t.Name() {
-		return true
-	}
-	cmd := exec.Command(os.Args[0], "-test.run="+runPattern(t.Name()), "-test.count=1", "-test.v")
-	cmd.Env = append(os.Environ(), envInNS+"="+t.Name())
-	cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: flags}
-	out, err := cmd.CombinedOutput()
-	if err != nil && errors.Is(err, syscall.EPERM) {
-		t.Skipf("cannot make new namespaces (needs CAP_SYS_ADMIN): %v", err)
-	}
-	if err != nil {
-		t.Fatalf("in new namespaces: %v\n%s", err, out)
-	}
-	if !strings.Contains(string(out), "--- PASS: "+t.Name()+" ") {
-		t.Fatalf("in new namespaces, the test did not pass:\n%s", out)
-	}
-	return false
-}
-
-// runPattern selects exactly the test or subtest called name.
-func runPattern(name string) string {
-	parts := strings.Split(name, "/")
-	for i, p := range parts {
-		parts[i] = "^" + regexp.QuoteMeta(p) + "$"
-	}
-	return strings.Join(parts, "/")
+	return shmtest.InNamespaces(t, syscall.CLONE_NEWIPC)
 }
 
 func TestForeignObjects(t *testing.T) {
@@ -545,7 +360,7 @@ func TestOrphanTempRemoved(t *testing.T) {
 			if len(infos) != 1 || !infos[0].Temp || infos[0].Stale || infos[0].Ready || infos[0].Creator != shm.Alive {
 				t.Fatalf("while the creator lives: %+v", infos)
 			}
-			c.kill()
+			c.Kill()
 			infos, err = shm.List(context.Background(), shm.ListBackends(bc.be))
 			if err != nil {
 				t.Fatal(err)
@@ -570,35 +385,16 @@ func TestOrphanTempRemoved(t *testing.T) {
 // whose key is gone. Several rounds, since each round races differently.
 func TestRemoveStaleRacesAttach(t *testing.T) {
 	dir := privateDir(t)
-	spec := "posix:" + dir
 	be := posix.NewDir(dir)
 	for round := 0; round < 10; round++ {
-		key := opsKey(t, fmt.Sprintf("race-%d", round))
-		cleanupKey(t, be, key)
-		startChild(t, "create", key, spec).kill()
-		att := startChild(t, "attach-loop", key, spec)
-
-		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		tries := 0
-		for ctx.Err() == nil {
+		n, att := shmtest.RaceAttach(t, opsKey(t, fmt.Sprintf("race-%d", round)), "posix:"+dir, func(ctx context.Context) (bool, error) {
+			time.Sleep(time.Duration(tries%3) * 100 * time.Microsecond)
 			tries++
 			removed, err := shm.RemoveStale(ctx, shm.ListBackends(be))
-			if err != nil {
-				cancel()
-				t.Fatal(err)
-			}
-			if len(removed) > 0 {
-				break
-			}
-			time.Sleep(time.Duration(tries%3) * 100 * time.Microsecond)
-		}
-		cancel()
-		out, _ := io.ReadAll(att.out)
-		err := att.cmd.Wait()
-		t.Logf("round %d: removed after %d tries; attacher: %s", round, tries, strings.TrimSpace(string(out)))
-		if err != nil || !strings.HasPrefix(string(out), "gone after ") {
-			t.Fatalf("attacher: %v: %s", err, out)
-		}
+			return len(removed) > 0, err
+		})
+		t.Logf("round %d: removed after %d tries; attacher: %s", round, n, att)
 	}
 }
 
@@ -623,15 +419,15 @@ func TestStatRobustLockAfterKill(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !in.Lock.Robust || in.Lock.State != shm.LockHeld || in.Lock.PID != c.pid || in.Lock.Inconsistent {
+	if !in.Lock.Robust || in.Lock.State != shm.LockHeld || in.Lock.PID != c.PID() || in.Lock.Inconsistent {
 		t.Errorf("while the holder lives: %+v", in.Lock)
 	}
-	c.kill()
+	c.Kill()
 	in, err = shm.Stat(key, shm.WithBackend(be))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !in.Lock.Robust || in.Lock.State != shm.LockHolderDead || in.Lock.PID != c.pid || !in.Stale {
+	if !in.Lock.Robust || in.Lock.State != shm.LockHolderDead || in.Lock.PID != c.PID() || !in.Stale {
 		t.Errorf("after the holder died: %+v, stale %v", in.Lock, in.Stale)
 	}
 }
@@ -642,7 +438,7 @@ func TestListDefaults(t *testing.T) {
 	// With the default backends, List attaches every SysV segment and asks
 	// every memfd owner it can see: in namespaces of its own (IPC, network
 	// for the abstract sockets) it disturbs no other test and program.
-	if !inNewNamespaces(t, syscall.CLONE_NEWIPC|syscall.CLONE_NEWNET) {
+	if !shmtest.InNamespaces(t, syscall.CLONE_NEWIPC|syscall.CLONE_NEWNET) {
 		return
 	}
 	t.Setenv("XDG_RUNTIME_DIR", filepath.Join(t.TempDir(), "missing"))
@@ -766,7 +562,7 @@ func TestTempNameSpoofing(t *testing.T) {
 		t.Run(bc.name, func(t *testing.T) {
 			key := opsKey(t, "spoof")
 			c := startChild(t, "initdie", key, bc.spec)
-			c.kill()
+			c.Kill()
 			infos, err := shm.List(context.Background(), shm.ListBackends(bc.be))
 			if err != nil || len(infos) != 1 || !infos[0].Temp {
 				t.Fatalf("the dead creator's temporary object: %+v, %v", infos, err)
@@ -802,7 +598,7 @@ func (b *lateTaken) Create(name string, size int64, perm fs.FileMode) (backend.P
 	p, err := b.Backend.Create(name, size, perm)
 	if err == nil && b.planted == 0 {
 		b.planted++
-		startChild(b.t, "create-lock", b.key, b.spec).kill()
+		startChild(b.t, "create-lock", b.key, b.spec).Kill()
 	}
 	return p, err
 }

@@ -1,14 +1,12 @@
 package shm
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
 	"io/fs"
 	"math/rand/v2"
 	"os"
-	"os/exec"
 	"slices"
 	"strings"
 	"sync"
@@ -18,32 +16,38 @@ import (
 	"time"
 	"unsafe"
 
+	"github.com/shmgo/shm/internal/reexec"
 	"github.com/shmgo/shm/internal/sys"
 )
 
-// Children of the lock tests: SHMGO_LOCK_CHILD=<role>:<key>.
+// Children of the lock tests (internal/reexec; TestMain, in main_test.go,
+// plays them). A child's argument is the region's key. With envNoRobust
+// set, the child's kernel refuses robust lists (as where a seccomp filter
+// does), so that its slots are judged by PID.
+const envNoRobust = "SHMGO_LOCK_NOROBUST"
+
+// noRobust starts a child whose kernel refuses robust lists.
+var noRobust = reexec.Env(envNoRobust + "=1")
+
 func init() {
-	spec := os.Getenv("SHMGO_LOCK_CHILD")
-	if spec == "" {
-		return
+	// The roles run on the main thread, which leaderexit ends alone.
+	reexec.LockMainThread()
+	for _, role := range []string{"hold", "leaderexit", "twoheld", "futexwait", "condwait", "condsleep", "count", "readonly"} {
+		reexec.Register(role, func(c *reexec.Child) error {
+			if os.Getenv(envNoRobust) != "" {
+				sys.RefuseRobustLists()
+			}
+			return lockChild(c, role, c.Arg(0))
+		})
 	}
-	role, key, _ := strings.Cut(spec, ":")
-	if os.Getenv("SHMGO_LOCK_NOROBUST") != "" {
-		sys.RefuseRobustLists()
-	}
-	if err := lockChild(role, key); err != nil {
-		fmt.Println("error", err)
-		os.Exit(1)
-	}
-	os.Exit(0)
 }
 
 // lockChild opens key, and for "hold" takes the lock, adds 1000 to the
 // counter, says "locked" and waits to be killed; for "count" does 50,000
 // locked increments.
-func lockChild(role, key string) error {
+func lockChild(c *reexec.Child, role, key string) error {
 	if role == "readonly" {
-		return readOnlyChild(key)
+		return readOnlyChild(c, key)
 	}
 	r, err := Open(key, 10*time.Second)
 	if err != nil {
@@ -56,12 +60,12 @@ func lockChild(role, key string) error {
 			return err
 		}
 		*(*uint64)(r.Pointer()) += 1000
-		fmt.Println("locked", os.Getpid(), r.armed.TID())
+		c.Say("locked %d %d", os.Getpid(), r.armed.TID())
 		select {}
 	case "leaderexit":
 		// Lock from another thread, then end the main thread alone (we
-		// run in init, on it): the thread-group leader becomes a zombie
-		// while the process lives.
+		// run on it: reexec.LockMainThread): the thread-group leader
+		// becomes a zombie while the process lives.
 		locked := make(chan error)
 		go func() {
 			_, err := r.Lock()
@@ -71,7 +75,7 @@ func lockChild(role, key string) error {
 		if err := <-locked; err != nil {
 			return err
 		}
-		fmt.Println("locked", os.Getpid())
+		c.Say("locked %d", os.Getpid())
 		syscall.Syscall(syscall.SYS_EXIT, 0, 0, 0)
 		return errors.New("the main thread did not exit")
 	case "twoheld":
@@ -89,7 +93,7 @@ func lockChild(role, key string) error {
 			return err
 		}
 		l2.Unlock()
-		fmt.Println("locked", os.Getpid())
+		c.Say("locked %d", os.Getpid())
 		select {}
 	case "futexwait":
 		// Wait on the Futex at offset 8 until it leaves 0, and say so.
@@ -97,7 +101,7 @@ func lockChild(role, key string) error {
 		if err != nil {
 			return err
 		}
-		fmt.Println("waiting")
+		c.Say("waiting")
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		defer cancel()
 		for f.Load() == 0 {
@@ -105,7 +109,7 @@ func lockChild(role, key string) error {
 				return err
 			}
 		}
-		fmt.Println("woke", f.Load())
+		c.Say("woke %d", f.Load())
 		return nil
 	case "condwait":
 		// Under the lock, wait until the counter at 0 is odd, make it
@@ -116,20 +120,20 @@ func lockChild(role, key string) error {
 		if err != nil {
 			return err
 		}
-		fmt.Println("waiting")
-		c := (*uint64)(r.Pointer())
+		c.Say("waiting")
+		n := (*uint64)(r.Pointer())
 		for round := 0; round < 100; round++ {
-			for *c%2 == 0 {
+			for *n%2 == 0 {
 				if err := l.Wait(ctx); err != nil {
 					return err
 				}
 			}
-			*c++
+			*n++
 			if err := r.Signal(); err != nil {
 				return err
 			}
 		}
-		fmt.Println("done")
+		c.Say("done")
 		return l.Unlock()
 	case "condsleep":
 		// Wait on the condition forever (to be killed while waiting).
@@ -137,7 +141,7 @@ func lockChild(role, key string) error {
 		if err != nil {
 			return err
 		}
-		fmt.Println("waiting")
+		c.Say("waiting")
 		for {
 			l.Wait(context.Background())
 		}
@@ -152,7 +156,7 @@ func lockChild(role, key string) error {
 				return err
 			}
 		}
-		fmt.Println("done")
+		c.Say("done")
 		return nil
 	}
 	return errors.New("unknown role " + role)
@@ -173,21 +177,10 @@ func lockRegion(t *testing.T, tag string, opts ...Option) (*Region, string) {
 	return r, key
 }
 
-func startLockChild(t *testing.T, role, key string, attr *syscall.SysProcAttr, env ...string) (*exec.Cmd, *bufio.Scanner) {
+// startLockChild starts a child playing role on key.
+func startLockChild(t *testing.T, role, key string, opts ...reexec.Option) *reexec.Proc {
 	t.Helper()
-	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(append(os.Environ(), "SHMGO_LOCK_CHILD="+role+":"+key, "GORACE=atexit_sleep_ms=0"), env...)
-	cmd.SysProcAttr = attr
-	cmd.Stderr = os.Stderr
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	return cmd, bufio.NewScanner(out)
+	return reexec.Start(t, role, []string{key}, opts...)
 }
 
 func TestLockBasics(t *testing.T) {
@@ -337,18 +330,13 @@ func TestLockStaleUnlocks(t *testing.T) {
 
 func TestLockProcesses(t *testing.T) {
 	r, key := lockRegion(t, "procs")
-	var cmds []*exec.Cmd
-	var outs []*bufio.Scanner
+	var ps []*reexec.Proc
 	for range 2 {
-		c, o := startLockChild(t, "count", key, nil)
-		cmds, outs = append(cmds, c), append(outs, o)
+		ps = append(ps, startLockChild(t, "count", key))
 	}
-	for i, c := range cmds {
-		outs[i].Scan()
-		if outs[i].Text() != "done" {
-			t.Fatalf("child said %q", outs[i].Text())
-		}
-		c.Wait()
+	for _, p := range ps {
+		p.ExpectLine("done")
+		p.Wait()
 	}
 	if got := *(*uint64)(r.Pointer()); got != 100000 {
 		t.Fatalf("counter %d, want 100000", got)
@@ -357,7 +345,7 @@ func TestLockProcesses(t *testing.T) {
 
 // The kernel marks the slot of a holder killed with SIGKILL.
 func TestLockHolderKilled(t *testing.T) {
-	testHolderKilled(t, nil)
+	testHolderKilled(t)
 }
 
 // A holder in another PID namespace: its PID means nothing here, but the
@@ -366,23 +354,20 @@ func TestLockHolderInOtherPIDNamespace(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("skipped: a new PID namespace needs root (CI runs as root)")
 	}
-	testHolderKilled(t, &syscall.SysProcAttr{Cloneflags: syscall.CLONE_NEWPID})
+	testHolderKilled(t, reexec.SysProcAttr(&syscall.SysProcAttr{Cloneflags: syscall.CLONE_NEWPID}))
 }
 
 // Where the kernel refuses robust lists, slots are judged by PID: a killed
 // holder is recovered all the same.
 func TestLockHolderKilledWithoutRobustLists(t *testing.T) {
-	testHolderKilled(t, nil, "SHMGO_LOCK_NOROBUST=1")
+	testHolderKilled(t, noRobust)
 }
 
-func testHolderKilled(t *testing.T, attr *syscall.SysProcAttr, env ...string) {
+func testHolderKilled(t *testing.T, opts ...reexec.Option) {
 	r, key := lockRegion(t, "killed")
-	cmd, out := startLockChild(t, "hold", key, attr, env...)
-	out.Scan()
-	if !strings.HasPrefix(out.Text(), "locked") {
-		t.Fatalf("child said %q", out.Text())
-	}
-	t.Logf("holder says %q; its PID here is %d", out.Text(), cmd.Process.Pid)
+	p := startLockChild(t, "hold", key, opts...)
+	line := p.Expect("locked")
+	t.Logf("holder says %q; its PID here is %d", line, p.PID())
 	if _, err := r.TryLock(); !errors.Is(err, ErrLocked) {
 		t.Fatalf("TryLock while the child holds: %v", err)
 	}
@@ -396,7 +381,7 @@ func testHolderKilled(t *testing.T, attr *syscall.SysProcAttr, env ...string) {
 		got <- err
 	}()
 	time.Sleep(20 * time.Millisecond)
-	cmd.Process.Kill()
+	p.Signal(syscall.SIGKILL)
 	err := <-got
 	if !errors.Is(err, ErrOwnerDead) {
 		t.Fatalf("Lock after the holder was killed: %v, want ErrOwnerDead", err)
@@ -470,13 +455,9 @@ func TestUserSlots(t *testing.T) {
 // next Region that locks.
 func TestUserSlotOfDeadProcessReused(t *testing.T) {
 	r, key := lockRegion(t, "reuse", WithMaxUsers(2))
-	cmd, out := startLockChild(t, "hold", key, nil)
-	out.Scan()
-	if !strings.HasPrefix(out.Text(), "locked") {
-		t.Fatalf("child said %q", out.Text())
-	}
-	cmd.Process.Kill()
-	cmd.Wait()
+	p := startLockChild(t, "hold", key)
+	p.Expect("locked")
+	p.Kill()
 	l, err := r.Lock()
 	if !errors.Is(err, ErrOwnerDead) {
 		t.Fatalf("Lock after the holder died: %v, want ErrOwnerDead", err)
@@ -558,15 +539,12 @@ func TestWithFaultGuard(t *testing.T) {
 // thread holds the lock shows state Z in /proc, but lives: never taken over.
 // It is recovered once it dies. With and without robust lists.
 func TestLockHolderLeaderExited(t *testing.T) {
-	for _, env := range [][]string{nil, {"SHMGO_LOCK_NOROBUST=1"}} {
-		t.Run(fmt.Sprint("norobust=", env != nil), func(t *testing.T) {
+	for _, opts := range [][]reexec.Option{nil, {noRobust}} {
+		t.Run(fmt.Sprint("norobust=", opts != nil), func(t *testing.T) {
 			r, key := lockRegion(t, "leader")
-			cmd, out := startLockChild(t, "leaderexit", key, nil, env...)
-			out.Scan()
-			if !strings.HasPrefix(out.Text(), "locked") {
-				t.Fatalf("child said %q", out.Text())
-			}
-			pid := cmd.Process.Pid
+			p := startLockChild(t, "leaderexit", key, opts...)
+			p.Expect("locked")
+			pid := p.PID()
 			for i := 0; ; i++ {
 				b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 				if f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+1:])); len(f) > 0 && f[0] == "Z" {
@@ -585,7 +563,7 @@ func TestLockHolderLeaderExited(t *testing.T) {
 			if _, err := r.TryLock(); !errors.Is(err, ErrLocked) {
 				t.Fatalf("TryLock: %v, want ErrLocked", err)
 			}
-			cmd.Process.Kill()
+			p.Signal(syscall.SIGKILL)
 			ctx, cancel = context.WithTimeout(context.Background(), 30*time.Second)
 			defer cancel()
 			l, err := r.LockContext(ctx)
@@ -649,20 +627,16 @@ func TestLockKernelWalkCut(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer func() { r2.Unlink(); r2.Close() }()
-	cmd, out := startLockChild(t, "twoheld", key, nil)
-	out.Scan()
-	if !strings.HasPrefix(out.Text(), "locked") {
-		t.Fatalf("child said %q", out.Text())
-	}
+	p := startLockChild(t, "twoheld", key)
+	p.Expect("locked")
 	// The child armed key's slot, then key-b's, which is first on its
 	// list: cut the walk there.
 	for i := range r2.slots {
-		if s := &r2.slots[i]; atomic.LoadUint32(&s.PID) == uint32(cmd.Process.Pid) {
+		if s := &r2.slots[i]; atomic.LoadUint32(&s.PID) == uint32(p.PID()) {
 			atomic.StoreUint64(&s.Link, 0xdeadbeef000)
 		}
 	}
-	cmd.Process.Kill()
-	cmd.Wait()
+	p.Kill()
 	owner := atomic.LoadUint32(r.word) & lockOwner
 	if lv := atomic.LoadUint32(&r.slots[owner-1].Live); lv&sys.FutexTIDMask == 0 {
 		t.Fatalf("the kernel marked the holder's slot (%#x): the walk was not cut", lv)
@@ -798,7 +772,7 @@ func TestLockStarvation(t *testing.T) {
 // readOnlyChild opens key read-only (as another user, who may only read
 // it), checks what such a Region may and may not do, then waits on the
 // Futex at offset 8 for the owner's wake-up.
-func readOnlyChild(key string) error {
+func readOnlyChild(c *reexec.Child, key string) error {
 	if _, err := Open(key, 0); !errors.Is(err, fs.ErrPermission) {
 		return fmt.Errorf("read-write Open by a user who may only read: %v, want fs.ErrPermission", err)
 	}
@@ -836,7 +810,7 @@ func readOnlyChild(key string) error {
 	if err != nil {
 		return err
 	}
-	fmt.Println("waiting")
+	c.Say("waiting")
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	for f.Load() == 0 {
@@ -844,7 +818,7 @@ func readOnlyChild(key string) error {
 			return err
 		}
 	}
-	fmt.Println("woke")
+	c.Say("woke")
 	return nil
 }
 
@@ -864,52 +838,14 @@ func TestReadOnlyUser(t *testing.T) {
 	if _, err := Create(key+"-x", 64, WithReadOnly()); !errors.Is(err, ErrInvalidOption) {
 		t.Fatalf("Create WithReadOnly: %v, want ErrInvalidOption", err)
 	}
-	exe := copyForOthers(t)
-	cmd := exec.Command(exe, "-test.run=^$")
-	cmd.Env = append(os.Environ(), "SHMGO_LOCK_CHILD=readonly:"+key, "GORACE=atexit_sleep_ms=0")
-	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
-	cmd.Dir = "/"
-	cmd.Stderr = os.Stderr
-	out, _ := cmd.StdoutPipe()
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	sc := bufio.NewScanner(out)
-	sc.Scan()
-	if sc.Text() != "waiting" {
-		cmd.Wait()
-		t.Fatalf("read-only child said %q", sc.Text())
-	}
+	p := startLockChild(t, "readonly", key, reexec.AsUser(65534, 65534))
+	p.ExpectLine("waiting")
 	f, _ := View[Futex](r, 8)
 	f.Store(1)
 	f.Wake(1)
-	sc.Scan()
-	if sc.Text() != "woke" {
-		t.Fatalf("read-only child said %q", sc.Text())
-	}
-	if err := cmd.Wait(); err != nil {
-		t.Fatal(err)
-	}
+	p.ExpectLine("woke")
+	p.Wait()
 	if info, _ := Stat(key); len(info.Users) != 1 {
 		t.Fatalf("%d users after a read-only user left, want the owner alone", len(info.Users))
 	}
-}
-
-// copyForOthers copies the test binary where any user may run it.
-func copyForOthers(t *testing.T) string {
-	dir, err := os.MkdirTemp("/tmp", "shm-exe-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	os.Chmod(dir, 0o755)
-	data, err := os.ReadFile(os.Args[0])
-	if err != nil {
-		t.Fatal(err)
-	}
-	exe := dir + "/shm.test"
-	if err := os.WriteFile(exe, data, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	return exe
 }

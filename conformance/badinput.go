@@ -19,6 +19,7 @@ import (
 	"github.com/shmgo/shm"
 	"github.com/shmgo/shm/backend"
 	"github.com/shmgo/shm/internal/fdtest"
+	"github.com/shmgo/shm/internal/layout"
 )
 
 func init() { roles["badopen"] = roleBadOpen }
@@ -53,14 +54,8 @@ func badSentinelName(err error) string {
 	return fmt.Sprint(err)
 }
 
-// rawHeader is a region header laid out by hand, as header.go documents it
-// (the suite does not import package shm's internals):
-//
-//	0 magic, 8 version (2), 12 header size (where the data starts), 16 data
-//	size, 24 state, 28 flags, 32 creator PID, 36 key length, 40 creator
-//	start, 48 creator PID namespace, 56 creation time, 64 key (200 bytes),
-//	264 user slots, 384 lock line, 512 the user table (32 bytes a slot),
-//	then the data, 64-byte aligned.
+// rawHeader is a region header made by hand, laid out as internal/layout
+// states it (the suite does not import package shm's internals).
 type rawHeader struct {
 	Magic      string
 	Version    uint32
@@ -77,15 +72,15 @@ type rawHeader struct {
 }
 
 // rawHeaderSize is where the data of a hand-made header starts: one user
-// slot after the 512-byte header, rounded up to 64.
-const rawHeaderSize = 576
+// slot after the header, rounded up to 64.
+var rawHeaderSize = layout.DataOffset(1)
 
 // goodHeader is a valid, ready header for name with dataSize bytes of data,
 // created by this process.
 func goodHeader(name string, dataSize uint64) rawHeader {
 	return rawHeader{
-		Magic: "\x89SHMGO\r\n", Version: 2, HeaderSize: rawHeaderSize, Users: 1,
-		DataSize: dataSize, State: 1,
+		Magic: layout.Magic, Version: layout.Version, HeaderSize: uint32(rawHeaderSize), Users: 1,
+		DataSize: dataSize, State: layout.StateReady,
 		PID: uint32(os.Getpid()), Start: 1, NS: ownPIDNS(),
 		Created: time.Now().UnixNano(), KeyLen: -1, Key: name,
 	}
@@ -96,22 +91,22 @@ func goodHeader(name string, dataSize uint64) rawHeader {
 func (r rawHeader) object(total int) []byte {
 	b := make([]byte, max(total, rawHeaderSize))
 	ne := binary.NativeEndian
-	copy(b[0:8], r.Magic)
-	ne.PutUint32(b[8:], r.Version)
-	ne.PutUint32(b[12:], r.HeaderSize)
-	ne.PutUint64(b[16:], r.DataSize)
-	ne.PutUint32(b[24:], r.State)
-	ne.PutUint32(b[32:], r.PID)
+	copy(b[layout.OffMagic:layout.OffMagic+len(layout.Magic)], r.Magic)
+	ne.PutUint32(b[layout.OffVersion:], r.Version)
+	ne.PutUint32(b[layout.OffHeaderSize:], r.HeaderSize)
+	ne.PutUint64(b[layout.OffDataSize:], r.DataSize)
+	ne.PutUint32(b[layout.OffState:], r.State)
+	ne.PutUint32(b[layout.OffCreatorPID:], r.PID)
 	kl := r.KeyLen
 	if kl < 0 {
 		kl = int64(len(r.Key))
 	}
-	ne.PutUint32(b[36:], uint32(kl))
-	ne.PutUint64(b[40:], r.Start)
-	ne.PutUint64(b[48:], r.NS)
-	ne.PutUint64(b[56:], uint64(r.Created))
-	copy(b[64:264], r.Key)
-	ne.PutUint32(b[264:], r.Users)
+	ne.PutUint32(b[layout.OffKeyLen:], uint32(kl))
+	ne.PutUint64(b[layout.OffCreatorStart:], r.Start)
+	ne.PutUint64(b[layout.OffCreatorNS:], r.NS)
+	ne.PutUint64(b[layout.OffCreated:], uint64(r.Created))
+	copy(b[layout.OffKey:layout.OffKey+layout.MaxKeyLen], r.Key)
+	ne.PutUint32(b[layout.OffUsers:], r.Users)
 	return b[:total]
 }
 
@@ -317,7 +312,7 @@ func badInputs(h *harness, dead int) []badInput {
 		return hdr(rawHeaderSize, nil)(c)[:100]
 	})
 	planted("valid header cut to 511 bytes", corrupt, nil, "smaller than", func(c *badCase) []byte {
-		return hdr(rawHeaderSize, nil)(c)[:511]
+		return hdr(rawHeaderSize, nil)(c)[:layout.HeaderSize-1]
 	})
 	planted("only the header, which claims 64 data bytes more", corrupt, nil, "header claims", hdr(rawHeaderSize, nil))
 	planted("header claims 1 byte beyond the end", corrupt, nil, "header claims", hdr(rawHeaderSize+4096, func(r *rawHeader) { r.DataSize = 4097 }))
@@ -333,10 +328,10 @@ func badInputs(h *harness, dead int) []badInput {
 	planted("header size 4096", corrupt, nil, "header size", hdr(8192, func(r *rawHeader) { r.HeaderSize = 4096 }))
 	planted("header names another key", corrupt, nil, "names key", hdr(8192, func(r *rawHeader) { r.Key += "-other" }))
 	planted("header key one byte short", corrupt, nil, "names key", hdr(8192, func(r *rawHeader) { r.KeyLen = int64(len(r.Key)) - 1 }))
-	planted("key length 201", corrupt, nil, "key length", hdr(8192, func(r *rawHeader) { r.KeyLen = 201 }))
+	planted("key length 201", corrupt, nil, "key length", hdr(8192, func(r *rawHeader) { r.KeyLen = layout.MaxKeyLen + 1 }))
 	planted("key length 2^32-1", corrupt, nil, "key length", hdr(8192, func(r *rawHeader) { r.KeyLen = 1<<32 - 1 }))
 	planted("initialising, creator dead", []error{shm.ErrOwnerDead}, nil, "creator died", hdr(8192, func(r *rawHeader) {
-		r.State, r.PID, r.Start = 0, uint32(dead), 12345
+		r.State, r.PID, r.Start = layout.StateInit, uint32(dead), 12345
 	}))
 	add(badInput{name: "Create over a foreign object", want: []error{shm.ErrExist},
 		setup: func(c *badCase) { c.plant(random) },

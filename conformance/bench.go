@@ -12,27 +12,8 @@ import (
 
 	"github.com/shmgo/shm"
 	"github.com/shmgo/shm/backend"
+	"github.com/shmgo/shm/internal/benchproc"
 	"github.com/shmgo/shm/internal/reexec"
-	"github.com/shmgo/shm/internal/sys"
-)
-
-// benchSpec is what a worker process of Bench does (internal/reexec: the
-// worker runs the same benchmark, once, whose Bench call plays the role).
-type benchSpec struct {
-	Role string // "contend" or "pingpong"
-	Key  string
-	N    int
-}
-
-// The control block at the start of a cross-process benchmark's region
-// (the same layout as cmd/shmbench's).
-const (
-	benchOffReady   = 0  // workers attached
-	benchOffGo      = 4  // futex: 1 once the parent starts the clock
-	benchOffDone    = 8  // workers finished
-	benchOffTurn    = 12 // pingpong: futex, 0 = the parent's turn, 1 = the worker's
-	benchOffCounter = 64 // contend: the counter, on its own cache line
-	benchCtlSize    = 128
 )
 
 const benchChunk = 1 << 20
@@ -151,23 +132,17 @@ func Bench(b *testing.B, newBackend func(testing.TB) backend.Backend) {
 	b.Run("Contend/procs=2", func(b *testing.B) {
 		const procs = 2
 		k := key("contend")
-		r := create(b, k, benchCtlSize)
+		r := create(b, k, benchproc.CtlSize)
 		data := r.Bytes()
 		ns := []int{b.N / procs, b.N - b.N/procs}
 		ws := startBenchWorkers(b, parent, "contend", k, ns)
-		if err := sys.WaitAtLeast(benchWord(data, benchOffReady), procs, ws.check); err != nil {
+		if err := benchproc.Contend(data, procs, ws.check, b.ResetTimer, b.StopTimer); err != nil {
 			b.Fatal(err)
 		}
-		b.ResetTimer()
-		sys.StoreWake(benchWord(data, benchOffGo), 1)
-		if err := sys.WaitAtLeast(benchWord(data, benchOffDone), procs, ws.check); err != nil {
-			b.Fatal(err)
-		}
-		b.StopTimer()
 		if err := ws.wait(); err != nil {
 			b.Fatal(err)
 		}
-		if got := atomic.LoadUint64((*uint64)(unsafe.Pointer(&data[benchOffCounter]))); got != uint64(b.N) {
+		if got := atomic.LoadUint64(benchproc.Counter(data)); got != uint64(b.N) {
 			b.Fatalf("counter is %d after %d locked increments: the lock did not exclude", got, b.N)
 		}
 	})
@@ -191,28 +166,16 @@ func Bench(b *testing.B, newBackend func(testing.TB) backend.Backend) {
 
 	b.Run("PingPong", func(b *testing.B) {
 		k := key("pingpong")
-		r := create(b, k, benchCtlSize)
-		data := r.Bytes()
+		r := create(b, k, benchproc.CtlSize)
 		ws := startBenchWorkers(b, parent, "pingpong", k, []int{b.N})
-		if err := sys.WaitAtLeast(benchWord(data, benchOffReady), 1, ws.check); err != nil {
+		if err := benchproc.PingPong(r.Bytes(), b.N, ws.check, b.ResetTimer, b.StopTimer); err != nil {
 			b.Fatal(err)
 		}
-		turn := benchWord(data, benchOffTurn)
-		b.ResetTimer()
-		for range b.N {
-			sys.StoreWake(turn, 1)
-			if err := sys.WaitWhile(turn, 1, ws.check); err != nil {
-				b.Fatal(err)
-			}
-		}
-		b.StopTimer()
 		if err := ws.wait(); err != nil {
 			b.Fatal(err)
 		}
 	})
 }
-
-func benchWord(data []byte, off int) *uint32 { return (*uint32)(unsafe.Pointer(&data[off])) }
 
 // benchWorkers are the running worker processes of one benchmark.
 type benchWorkers struct {
@@ -263,55 +226,27 @@ func benchChild(b *testing.B, newBackend func(testing.TB) backend.Backend) bool 
 	}
 	n, err := strconv.Atoi(c.Arg(1))
 	if err == nil {
-		err = benchWork(benchSpec{Role: c.Role(), Key: c.Arg(0), N: n}, newBackend(b))
+		err = benchWork(c.Role(), c.Arg(0), n, newBackend(b))
 	}
 	c.Exit(err)
 	return true
 }
 
-func benchWork(spec benchSpec, be backend.Backend) error {
-	r, err := shm.Open(spec.Key, 10*time.Second, shm.WithBackend(be))
+// benchWork plays a worker's role on key, n times: internal/benchproc's worker
+// sides, as cmd/shmbench's workers do.
+func benchWork(role, key string, n int, be backend.Backend) error {
+	r, err := shm.Open(key, 10*time.Second, shm.WithBackend(be))
 	if err != nil {
 		return err
 	}
 	defer r.Close()
-	data := r.Bytes()
-	parentGone := func() error {
-		if os.Getppid() == 1 {
-			return fmt.Errorf("parent exited")
-		}
-		return nil
-	}
-	atomic.AddUint32(benchWord(data, benchOffReady), 1)
-	sys.FutexWake(benchWord(data, benchOffReady), 1<<30)
-	switch spec.Role {
+	switch role {
 	case "contend":
-		counter := (*uint64)(unsafe.Pointer(&data[benchOffCounter]))
-		if err := sys.WaitWhile(benchWord(data, benchOffGo), 0, parentGone); err != nil {
-			return err
-		}
-		for range spec.N {
-			l, err := r.Lock()
-			if err != nil {
-				return err
-			}
-			*counter++
-			if err := l.Unlock(); err != nil {
-				return err
-			}
-		}
-		atomic.AddUint32(benchWord(data, benchOffDone), 1)
-		sys.FutexWake(benchWord(data, benchOffDone), 1<<30)
+		_, err = benchproc.WorkContend(r, n, 1)
 	case "pingpong":
-		turn := benchWord(data, benchOffTurn)
-		for range spec.N {
-			if err := sys.WaitWhile(turn, 0, parentGone); err != nil {
-				return err
-			}
-			sys.StoreWake(turn, 0)
-		}
+		err = benchproc.WorkPingPong(r.Bytes(), n)
 	default:
-		return fmt.Errorf("unknown role %q", spec.Role)
+		err = fmt.Errorf("unknown role %q", role)
 	}
-	return nil
+	return err
 }

@@ -20,6 +20,7 @@ import (
 
 	"github.com/shmgo/shm"
 	"github.com/shmgo/shm/backend"
+	"github.com/shmgo/shm/internal/layout"
 	"github.com/shmgo/shm/internal/reexec"
 )
 
@@ -180,27 +181,22 @@ func pidNS() uint64 {
 }
 
 // forgeHolder makes the last slot of r's user table (r has the default
-// number of slots) record process pid with
-// start time start, judged by PID (its Live field holds a tag, as for a
-// process whose kernel refuses robust lists), and makes the lock word name
-// that slot as its holder, as package shm documents the layout: the number
-// of slots at offset 264, slot i at 512+32*i (Live at +0, start time at +16,
-// PID at +24, PID namespace at +28), the lock word at 384.
+// number of slots) record process pid with start time start, judged by PID
+// (its Live field holds a tag, as for a process whose kernel refuses robust
+// lists), and makes the lock word name that slot as its holder, as
+// internal/layout lays out the header and the table.
 func forgeHolder(r *shm.Region, pid int, start uint64) {
-	base := unsafe.Add(r.Pointer(), -defaultDataOffset)
-	users := *(*uint32)(unsafe.Add(base, 264))
+	base := unsafe.Add(r.Pointer(), -layout.DataOffset(shm.DefaultUsers))
+	users := *(*uint32)(unsafe.Add(base, layout.OffUsers))
 	k := users - 1
-	sl := unsafe.Add(base, 512+32*int(k))
-	*(*uint64)(unsafe.Add(sl, 16)) = start
-	*(*uint32)(unsafe.Add(sl, 24)) = uint32(pid)
-	*(*uint32)(unsafe.Add(sl, 28)) = uint32(pidNS())
-	*(*uint32)(sl) = 1<<22 + 12345 // a tag: judged by PID
-	*(*uint32)(unsafe.Add(base, 384)) = (k + 1) | 1<<31
+	sl := unsafe.Add(base, layout.HeaderSize+layout.SlotSize*int(k))
+	*(*uint64)(unsafe.Add(sl, layout.SlotStart)) = start
+	*(*uint32)(unsafe.Add(sl, layout.SlotPID)) = uint32(pid)
+	*(*uint32)(unsafe.Add(sl, layout.SlotNS)) = uint32(pidNS())
+	// A tag: not a thread ID (they stay below 1<<22, PID_MAX_LIMIT).
+	*(*uint32)(unsafe.Add(sl, layout.SlotLive)) = 1<<22 + 12345
+	*(*uint32)(unsafe.Add(base, layout.OffLock)) = (k + 1) | layout.LockWaiters
 }
-
-// defaultDataOffset is where the data of a region created with the default
-// number of user slots starts: the header (512 bytes), then 32 bytes a slot.
-const defaultDataOffset = 512 + 32*shm.DefaultUsers
 
 // testLockHolderPIDReused: the word names a live process, but not the one
 // that took the lock (its start time differs): the holder is dead and its

@@ -23,6 +23,7 @@ import (
 	"github.com/shmgo/shm"
 	"github.com/shmgo/shm/backend"
 	"github.com/shmgo/shm/internal/fdtest"
+	"github.com/shmgo/shm/internal/layout"
 	"github.com/shmgo/shm/internal/reexec"
 )
 
@@ -1046,14 +1047,14 @@ func (h *harness) listedName(in backend.Info) string {
 	}
 	defer s.Close()
 	m := s.Bytes()
-	if len(m) < 512 {
+	if len(m) < layout.HeaderSize {
 		return ""
 	}
-	n := *(*uint32)(unsafe.Pointer(&m[36])) // the header's key length; the key is at 64
-	if n > 200 {
+	n := *(*uint32)(unsafe.Pointer(&m[layout.OffKeyLen]))
+	if n > layout.MaxKeyLen {
 		return ""
 	}
-	return string(m[64 : 64+n])
+	return string(m[layout.OffKey : layout.OffKey+n])
 }
 
 // testTruncated shrinks the object under attached mappings where the

@@ -65,6 +65,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/shmgo/shm/internal/reexec"
 )
 
 type config struct {
@@ -103,9 +105,7 @@ type result struct {
 }
 
 func main() {
-	if os.Getenv(envWorker) != "" {
-		os.Exit(workerMain())
-	}
+	reexec.Main() // a worker plays its role and exits (procs.go)
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 }
 

@@ -8,13 +8,14 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/shmgo/shm/internal/reexec"
 )
 
-// The contend, pingpong, notify and cond workers re-execute the test binary.
+// The workers re-execute the test binary (internal/reexec), which plays
+// their roles.
 func TestMain(m *testing.M) {
-	if os.Getenv(envWorker) != "" {
-		os.Exit(workerMain())
-	}
+	reexec.Main()
 	os.Exit(m.Run())
 }
 

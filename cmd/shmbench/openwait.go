@@ -12,6 +12,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/shmgo/shm"
+	"github.com/shmgo/shm/internal/benchproc"
 	"github.com/shmgo/shm/internal/sys"
 )
 
@@ -49,9 +50,9 @@ func runOpenWait(c *config, e *benv) (result, error) {
 	}
 	lat := make([]time.Duration, 0, n*w)
 	for i := 1; i <= n && err == nil; i++ {
-		atomic.StoreUint32(word(data, owRound), uint32(i))
-		sys.FutexWake(word(data, owRound), 1<<30)
-		if err = sys.WaitAtLeast(word(data, owWaiting), uint32(i*w), ws.check); err != nil {
+		atomic.StoreUint32(benchproc.Word(data, owRound), uint32(i))
+		sys.FutexWake(benchproc.Word(data, owRound), 1<<30)
+		if err = sys.WaitAtLeast(benchproc.Word(data, owWaiting), uint32(i*w), ws.check); err != nil {
 			break
 		}
 		time.Sleep(time.Millisecond + rand.N(29*time.Millisecond))
@@ -61,7 +62,7 @@ func runOpenWait(c *config, e *benv) (result, error) {
 			break
 		}
 		t0 := monotonic()
-		err = sys.WaitAtLeast(word(data, owDone), uint32(i*w), ws.check)
+		err = sys.WaitAtLeast(benchproc.Word(data, owDone), uint32(i*w), ws.check)
 		for j := range w {
 			t1 := atomic.LoadInt64((*int64)(unsafe.Pointer(&data[owTimes+8*j])))
 			lat = append(lat, time.Duration(max(t1-t0, 0)))
@@ -102,16 +103,16 @@ func workOpenWait(key string, n int, opt shm.Option) error {
 	}
 	defer ctl.Close()
 	data := ctl.Bytes()
-	me := int(atomic.AddUint32(word(data, owIndex), 1) - 1)
+	me := int(atomic.AddUint32(benchproc.Word(data, owIndex), 1) - 1)
 	if owTimes+8*(me+1) > len(data) {
 		return fmt.Errorf("worker %d of a control region for %d", me, (len(data)-owTimes)/8)
 	}
 	for i := 1; i <= n; i++ {
-		if err := sys.WaitAtLeast(word(data, owRound), uint32(i), parentGone); err != nil {
+		if err := sys.WaitAtLeast(benchproc.Word(data, owRound), uint32(i), benchproc.ParentGone); err != nil {
 			return err
 		}
-		atomic.AddUint32(word(data, owWaiting), 1)
-		sys.FutexWake(word(data, owWaiting), 1<<30)
+		atomic.AddUint32(benchproc.Word(data, owWaiting), 1)
+		sys.FutexWake(benchproc.Word(data, owWaiting), 1<<30)
 		r, err := shm.Open(roundKey(key, i), 10*time.Second, opt)
 		t1 := monotonic()
 		if err != nil {
@@ -119,8 +120,8 @@ func workOpenWait(key string, n int, opt shm.Option) error {
 		}
 		atomic.StoreInt64((*int64)(unsafe.Pointer(&data[owTimes+8*me])), t1)
 		r.Close()
-		atomic.AddUint32(word(data, owDone), 1)
-		sys.FutexWake(word(data, owDone), 1<<30)
+		atomic.AddUint32(benchproc.Word(data, owDone), 1)
+		sys.FutexWake(benchproc.Word(data, owDone), 1<<30)
 	}
 	return nil
 }

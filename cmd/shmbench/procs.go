@@ -2,63 +2,78 @@ package main
 
 import (
 	"bufio"
-	"bytes"
 	"context"
-	"encoding/json"
-	"errors"
 	"fmt"
+	"io"
 	"os"
-	"os/exec"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
-	"unsafe"
-
-	"golang.org/x/sys/unix"
 
 	"github.com/shmgo/shm"
+	"github.com/shmgo/shm/internal/benchproc"
+	"github.com/shmgo/shm/internal/reexec"
 	"github.com/shmgo/shm/internal/sys"
 )
 
-// The workers of contend, pingpong, notify and cond are this program, re-executed with
-// envWorker set to their role and envArgs to their parameters.
-const (
-	envWorker = "SHMBENCH_WORKER"
-	envArgs   = "SHMBENCH_ARGS"
-)
+// The workers of contend, pingpong, notify, cond and openwait, and
+// attach's owner, are this program re-executed (internal/reexec): main plays their role
+// first. A worker's arguments are a workerArgs; it reports "key=value"
+// fields. The region starts with internal/benchproc's control block.
 
-// The control block at the start of the region's data, shared by the parent
-// and its workers (the C baseline uses the same layout).
-const (
-	offReady   = 0   // workers attached
-	offGo      = 4   // futex: 1 once the parent starts the clock
-	offDone    = 8   // workers finished
-	offTurn    = 12  // pingpong: futex, 0 = the parent's turn, 1 = the worker's
-	offCounter = 64  // contend: the counter, on its own cache line
-	offWait    = 128 // notify, cond: a waitBlock, on its own cache line
-	ctlSize    = 192
-)
+// workerRoles are the roles of the workers.
+var workerRoles = []string{"contend", "pingpong", "notify", "cond", "openwait", "own"}
 
-func word(data []byte, off int) *uint32 { return (*uint32)(unsafe.Pointer(&data[off])) }
+func init() {
+	for _, role := range workerRoles {
+		reexec.Register(role, func(c *reexec.Child) error {
+			a, err := parseWorkerArgs(c.Args())
+			if err != nil {
+				return fmt.Errorf("shmbench worker %s: %w", role, err)
+			}
+			if err := work(c, role, a); err != nil {
+				return fmt.Errorf("shmbench worker %s: %w", role, err)
+			}
+			return nil
+		})
+	}
+}
 
-// workerArgs are a worker's parameters, in envArgs as JSON.
+// workerArgs are a worker's parameters.
 type workerArgs struct {
 	Backend    string
+	Dir        string // the file backend's directory
 	Key        string
 	N          int
 	Goroutines int
-	Size       int    // the owner role's region size
-	Dir        string // the file backend's directory
+	Size       int // the owner role's region size
+}
+
+func (a workerArgs) strings() []string {
+	return []string{a.Backend, a.Dir, a.Key, strconv.Itoa(a.N), strconv.Itoa(a.Goroutines), strconv.Itoa(a.Size)}
+}
+
+func parseWorkerArgs(s []string) (a workerArgs, err error) {
+	if len(s) != 6 {
+		return a, fmt.Errorf("%d arguments, want 6", len(s))
+	}
+	a.Backend, a.Dir, a.Key = s[0], s[1], s[2]
+	for i, p := range []*int{&a.N, &a.Goroutines, &a.Size} {
+		if *p, err = strconv.Atoi(s[3+i]); err != nil {
+			return a, err
+		}
+	}
+	return a, nil
 }
 
 // workers is a set of running worker processes.
 type workers struct {
-	cmds   []*exec.Cmd
-	outs   []*bytes.Buffer
 	mu     sync.Mutex
-	failed error // the first worker that exited with an error
+	procs  []*os.Process
+	fields map[string][]string // the "key=value" fields they reported, by key
+	failed error               // the first worker that exited with an error
 	wg     sync.WaitGroup
 	// exited ends when a worker exits, for the waits of notify and cond.
 	exited context.Context
@@ -67,32 +82,31 @@ type workers struct {
 
 // startWorkers starts count workers playing role on key.
 func startWorkers(c *config, e *benv, role, key string, count, n int) (*workers, error) {
-	exe, err := os.Executable()
-	if err != nil {
-		return nil, err
-	}
-	ws := &workers{}
+	ws := &workers{fields: map[string][]string{}}
 	ws.exited, ws.cancel = context.WithCancel(context.Background())
-	args, err := json.Marshal(workerArgs{Backend: e.name, Key: key, N: n, Goroutines: c.goroutines, Size: max(c.size, ctlSize), Dir: e.dir})
-	if err != nil {
-		return nil, err
-	}
+	args := workerArgs{Backend: e.name, Dir: e.dir, Key: key, N: n, Goroutines: c.goroutines, Size: max(c.size, benchproc.CtlSize)}
 	for range count {
-		cmd := exec.Command(exe)
-		cmd.Env = append(os.Environ(), envWorker+"="+role, envArgs+"="+string(args))
-		out := &bytes.Buffer{}
-		cmd.Stdout = out
+		cmd, err := reexec.Command(role, args.strings())
+		if err != nil {
+			ws.kill()
+			return nil, err
+		}
 		cmd.Stderr = os.Stderr
+		out, err := cmd.StdoutPipe()
+		if err != nil {
+			ws.kill()
+			return nil, err
+		}
 		if err := cmd.Start(); err != nil {
 			ws.kill()
 			return nil, err
 		}
-		ws.cmds = append(ws.cmds, cmd)
-		ws.outs = append(ws.outs, out)
+		ws.procs = append(ws.procs, cmd.Process)
 		ws.wg.Add(1)
 		go func() {
 			defer ws.wg.Done()
 			defer ws.cancel()
+			ws.read(out)
 			if err := cmd.Wait(); err != nil {
 				ws.mu.Lock()
 				if ws.failed == nil {
@@ -105,6 +119,26 @@ func startWorkers(c *config, e *benv, role, key string, count, n int) (*workers,
 	return ws, nil
 }
 
+// read collects the fields of a worker's reports, and passes its other
+// output on.
+func (ws *workers) read(out io.Reader) {
+	sc := bufio.NewScanner(out)
+	for sc.Scan() {
+		r, ok := reexec.CutReport(sc.Text())
+		if !ok {
+			fmt.Fprintln(os.Stderr, sc.Text())
+			continue
+		}
+		ws.mu.Lock()
+		for _, f := range strings.Fields(r) {
+			if k, v, ok := strings.Cut(f, "="); ok {
+				ws.fields[k] = append(ws.fields[k], v)
+			}
+		}
+		ws.mu.Unlock()
+	}
+}
+
 // check reports a worker that failed.
 func (ws *workers) check() error {
 	ws.mu.Lock()
@@ -113,63 +147,42 @@ func (ws *workers) check() error {
 }
 
 func (ws *workers) kill() {
-	for _, cmd := range ws.cmds {
-		cmd.Process.Kill()
+	for _, p := range ws.procs {
+		p.Kill()
 	}
 	ws.wg.Wait()
 }
 
 // wait waits for every worker to exit and returns the "key=value" fields
-// they printed, by key.
+// they reported, by key.
 func (ws *workers) wait() (map[string][]string, error) {
 	ws.wg.Wait()
 	if err := ws.check(); err != nil {
 		return nil, err
 	}
-	fields := map[string][]string{}
-	for _, out := range ws.outs {
-		sc := bufio.NewScanner(out)
-		for sc.Scan() {
-			for _, f := range strings.Fields(sc.Text()) {
-				if k, v, ok := strings.Cut(f, "="); ok {
-					fields[k] = append(fields[k], v)
-				}
-			}
-		}
-	}
-	return fields, nil
+	return ws.fields, nil
 }
 
 func runContend(c *config, e *benv) (result, error) {
 	n := pick(c.n, 1_000_000)
-	key := e.key("contend")
-	r, err := shm.Create(key, max(c.size, ctlSize), e.opt())
+	r, ws, err := withWorkers(c, e, "contend", c.procs, n)
 	if err != nil {
 		return result{}, err
 	}
 	defer r.Close()
 	defer r.Unlink()
 	data := r.Bytes()
-	ws, err := startWorkers(c, e, "contend", key, c.procs, n)
-	if err != nil {
-		return result{}, err
-	}
-	if err := sys.WaitAtLeast(word(data, offReady), uint32(c.procs), ws.check); err != nil {
+	var clk clock
+	if err := benchproc.Contend(data, c.procs, ws.check, clk.start, clk.stop); err != nil {
 		ws.kill()
 		return result{}, err
 	}
-	start := time.Now()
-	sys.StoreWake(word(data, offGo), 1)
-	if err := sys.WaitAtLeast(word(data, offDone), uint32(c.procs), ws.check); err != nil {
-		ws.kill()
-		return result{}, err
-	}
-	d := time.Since(start)
+	d := clk.d
 	fields, err := ws.wait()
 	if err != nil {
 		return result{}, err
 	}
-	total := atomic.LoadUint64((*uint64)(unsafe.Pointer(&data[offCounter])))
+	total := atomic.LoadUint64(benchproc.Counter(data))
 	expected := uint64(n) * uint64(c.procs)
 	threads := 0
 	for _, v := range fields["threads"] {
@@ -199,164 +212,88 @@ func runContend(c *config, e *benv) (result, error) {
 
 func runPingPong(c *config, e *benv) (result, error) {
 	n := pick(c.n, 20000)
-	key := e.key("pingpong")
-	r, err := shm.Create(key, max(c.size, ctlSize), e.opt())
+	r, ws, err := withWorkers(c, e, "pingpong", 1, n)
 	if err != nil {
 		return result{}, err
 	}
 	defer r.Close()
 	defer r.Unlink()
-	data := r.Bytes()
-	ws, err := startWorkers(c, e, "pingpong", key, 1, n)
-	if err != nil {
-		return result{}, err
-	}
-	if err := sys.WaitAtLeast(word(data, offReady), 1, ws.check); err != nil {
+	var clk clock
+	if err := benchproc.PingPong(r.Bytes(), n, ws.check, clk.start, clk.stop); err != nil {
 		ws.kill()
 		return result{}, err
 	}
-	turn := word(data, offTurn)
-	start := time.Now()
-	for range n {
-		sys.StoreWake(turn, 1)
-		if err := sys.WaitWhile(turn, 1, ws.check); err != nil {
-			ws.kill()
-			return result{}, err
-		}
-	}
-	d := time.Since(start)
 	if _, err := ws.wait(); err != nil {
 		return result{}, err
 	}
-	return result{nsPerOp: perOp(d, n)}, nil
+	return result{nsPerOp: perOp(clk.d, n)}, nil
 }
 
-// workerMain plays the role in the environment and returns the exit status.
-func workerMain() int {
-	role := os.Getenv(envWorker)
-	var a workerArgs
-	if err := json.Unmarshal([]byte(os.Getenv(envArgs)), &a); err != nil {
-		fmt.Fprintf(os.Stderr, "shmbench worker: bad %s: %v\n", envArgs, err)
-		return 2
+// withWorkers creates the region of workload w (its data holds the control
+// block) and starts count workers on it, each doing n of its operations.
+// The caller unlinks and closes the region.
+func withWorkers(c *config, e *benv, w string, count, n int) (*shm.Region, *workers, error) {
+	key := e.key(w)
+	r, err := shm.Create(key, max(c.size, benchproc.CtlSize), e.opt())
+	if err != nil {
+		return nil, nil, err
 	}
+	ws, err := startWorkers(c, e, w, key, count, n)
+	if err != nil {
+		r.Unlink()
+		r.Close()
+		return nil, nil, err
+	}
+	return r, ws, nil
+}
+
+// clock times what runs between its start and stop.
+type clock struct {
+	t0 time.Time
+	d  time.Duration
+}
+
+func (c *clock) start() { c.t0 = time.Now() }
+func (c *clock) stop()  { c.d = time.Since(c.t0) }
+
+// work plays a worker's role.
+func work(c *reexec.Child, role string, a workerArgs) error {
 	be, err := newBackend(a.Backend, a.Dir)
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "shmbench worker: backend %q: %v\n", a.Backend, err)
-		return 2
+		return fmt.Errorf("backend %q: %w", a.Backend, err)
 	}
 	var opt shm.Option
 	if be != nil {
 		opt = shm.WithBackend(be)
 	}
+	// These attach (or create) on their own.
 	switch role {
-	case "own", "openwait":
-		// These attach (or create) on their own.
-		if role == "own" {
-			err = workOwn(a.Key, a.Size, opt)
-		} else {
-			err = workOpenWait(a.Key, a.N, opt)
-		}
-		if err != nil {
-			fmt.Fprintf(os.Stderr, "shmbench worker %s: %v\n", role, err)
-			return 1
-		}
-		return 0
+	case "own":
+		return workOwn(a.Key, a.Size, opt)
+	case "openwait":
+		return workOpenWait(a.Key, a.N, opt)
 	}
 	r, err := shm.Open(a.Key, 10*time.Second, opt)
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "shmbench worker: %v\n", err)
-		return 1
+		return err
 	}
 	defer r.Close()
 	switch role {
 	case "contend":
-		err = workContend(r, a.N, max(a.Goroutines, 1))
-	case "pingpong":
-		err = workPingPong(r, a.N)
-	case "notify":
-		err = workNotify(r, a.N)
-	case "cond":
-		err = workCond(r, a.N)
-	default:
-		err = fmt.Errorf("unknown role %q", role)
-	}
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "shmbench worker %s: %v\n", role, err)
-		return 1
-	}
-	return 0
-}
-
-// parentGone stops a worker's wait when its parent has gone away.
-func parentGone() error {
-	if os.Getppid() == 1 {
-		return errors.New("parent exited")
-	}
-	return nil
-}
-
-func workContend(r *shm.Region, n, g int) error {
-	data := r.Bytes()
-	counter := (*uint64)(unsafe.Pointer(&data[offCounter]))
-	atomic.AddUint32(word(data, offReady), 1)
-	sys.FutexWake(word(data, offReady), 1<<30)
-	if err := sys.WaitWhile(word(data, offGo), 0, parentGone); err != nil {
-		return err
-	}
-	cpu0 := processCPU()
-	var wg sync.WaitGroup
-	errs := make([]error, g)
-	for k := range g {
-		cnt := n / g
-		if k < n%g {
-			cnt++
-		}
-		wg.Go(func() {
-			for range cnt {
-				l, err := r.Lock()
-				if err != nil {
-					errs[k] = err
-					return
-				}
-				*counter++
-				if err := l.Unlock(); err != nil {
-					errs[k] = err
-					return
-				}
-			}
-		})
-	}
-	wg.Wait()
-	cpu := processCPU() - cpu0
-	atomic.AddUint32(word(data, offDone), 1)
-	sys.FutexWake(word(data, offDone), 1<<30)
-	if err := errors.Join(errs...); err != nil {
-		return err
-	}
-	fmt.Printf("threads=%d cpu_ns=%d\n", threadCount(), cpu)
-	return nil
-}
-
-func workPingPong(r *shm.Region, n int) error {
-	data := r.Bytes()
-	turn := word(data, offTurn)
-	atomic.AddUint32(word(data, offReady), 1)
-	sys.FutexWake(word(data, offReady), 1<<30)
-	for range n {
-		if err := sys.WaitWhile(turn, 0, parentGone); err != nil {
+		cpu, err := benchproc.WorkContend(r, a.N, max(a.Goroutines, 1))
+		if err != nil {
 			return err
 		}
-		sys.StoreWake(turn, 0)
+		c.Say("threads=%d cpu_ns=%d", threadCount(), cpu)
+		return nil
+	case "pingpong":
+		return benchproc.WorkPingPong(r.Bytes(), a.N)
+	case "notify":
+		return workNotify(r, a.N)
+	case "cond":
+		return workCond(r, a.N)
 	}
-	return nil
-}
-
-// processCPU is the CPU time of this process (all its threads), in
-// nanoseconds.
-func processCPU() int64 {
-	var ts unix.Timespec
-	unix.ClockGettime(unix.CLOCK_PROCESS_CPUTIME_ID, &ts)
-	return ts.Nano()
+	return fmt.Errorf("unknown role %q", role)
 }
 
 // threadCount is the number of OS threads of this process. The Go runtime
@@ -385,5 +322,5 @@ func workOwn(key string, size int, opt shm.Option) error {
 	}
 	defer r.Close()
 	defer r.Unlink()
-	return sys.WaitWhile(word(r.Bytes(), offDone), 0, parentGone)
+	return sys.WaitWhile(benchproc.Word(r.Bytes(), benchproc.OffDone), 0, benchproc.ParentGone)
 }

@@ -5,10 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"slices"
-	"sync/atomic"
 	"time"
 
 	"github.com/shmgo/shm"
+	"github.com/shmgo/shm/internal/benchproc"
 	"github.com/shmgo/shm/internal/sys"
 )
 
@@ -21,7 +21,8 @@ import (
 // warmRounds round trips precede the timed ones (the C baseline's too).
 const warmRounds = 100
 
-// waitBlock is what notify and cond share, at offWait in the region.
+// waitBlock is what notify and cond share, at benchproc.OffWait in the
+// region.
 type waitBlock struct {
 	// Turn is notify's word: 0 is the parent's turn, 1 the worker's.
 	Turn shm.Futex
@@ -33,26 +34,19 @@ type waitBlock struct {
 // returns once the worker has attached. done closes the region and waits
 // for the worker.
 func startPair(c *config, e *benv, w string, n int) (r *shm.Region, wb *waitBlock, ws *workers, err error) {
-	key := e.key(w)
-	r, err = shm.Create(key, max(c.size, ctlSize), e.opt())
-	if err != nil {
+	if r, ws, err = withWorkers(c, e, w, 1, n+warmRounds); err != nil {
 		return nil, nil, nil, err
 	}
 	fail := func(err error) (*shm.Region, *waitBlock, *workers, error) {
-		if ws != nil {
-			ws.kill()
-		}
+		ws.kill()
 		r.Unlink()
 		r.Close()
 		return nil, nil, nil, err
 	}
-	if wb, err = shm.View[waitBlock](r, offWait); err != nil {
+	if wb, err = shm.View[waitBlock](r, benchproc.OffWait); err != nil {
 		return fail(err)
 	}
-	if ws, err = startWorkers(c, e, w, key, 1, n+warmRounds); err != nil {
-		return fail(err)
-	}
-	if err := sys.WaitAtLeast(word(r.Bytes(), offReady), 1, ws.check); err != nil {
+	if err := sys.WaitAtLeast(benchproc.Word(r.Bytes(), benchproc.OffReady), 1, ws.check); err != nil {
 		return fail(err)
 	}
 	return r, wb, ws, nil
@@ -125,13 +119,13 @@ func runNotify(c *config, e *benv) (result, error) {
 }
 
 func workNotify(r *shm.Region, n int) error {
-	wb, err := shm.View[waitBlock](r, offWait)
+	wb, err := shm.View[waitBlock](r, benchproc.OffWait)
 	if err != nil {
 		return err
 	}
 	ctx, stop := parentContext()
 	defer stop()
-	ready(r)
+	benchproc.Ready(r.Bytes())
 	for range n {
 		for wb.Turn.Load() == 0 {
 			if err := wb.Turn.Wait(ctx, 0); err != nil && wb.Turn.Load() == 0 {
@@ -184,13 +178,13 @@ func runCond(c *config, e *benv) (result, error) {
 }
 
 func workCond(r *shm.Region, n int) error {
-	wb, err := shm.View[waitBlock](r, offWait)
+	wb, err := shm.View[waitBlock](r, benchproc.OffWait)
 	if err != nil {
 		return err
 	}
 	ctx, stop := parentContext()
 	defer stop()
-	ready(r)
+	benchproc.Ready(r.Bytes())
 	l, err := r.Lock()
 	if err != nil {
 		return err
@@ -210,13 +204,6 @@ func workCond(r *shm.Region, n int) error {
 	return nil
 }
 
-// ready tells the parent that this worker has attached.
-func ready(r *shm.Region) {
-	w := word(r.Bytes(), offReady)
-	atomic.AddUint32(w, 1)
-	sys.FutexWake(w, 1<<30)
-}
-
 // parentContext ends when the parent has gone away (checked every second).
 func parentContext() (context.Context, context.CancelFunc) {
 	ctx, cancel := context.WithCancel(context.Background())
@@ -228,7 +215,7 @@ func parentContext() (context.Context, context.CancelFunc) {
 			case <-ctx.Done():
 				return
 			case <-t.C:
-				if parentGone() != nil {
+				if benchproc.ParentGone() != nil {
 					cancel()
 					return
 				}

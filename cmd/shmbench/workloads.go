@@ -8,6 +8,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/shmgo/shm"
+	"github.com/shmgo/shm/internal/benchproc"
 	"github.com/shmgo/shm/internal/sys"
 )
 
@@ -53,7 +54,7 @@ func runAttach(c *config, e *benv) (result, error) {
 		return result{}, err
 	}
 	defer func() {
-		sys.StoreWake(word(ctl.Bytes(), offDone), 1)
+		sys.StoreWake(benchproc.Word(ctl.Bytes(), benchproc.OffDone), 1)
 		ctl.Close()
 		ws.wait()
 	}()

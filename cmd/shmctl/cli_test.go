@@ -100,7 +100,7 @@ func TestLsOptions(t *testing.T) {
 	h1 := hold(t, small, "100", "--shm-dir", pdir)
 	hold(t, big, "3M", "--shm-dir", pdir, "--owner", "65534")
 	hold(t, "file:"+fdir+other, "1536")
-	startChild(t, "create", stalek, "posix:"+pdir).kill()
+	startChild(t, "create", stalek, "posix:"+pdir).Kill()
 
 	r := run(t, append([]string{"ls"}, dirs...)...)
 	rs := row(r.stdout, small)
@@ -203,8 +203,9 @@ func TestStatProcesses(t *testing.T) {
 		b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid))
 		return strings.TrimSpace(string(b))
 	}
-	for _, p := range []*proc{holder, user} {
-		want := fmt.Sprintf("%d %s (root): mapped rw-s, fd ", p.pid, comm(p.pid))
+	pids := []int{holder.pid, user.PID()}
+	for _, pid := range pids {
+		want := fmt.Sprintf("%d %s (root): mapped rw-s, fd ", pid, comm(pid))
 		if !strings.Contains(r.stdout, want) {
 			t.Errorf("stat: no %q in\n%v", want, r)
 		}
@@ -217,13 +218,13 @@ func TestStatProcesses(t *testing.T) {
 	if err := json.Unmarshal([]byte(r.stdout), &st); err != nil || st.Processes == nil || len(*st.Processes) != 2 {
 		t.Fatalf("stat --json: %v\n%v", err, r)
 	}
-	for i, p := range []*proc{holder, user} {
+	for i, pid := range pids {
 		jp := (*st.Processes)[i]
-		if jp.PID != p.pid || jp.Command != comm(p.pid) || jp.UID != 0 || len(jp.Maps) != 1 || jp.Maps[0] != "rw-s" || len(jp.FDs) != 1 || len(jp.Cmdline) == 0 {
-			t.Errorf("stat --json: process %d: %+v", p.pid, jp)
+		if jp.PID != pid || jp.Command != comm(pid) || jp.UID != 0 || len(jp.Maps) != 1 || jp.Maps[0] != "rw-s" || len(jp.FDs) != 1 || len(jp.Cmdline) == 0 {
+			t.Errorf("stat --json: process %d: %+v", pid, jp)
 		}
 	}
-	user.kill()
+	user.Kill()
 	holder.kill()
 	r = run(t, append([]string{"stat", k}, args...)...)
 	if !strings.Contains(r.stdout, "processes: none found") {
@@ -238,7 +239,7 @@ func TestSysvByID(t *testing.T) {
 	}
 	live, stale := key("id-live"), key("id-stale")
 	holder := hold(t, "sysv:"+live, "100")
-	startChild(t, "create", stale, "sysv").kill()
+	startChild(t, "create", stale, "sysv").Kill()
 	defer sysv.New().Unlink(live[1:])
 	defer sysv.New().Unlink(stale[1:])
 	stl, err := sysv.New().Stat(live[1:])

@@ -20,30 +20,23 @@ import (
 	"unicode"
 	"unicode/utf8"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/shmgo/shm"
-	"github.com/shmgo/shm/backend"
 	"github.com/shmgo/shm/backend/posix"
 	"github.com/shmgo/shm/backend/sysv"
+	"github.com/shmgo/shm/internal/reexec"
+	"github.com/shmgo/shm/internal/shmtest"
 )
 
-// The tests drive the built binary, bin. The test binary, re-executed with
-// SHMCTL_TEST_ROLE, plays the processes that create and use regions.
+// The tests drive the built binary, bin. The test binary, re-executed
+// (internal/reexec), plays the processes that create and use regions
+// (internal/shmtest's roles).
 var bin string
 
-const (
-	envRole    = "SHMCTL_TEST_ROLE"
-	envKey     = "SHMCTL_TEST_KEY"
-	envBackend = "SHMCTL_TEST_BACKEND" // posix:DIR, sysv, file:DIR
-	envInNS    = "SHMCTL_TEST_IN_NEW_IPC_NS"
-	envBin     = "SHMCTL_TEST_BIN" // set for re-runs: the binary already built
-)
+const envBin = "SHMCTL_TEST_BIN" // set for re-runs: the binary already built
 
 func TestMain(m *testing.M) {
-	if role := os.Getenv(envRole); role != "" {
-		os.Exit(childMain(role, os.Getenv(envKey), backendOf(os.Getenv(envBackend))))
-	}
+	shmtest.Register()
+	reexec.Main()
 	if b := os.Getenv(envBin); b != "" {
 		// A re-run of a test in a new namespace: the binary is built.
 		bin = b
@@ -69,85 +62,6 @@ func TestMain(m *testing.M) {
 	code := m.Run()
 	os.RemoveAll(dir)
 	os.Exit(code)
-}
-
-// backendOf makes the backend of a spec, NAME[:ARG] as in SHM_BACKEND.
-func backendOf(spec string) backend.Backend {
-	name, arg, _ := strings.Cut(spec, ":")
-	if f, ok := backend.Lookup(name); ok {
-		if be, err := f(arg); err == nil {
-			return be
-		}
-	}
-	panic("unknown backend spec " + spec)
-}
-
-// childMain is a process that creates (and maybe locks) or attaches to a
-// region, says "ready", and waits to be killed; or attaches in a loop.
-func childMain(role, key string, be backend.Backend) int {
-	ready := func() { fmt.Println("ready"); os.Stdout.Sync() }
-	switch role {
-	case "create", "create-lock":
-		r, err := shm.Create(key, 4096, shm.WithBackend(be))
-		if err != nil {
-			fmt.Println("error:", err)
-			return 1
-		}
-		if role == "create-lock" {
-			if _, err := r.Lock(); err != nil {
-				fmt.Println("error:", err)
-				return 1
-			}
-		}
-	case "attach":
-		if _, err := shm.Open(key, 30*time.Second, shm.WithBackend(be)); err != nil {
-			fmt.Println("error:", err)
-			return 1
-		}
-	case "attach-loop":
-		return attachLoop(key, be)
-	default:
-		fmt.Println("unknown role", role)
-		return 1
-	}
-	ready()
-	time.Sleep(time.Hour)
-	return 0
-}
-
-// attachLoop attaches to key until it is gone, and checks while attached
-// that the key still names the object it maps.
-func attachLoop(key string, be backend.Backend) int {
-	path := filepath.Join(be.(interface{ Dir() string }).Dir(), strings.TrimPrefix(key, "/"))
-	for i := 0; ; i++ {
-		r, err := shm.Open(key, 0, shm.WithBackend(be))
-		if errors.Is(err, shm.ErrNotExist) {
-			fmt.Printf("gone after %d attaches\n", i)
-			return 0
-		}
-		if err != nil {
-			fmt.Println("error:", err)
-			return 1
-		}
-		if i == 0 {
-			fmt.Println("ready")
-		}
-		f, err := r.File()
-		if err != nil {
-			fmt.Println("error:", err)
-			return 1
-		}
-		var mine, named unix.Stat_t
-		unix.Fstat(int(f.Fd()), &mine)
-		f.Close()
-		time.Sleep(time.Duration(i%7) * 50 * time.Microsecond)
-		if err := unix.Stat(path, &named); err != nil || named.Ino != mine.Ino || mine.Nlink == 0 {
-			fmt.Printf("VIOLATION: attached to inode %d (links %d), but %s: ino %d, %v\n", mine.Ino, mine.Nlink, path, named.Ino, err)
-			return 3
-		}
-		r.Close()
-		time.Sleep(time.Duration(i%5) * 200 * time.Microsecond)
-	}
 }
 
 type proc struct {
@@ -185,11 +99,11 @@ func startProc(t *testing.T, cmd *exec.Cmd, want string) *proc {
 	return p
 }
 
-func startChild(t *testing.T, role, key, spec string) *proc {
+// startChild starts a child playing role (see internal/shmtest) on key of
+// the backend spec, and waits until it is ready.
+func startChild(t *testing.T, role, key, spec string) *reexec.Proc {
 	t.Helper()
-	cmd := exec.Command(os.Args[0])
-	cmd.Env = append(os.Environ(), envRole+"="+role, envKey+"="+key, envBackend+"="+spec)
-	return startProc(t, cmd, "ready")
+	return shmtest.Start(t, role, key, spec)
 }
 
 // hold runs "shmctl create ... --hold" and waits until the region exists.
@@ -224,49 +138,23 @@ func runCmd(t *testing.T, cmd *exec.Cmd) result {
 	return result{out.String(), errb.String(), code}
 }
 
+// runAsNobody runs bin with args as uid and gid 65534, which must be able
+// to reach it.
+func runAsNobody(t *testing.T, args ...string) result {
+	t.Helper()
+	if err := reexec.Reachable(bin, 65534, 65534); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bin, args...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+	return runCmd(t, cmd)
+}
+
 func (r result) String() string {
 	return fmt.Sprintf("exit %d\nstdout:\n%s\nstderr:\n%s", r.code, r.stdout, r.stderr)
 }
 
-// reachable checks, by the permission bits, that uid and gid (with no other
-// groups) may search every directory on the way to path, and path itself:
-// search a directory, execute a file.
-func reachable(path string, uid, gid uint32) error {
-	path, err := filepath.Abs(path)
-	if err != nil {
-		return err
-	}
-	for p := path; ; p = filepath.Dir(p) {
-		var st syscall.Stat_t
-		if err := syscall.Stat(p, &st); err != nil {
-			return err
-		}
-		bits := st.Mode & 0o7
-		switch {
-		case st.Uid == uid:
-			bits = st.Mode >> 6 & 0o7
-		case st.Gid == gid:
-			bits = st.Mode >> 3 & 0o7
-		}
-		if bits&0o1 == 0 {
-			return fmt.Errorf("uid %d gid %d cannot reach %s: %s is mode %#o, owner %d:%d", uid, gid, path, p, st.Mode&0o7777, st.Uid, st.Gid)
-		}
-		if p == "/" {
-			return nil
-		}
-	}
-}
-
-func privateDir(t *testing.T) string {
-	t.Helper()
-	dir, err := os.MkdirTemp(posix.DefaultDir, "t-ops-dir-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	os.Chmod(dir, 0o755)
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	return dir
-}
+func privateDir(t *testing.T) string { return shmtest.PrivateDir(t) }
 
 // keyRun makes the keys of this run its own: the PID keeps two copies of the
 // tests running at once apart, and the random part keeps a run that got the
@@ -353,12 +241,12 @@ func TestLsAndGc(t *testing.T) {
 	fstale := key("fstale")
 
 	killed := startChild(t, "create-lock", stale, "posix:"+pdir)
-	killed.kill()
-	startChild(t, "create", fstale, "file:"+fdir).kill()
+	killed.Kill()
+	startChild(t, "create", fstale, "file:"+fdir).Kill()
 	holder := hold(t, append([]string{live, "4096"}, posixArgs...)...)
 	creator := startChild(t, "create", used, "posix:"+pdir)
 	user := startChild(t, "attach", used, "posix:"+pdir)
-	creator.kill()
+	creator.Kill()
 
 	r := run(t, append([]string{"ls"}, posixArgs...)...)
 	if r.code != 0 {
@@ -368,8 +256,8 @@ func TestLsAndGc(t *testing.T) {
 	if rs == nil || rl == nil || ru == nil {
 		t.Fatalf("ls does not show the three regions:\n%v", r)
 	}
-	if rs[colStale] != "yes" || rs[colCreator] != "dead" || rs[colCPID] != strconv.Itoa(killed.pid) ||
-		rs[colLock] != "dead:"+strconv.Itoa(killed.pid) || rs[colNattch] != "0" {
+	if rs[colStale] != "yes" || rs[colCreator] != "dead" || rs[colCPID] != strconv.Itoa(killed.PID()) ||
+		rs[colLock] != "dead:"+strconv.Itoa(killed.PID()) || rs[colNattch] != "0" {
 		t.Errorf("stale region's row: %q", rs)
 	}
 	if rl[colStale] != "no" || rl[colCreator] != "alive" || rl[colCPID] != strconv.Itoa(holder.pid) || rl[colStatus] != "ready" {
@@ -400,7 +288,7 @@ func TestLsAndGc(t *testing.T) {
 
 	// gc --dry-run removes nothing.
 	r = run(t, append([]string{"gc", "--dry-run"}, posixArgs...)...)
-	if r.code != 0 || strings.TrimSpace(r.stdout) != "would remove posix "+stale+": creator "+strconv.Itoa(killed.pid)+" dead, not in use" {
+	if r.code != 0 || strings.TrimSpace(r.stdout) != "would remove posix "+stale+": creator "+strconv.Itoa(killed.PID())+" dead, not in use" {
 		t.Fatalf("gc --dry-run: %v", r)
 	}
 	if _, err := os.Stat(filepath.Join(pdir, stale[1:])); err != nil {
@@ -408,7 +296,7 @@ func TestLsAndGc(t *testing.T) {
 	}
 
 	r = run(t, append([]string{"gc"}, posixArgs...)...)
-	if r.code != 0 || strings.TrimSpace(r.stdout) != "removed posix "+stale+": creator "+strconv.Itoa(killed.pid)+" dead, not in use" {
+	if r.code != 0 || strings.TrimSpace(r.stdout) != "removed posix "+stale+": creator "+strconv.Itoa(killed.PID())+" dead, not in use" {
 		t.Fatalf("gc: %v", r)
 	}
 	r = run(t, append([]string{"gc"}, fileArgs...)...)
@@ -424,7 +312,7 @@ func TestLsAndGc(t *testing.T) {
 	}
 
 	// Once its last user is gone, the region is stale.
-	user.kill()
+	user.Kill()
 	r = run(t, append([]string{"gc"}, posixArgs...)...)
 	if r.code != 0 || !strings.HasPrefix(r.stdout, "removed posix "+used+":") {
 		t.Fatalf("gc after the user died: %v", r)
@@ -446,7 +334,7 @@ func TestGcSysv(t *testing.T) {
 		return
 	}
 	stale, live := key("sysv-stale"), key("sysv-live")
-	startChild(t, "create", stale, "sysv").kill()
+	startChild(t, "create", stale, "sysv").Kill()
 	holder := hold(t, "sysv:"+live, "100")
 	defer holder.kill()
 	defer sysv.New().Unlink(live[1:])
@@ -474,20 +362,7 @@ func TestGcSysv(t *testing.T) {
 // reports whether the caller is that re-run.
 func inNewIPCNamespace(t *testing.T) bool {
 	t.Helper()
-	if os.Getenv(envInNS) == t.Name() {
-		return true
-	}
-	cmd := exec.Command(os.Args[0], "-test.run=^"+t.Name()+"$", "-test.count=1", "-test.v")
-	cmd.Env = append(os.Environ(), envInNS+"="+t.Name(), envBin+"="+bin)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: syscall.CLONE_NEWIPC}
-	out, err := cmd.CombinedOutput()
-	if err != nil && errors.Is(err, syscall.EPERM) {
-		t.Skipf("cannot make an IPC namespace (needs CAP_SYS_ADMIN): %v", err)
-	}
-	if err != nil || !strings.Contains(string(out), "--- PASS: "+t.Name()) {
-		t.Fatalf("in a new IPC namespace: %v\n%s", err, out)
-	}
-	return false
+	return shmtest.InNamespaces(t, syscall.CLONE_NEWIPC, reexec.Env(envBin+"="+bin))
 }
 
 func TestStatAndRm(t *testing.T) {
@@ -495,7 +370,7 @@ func TestStatAndRm(t *testing.T) {
 	args := []string{"--backend", "posix", "--shm-dir", dir}
 	live, stale := key("stat-live"), key("stat-stale")
 	holder := hold(t, append([]string{live, "1K", "--mode", "0640", "--owner", "65534:65534"}, args...)...)
-	startChild(t, "create", stale, "posix:"+dir).kill()
+	startChild(t, "create", stale, "posix:"+dir).Kill()
 
 	r := run(t, append([]string{"stat", live, "--json"}, args...)...)
 	var in jsonInfo
@@ -620,7 +495,7 @@ func TestLockAfterHolderDied(t *testing.T) {
 	k := key("lockdead")
 	defer be.Unlink(k[1:])
 	holder := startChild(t, "create-lock", k, "posix:"+dir)
-	holder.kill()
+	holder.Kill()
 
 	r := run(t, append(append([]string{"lock", k}, args...), "--", "sh", "-c", "echo dead=$SHMCTL_OWNER_DEAD")...)
 	if r.code != 0 || r.stdout != "dead=1\n" || !strings.Contains(r.stderr, "died holding the lock") {
@@ -659,14 +534,7 @@ func TestLsAsOtherUser(t *testing.T) {
 			t.Fatal(r)
 		}
 	}
-	if err := reachable(bin, 65534, 65534); err != nil {
-		t.Fatal(err)
-	}
-	asNobody := func(a ...string) result {
-		cmd := exec.Command(bin, a...)
-		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
-		return runCmd(t, cmd)
-	}
+	asNobody := func(a ...string) result { return runAsNobody(t, a...) }
 	r := asNobody(append([]string{"ls"}, args...)...)
 	if r.code != 0 || row(r.stdout, shared) == nil || row(r.stdout, private) != nil ||
 		!strings.Contains(r.stderr, "1 object could not be read") {
@@ -697,29 +565,14 @@ func TestGcRacesAttach(t *testing.T) {
 	dir := privateDir(t)
 	args := []string{"gc", "--backend", "posix", "--shm-dir", dir}
 	for round := 0; round < 5; round++ {
-		k := key(fmt.Sprintf("race-%d", round))
-		startChild(t, "create", k, "posix:"+dir).kill()
-		att := startChild(t, "attach-loop", k, "posix:"+dir)
-		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-		runs := 0
-		for ctx.Err() == nil {
-			runs++
+		runs, att := shmtest.RaceAttach(t, key(fmt.Sprintf("race-%d", round)), "posix:"+dir, func(context.Context) (bool, error) {
 			r := run(t, args...)
 			if r.code != 0 {
-				cancel()
-				t.Fatal(r)
+				return false, errors.New(r.String())
 			}
-			if r.stdout != "" {
-				break
-			}
-		}
-		cancel()
-		out, _ := io.ReadAll(att.out)
-		err := att.cmd.Wait()
-		t.Logf("round %d: removed after %d runs of gc; attacher: %s", round, runs, strings.TrimSpace(string(out)))
-		if err != nil || !strings.HasPrefix(string(out), "gone after ") {
-			t.Fatalf("attacher: %v: %s", err, out)
-		}
+			return r.stdout != "", nil
+		})
+		t.Logf("round %d: removed after %d runs of gc; attacher: %s", round, runs, att)
 	}
 }
 
@@ -782,7 +635,7 @@ func TestHostileKeysEscaped(t *testing.T) {
 	dir := privateDir(t)
 	args := []string{"--backend", "posix", "--shm-dir", dir}
 	k := key(hostile)
-	startChild(t, "create", k, "posix:"+dir).kill() // a stale region
+	startChild(t, "create", k, "posix:"+dir).Kill() // a stale region
 	// An object that is not a region, under a hostile name.
 	foreign := key("foreign-" + hostile)[1:]
 	if err := os.WriteFile(filepath.Join(dir, foreign), []byte("not a region\x1b[2J"), 0o644); err != nil {
@@ -827,7 +680,7 @@ func TestHostileKeysEscaped(t *testing.T) {
 	if r.code != 0 || r.stdout != "removed posix "+esc(k)+"\n" {
 		t.Errorf("rm -v:\n%v", r)
 	}
-	startChild(t, "create", k, "posix:"+dir).kill()
+	startChild(t, "create", k, "posix:"+dir).Kill()
 	r = run(t, append([]string{"gc"}, args...)...)
 	checkSafe(t, "gc", r.stdout+r.stderr, 1)
 	if r.code != 0 || !strings.HasPrefix(r.stdout, "removed posix "+esc(k)+": ") {
@@ -836,7 +689,7 @@ func TestHostileKeysEscaped(t *testing.T) {
 	// JSON keeps the key exact where JSON can: valid UTF-8 is escaped by
 	// encoding/json.
 	okKey := key("json\x1b]0;x\x07\n")
-	startChild(t, "create", okKey, "posix:"+dir).kill()
+	startChild(t, "create", okKey, "posix:"+dir).Kill()
 	r = run(t, append([]string{"ls", "--json"}, args...)...)
 	checkSafe(t, "ls --json", r.stdout, -1)
 	var infos []jsonInfo
@@ -945,14 +798,7 @@ func TestGcAsOtherUser(t *testing.T) {
 	}
 	defer sysv.New().Unlink(roots[1:])
 	defer sysv.New().Unlink(nobodys[1:])
-	if err := reachable(bin, 65534, 65534); err != nil {
-		t.Fatal(err)
-	}
-	asNobody := func(a ...string) result {
-		cmd := exec.Command(bin, a...)
-		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
-		return runCmd(t, cmd)
-	}
+	asNobody := func(a ...string) result { return runAsNobody(t, a...) }
 	r := asNobody("gc", "--backend", "sysv", "--dry-run")
 	if r.code != 0 || !strings.Contains(r.stdout, "would remove sysv "+roots+" ") || !strings.Contains(r.stdout, "(owned by root: may not be permitted)") {
 		t.Errorf("gc --dry-run as nobody: %v", r)

@@ -23,11 +23,11 @@ func procView(c *child) error {
 	var errno syscall.Errno
 	switch {
 	case err == nil:
-		c.say("view seen")
+		c.Say("view seen")
 	case errors.As(err, &errno):
-		c.say("view %s", errno.Error())
+		c.Say("view %s", errno.Error())
 	default:
-		c.say("view %v", err)
+		c.Say("view %v", err)
 	}
 	return nil
 }
@@ -53,15 +53,15 @@ func TestWaiterInheritsDeadHolderPID(t *testing.T) {
 		r, k := newRegion(t, "inherit")
 		const pid = 5000
 		h := ns.startWithPID(t, "holder", "holder", k, "", pid)
-		h.expect("locked", time.Minute)
+		h.expect("locked")
 		mustTimeOut(t, r, 300*time.Millisecond, "a live holder")
 		h.kill()
-		if err := h.wait(time.Minute); !killed(err) {
+		if err := h.Err(); !killed(err) {
 			t.Fatalf("holder: %v, want killed", err)
 		}
 		w := ns.startWithPID(t, "waiter with the dead holder's PID", "waiter", k, "expect-ownerdead", pid)
-		t.Logf("waiter: %s", w.expect("recovered", time.Minute))
-		w.mustSucceed(time.Minute)
+		t.Logf("waiter: %s", w.expect("recovered"))
+		w.Wait()
 		mustLock(t, r)
 	})
 }
@@ -85,26 +85,26 @@ func TestLockUnderHidepid(t *testing.T) {
 				as := nsOpts{flags: syscall.CLONE_NEWNS, setup: []string{"private", hp, "nobody"}}
 
 				h := start(t, "holder", "holder", k, "", nsOpts{})
-				h.expect("locked", time.Minute)
+				h.expect("locked")
 				// The premise: the waiter cannot see the holder in /proc.
-				v := start(t, "procview", "procview", k, fmt.Sprint(h.cmd.Process.Pid), as)
-				seen := v.expect("view", time.Minute)
-				v.mustSucceed(time.Minute)
+				v := start(t, "procview", "procview", k, fmt.Sprint(h.PID()), as)
+				seen := v.expect("view")
+				v.Wait()
 				want := map[string]string{"hidepid2": syscall.ENOENT.Error(), "hidepid1": syscall.EPERM.Error()}[hp]
 				if seen != want && !(hp == "hidepid1" && seen == syscall.EACCES.Error()) {
-					t.Fatalf("the waiter's view of /proc/%d: %q, want %q", h.cmd.Process.Pid, seen, want)
+					t.Fatalf("the waiter's view of /proc/%d: %q, want %q", h.PID(), seen, want)
 				}
 				w := start(t, "waiter", "waiter", k, "", as)
-				t.Logf("waiter (uid 65534, /proc %s): %s", hp, w.expect("timedout", time.Minute))
-				w.mustSucceed(time.Minute)
+				t.Logf("waiter (uid 65534, /proc %s): %s", hp, w.expect("timedout"))
+				w.Wait()
 
 				h.kill()
-				if err := h.wait(time.Minute); !killed(err) {
+				if err := h.Err(); !killed(err) {
 					t.Fatalf("holder: %v, want killed", err)
 				}
 				w = start(t, "waiter", "waiter", k, "expect-ownerdead", as)
-				t.Logf("waiter after the holder died: %s", w.expect("recovered", time.Minute))
-				w.mustSucceed(time.Minute)
+				t.Logf("waiter after the holder died: %s", w.expect("recovered"))
+				w.Wait()
 				mustLock(t, r)
 			})
 		})

@@ -99,7 +99,7 @@ func TestDemoWithoutDevShm(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 			defer cancel()
 			cmd := exec.CommandContext(ctx, unshare, "--mount", "--propagation", "private", "sh", "-c", script)
-			cmd.Env = append(childEnv(), "DEMO="+exe, "KEY="+k)
+			cmd.Env = append(os.Environ(), shm.EnvBackend+"=", "DEMO="+exe, "KEY="+k)
 			out, err := cmd.CombinedOutput()
 			if err != nil {
 				t.Fatalf("shmdemo in a mount namespace without /dev/shm: %v\n%s", err, out)
@@ -155,8 +155,8 @@ func TestFileBetweenMountNamespaces(t *testing.T) {
 			user := start(t, "user", "file-user", k, fmt.Sprint(n), o)
 			owner := start(t, "owner", "file-owner", k, fmt.Sprint(n), o)
 
-			created := owner.expect("created", time.Minute)
-			attached := user.expect("attached", time.Minute)
+			created := owner.expect("created")
+			attached := user.expect("attached")
 			for _, line := range []string{created, attached} {
 				if b := field(t, line, "backend"); b != "file" {
 					t.Errorf("backend %s, want file (%s)", b, line)
@@ -169,12 +169,12 @@ func TestFileBetweenMountNamespaces(t *testing.T) {
 			if ownerNS == userNS || ownerNS == fmt.Sprint(nsInode("self", "mnt")) {
 				t.Errorf("mount namespaces: owner %s, user %s, test %d: want three different ones", ownerNS, userNS, nsInode("self", "mnt"))
 			}
-			user.expect("done", 2*time.Minute)
-			if total := field(t, owner.expect("total", 2*time.Minute), "counter"); total != fmt.Sprint(2*n) {
+			user.expect("done")
+			if total := field(t, owner.expect("total"), "counter"); total != fmt.Sprint(2*n) {
 				t.Errorf("counter %s after two processes did %d locked increments each, want %d", total, n, 2*n)
 			}
-			user.mustSucceed(time.Minute)
-			owner.mustSucceed(time.Minute)
+			user.Wait()
+			owner.Wait()
 			if left, _ := os.ReadDir(dir); len(left) > 0 {
 				t.Errorf("left in the shared directory: %v", left)
 			}
@@ -250,7 +250,7 @@ func fileOwner(c *child) error {
 	}
 	defer r.Close()
 	defer r.Unlink()
-	c.say("created backend=%s devshm=%s mntns=%d", r.Backend(), devShmState(), nsInode("self", "mnt"))
+	c.Say("created backend=%s devshm=%s mntns=%d", r.Backend(), devShmState(), nsInode("self", "mnt"))
 	if err := waitShared(r, "the user to attach", func(s *shared) bool { return s.Attached == 1 }); err != nil {
 		return err
 	}
@@ -266,7 +266,7 @@ func fileOwner(c *child) error {
 	}
 	total := sharedOf(r).Counter
 	l.Unlock()
-	c.say("total counter=%d", total)
+	c.Say("total counter=%d", total)
 	return nil
 }
 
@@ -284,7 +284,7 @@ func fileUser(c *child) error {
 	}
 	sharedOf(r).Attached = 1
 	l.Unlock()
-	c.say("attached backend=%s devshm=%s mntns=%d", r.Backend(), devShmState(), nsInode("self", "mnt"))
+	c.Say("attached backend=%s devshm=%s mntns=%d", r.Backend(), devShmState(), nsInode("self", "mnt"))
 	if err := increment(r, n); err != nil {
 		return err
 	}
@@ -293,7 +293,7 @@ func fileUser(c *child) error {
 	}
 	sharedOf(r).Done = 1
 	l.Unlock()
-	c.say("done")
+	c.Say("done")
 	return nil
 }
 
@@ -305,25 +305,25 @@ func TestSmallDevShm(t *testing.T) {
 	requireRoot(t)
 	p := start(t, "child", "small-shm", key("small"), "",
 		nsOpts{flags: syscall.CLONE_NEWNS, setup: []string{"private", "smallshm"}})
-	if size := p.expect("devshm", time.Minute); size != "size=1048576" {
+	if size := p.expect("devshm"); size != "size=1048576" {
 		t.Errorf("/dev/shm in the namespace: %s, want size=1048576", size)
 	}
-	if got := p.expect("auto", time.Minute); got != "backend=memfd reopened=memfd" {
+	if got := p.expect("auto"); got != "backend=memfd reopened=memfd" {
 		t.Errorf("4 MiB Create without a backend: %s, want backend=memfd reopened=memfd", got)
 	}
 	for _, how := range []string{"withbackend", "prefix"} {
-		msg := p.expect(how, time.Minute)
+		msg := p.expect(how)
 		if !strings.Contains(msg, "no space left on device") {
 			t.Errorf("4 MiB POSIX Create (%s): %q, want a message saying no space left on device", how, msg)
 		}
 	}
-	if got := p.expect("leftover", time.Minute); got != "0" {
+	if got := p.expect("leftover"); got != "0" {
 		t.Errorf("/dev/shm holds %s entries after the failed Creates, want 0", got)
 	}
-	if got := p.expect("small", time.Minute); got != "backend=posix reopened=posix" {
+	if got := p.expect("small"); got != "backend=posix reopened=posix" {
 		t.Errorf("64 KiB Create without a backend: %s, want backend=posix reopened=posix", got)
 	}
-	p.mustSucceed(time.Minute) // a SIGBUS would show here as "signal: bus error"
+	p.Wait() // a SIGBUS would show here as "signal: bus error"
 }
 
 func smallShm(c *child) error {
@@ -331,7 +331,7 @@ func smallShm(c *child) error {
 	if err := unix.Statfs("/dev/shm", &st); err != nil {
 		return err
 	}
-	c.say("devshm size=%d", st.Blocks*uint64(st.Bsize))
+	c.Say("devshm size=%d", st.Blocks*uint64(st.Bsize))
 
 	// Automatic choice: no room in /dev/shm, so memfd.
 	const big = 4 << 20
@@ -352,7 +352,7 @@ func smallShm(c *child) error {
 			return fmt.Errorf("byte %d: the user sees %d, the owner wrote %d", i, u.Bytes()[i], byte(i>>12)|1)
 		}
 	}
-	c.say("auto backend=%s reopened=%s", r.Backend(), u.Backend())
+	c.Say("auto backend=%s reopened=%s", r.Backend(), u.Backend())
 	u.Close()
 	r.Unlink()
 	r.Close()
@@ -375,13 +375,13 @@ func smallShm(c *child) error {
 		if !errors.Is(err, syscall.ENOSPC) {
 			return fmt.Errorf("4 MiB POSIX Create (%s): %v, want an error matching ENOSPC", try.how, err)
 		}
-		c.say("%s err=%v", try.how, err)
+		c.Say("%s err=%v", try.how, err)
 	}
 	left, err := os.ReadDir("/dev/shm")
 	if err != nil {
 		return err
 	}
-	c.say("leftover %d", len(left))
+	c.Say("leftover %d", len(left))
 
 	// A region that fits still goes to POSIX.
 	if r, err = shm.Create(c.key+"-small", 64<<10); err != nil {
@@ -393,6 +393,6 @@ func smallShm(c *child) error {
 		return err
 	}
 	defer u.Close()
-	c.say("small backend=%s reopened=%s", r.Backend(), u.Backend())
+	c.Say("small backend=%s reopened=%s", r.Backend(), u.Backend())
 	return nil
 }

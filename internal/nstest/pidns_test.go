@@ -9,7 +9,6 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
-	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -18,16 +17,15 @@ import (
 
 	"github.com/shmgo/shm"
 	"github.com/shmgo/shm/backend/posix"
+	"github.com/shmgo/shm/internal/reexec"
 )
 
 func init() {
-	if os.Getenv(envRole) != "" {
-		// A child's roles run on the main goroutine: keep it on the main
-		// thread, whose thread ID is the PID (1 for PID 1 of a namespace),
-		// so that robust-mode lock words of two namespaces' PID 1s hold
-		// the same thread ID.
-		runtime.LockOSThread()
-	}
+	// A child's roles run on the main goroutine: keep it on the main
+	// thread, whose thread ID is the PID (1 for PID 1 of a namespace), so
+	// that robust-mode lock words of two namespaces' PID 1s hold the same
+	// thread ID.
+	reexec.LockMainThread()
 	roles["holder"] = holder
 	roles["waiter"] = waiter
 	roles["counter"] = counterRole
@@ -179,7 +177,7 @@ func TestPIDNamespaceHolderExcludes(t *testing.T) {
 // report.
 func holderLocked(t *testing.T, h *proc, pid int) string {
 	t.Helper()
-	line := h.expect("locked", time.Minute)
+	line := h.expect("locked")
 	if got := atoi(t, field(t, line, "pid")); got != pid {
 		t.Fatalf("holder has PID %d in its namespace, want %d", got, pid)
 	}
@@ -193,10 +191,10 @@ func holderLocked(t *testing.T, h *proc, pid int) string {
 // with no ErrOwnerDead), and waits for h to exit.
 func release(t *testing.T, h *proc, r *shm.Region) {
 	t.Helper()
-	h.send("unlock")
-	h.expect("unlocked", time.Minute)
+	h.Send("unlock")
+	h.expect("unlocked")
 	mustLock(t, r)
-	h.mustSucceed(time.Minute)
+	h.Wait()
 }
 
 // TestPIDNamespaceWaiterExcluded: this process holds the lock; a waiter in
@@ -218,13 +216,13 @@ func TestPIDNamespaceWaiterExcluded(t *testing.T) {
 				t.Fatal(err)
 			}
 			w := start(t, "waiter", "waiter", k, "then-lock", tc.opts)
-			t.Logf("waiter: %s", w.expect("timedout", time.Minute))
-			w.expect("waiting", time.Minute)
+			t.Logf("waiter: %s", w.expect("timedout"))
+			w.expect("waiting")
 			if err := l.Unlock(); err != nil {
 				t.Fatal(err)
 			}
-			w.expect("locked", time.Minute)
-			w.mustSucceed(time.Minute)
+			w.expect("locked")
+			w.Wait()
 			mustLock(t, r)
 		})
 	}
@@ -241,7 +239,7 @@ func TestPIDNamespaceCounter(t *testing.T) {
 	seen := map[string]bool{fmt.Sprint(nsInode("self", "pid")): true}
 	for _, name := range []string{"ns-a", "ns-b"} {
 		p := start(t, name, "counter", k, fmt.Sprint(n), nsPID1)
-		line := p.expect("attached", time.Minute)
+		line := p.expect("attached")
 		if pid := field(t, line, "pid"); pid != "1" {
 			t.Fatalf("%s has PID %s, want 1", name, pid)
 		}
@@ -253,14 +251,14 @@ func TestPIDNamespaceCounter(t *testing.T) {
 		ps = append(ps, p)
 	}
 	for _, p := range ps {
-		p.send("go")
+		p.Send("go")
 	}
 	if err := increment(r, n); err != nil {
 		t.Fatal(err)
 	}
 	for _, p := range ps {
-		p.expect("done", 2*time.Minute)
-		p.mustSucceed(time.Minute)
+		p.expect("done")
+		p.Wait()
 	}
 	l, err := r.Lock()
 	if err != nil {
@@ -285,10 +283,10 @@ func TestPIDNamespaceHolderKilled(t *testing.T) {
 	t.Run("waiter-outside", func(t *testing.T) {
 		r, k := newRegion(t, "killout")
 		h := start(t, "holder", "holder", k, "", nsPID1)
-		h.expect("locked", time.Minute)
+		h.expect("locked")
 		mustTimeOut(t, r, time.Second, "a live holder in another PID namespace")
 		h.kill()
-		if err := h.wait(time.Minute); !killed(err) {
+		if err := h.Err(); !killed(err) {
 			t.Fatalf("holder: %v, want killed", err)
 		}
 		mustRecover(t, r, "a holder killed in another PID namespace")
@@ -300,14 +298,14 @@ func TestPIDNamespaceHolderKilled(t *testing.T) {
 	t.Run("waiter-same-namespace", func(t *testing.T) {
 		r, k := newRegion(t, "killin")
 		h := start(t, "init", "init", k, "inner=holder onusr1=recover", nsPID1)
-		line := h.expect("locked", time.Minute)
+		line := h.expect("locked")
 		if pid := field(t, line, "pid"); pid == "1" {
 			t.Fatalf("holder is PID 1, want a child of the namespace's init")
 		}
 		mustTimeOut(t, r, time.Second, "a live holder in another PID namespace")
-		h.cmd.Process.Signal(syscall.SIGUSR1)
-		t.Logf("init: %s", h.expect("recovered", time.Minute))
-		h.mustSucceed(time.Minute)
+		h.Signal(syscall.SIGUSR1)
+		t.Logf("init: %s", h.expect("recovered"))
+		h.Wait()
 		mustLock(t, r) // marked consistent: no ErrOwnerDead
 	})
 
@@ -318,14 +316,14 @@ func TestPIDNamespaceHolderKilled(t *testing.T) {
 	t.Run("holder-outside", func(t *testing.T) {
 		r, k := newRegion(t, "killhost")
 		h := start(t, "holder", "holder", k, "", nsOpts{})
-		h.expect("locked", time.Minute)
+		h.expect("locked")
 		h.kill()
-		if err := h.wait(time.Minute); !killed(err) {
+		if err := h.Err(); !killed(err) {
 			t.Fatalf("holder: %v, want killed", err)
 		}
 		w := start(t, "waiter", "waiter", k, "expect-ownerdead", nsPID1)
-		t.Logf("waiter in a new PID namespace: %s", w.expect("recovered", time.Minute))
-		w.mustSucceed(time.Minute)
+		t.Logf("waiter in a new PID namespace: %s", w.expect("recovered"))
+		w.Wait()
 		mustLock(t, r) // marked consistent: no ErrOwnerDead
 	})
 }
@@ -377,15 +375,15 @@ func holder(c *child) error {
 	if err != nil {
 		return err
 	}
-	c.say("locked pid=%d tid=%d pidns=%d", os.Getpid(), syscall.Gettid(), nsInode("self", "pid"))
-	if cmd := c.hear(); cmd != "unlock" {
+	c.Say("locked pid=%d tid=%d pidns=%d", os.Getpid(), syscall.Gettid(), nsInode("self", "pid"))
+	if cmd := c.Hear(); cmd != "unlock" {
 		return fmt.Errorf("told %q, want unlock", cmd)
 	}
 	if err := l.Unlock(); err != nil {
 		return err
 	}
-	c.say("unlocked")
-	c.hear() // wait for the parent to close our input
+	c.Say("unlocked")
+	c.Hear() // wait for the parent to close our input
 	return nil
 }
 
@@ -411,20 +409,20 @@ func waiter(c *child) error {
 			}
 			return fmt.Errorf("Lock after the holder died: %v, want ErrOwnerDead", err)
 		}
-		c.say("recovered pid=%d pidns=%d err=%v", os.Getpid(), nsInode("self", "pid"), err)
+		c.Say("recovered pid=%d pidns=%d err=%v", os.Getpid(), nsInode("self", "pid"), err)
 		if err := l.MarkConsistent(); err != nil {
 			return err
 		}
 		return l.Unlock()
 	case "wait":
-		c.say("waiting pid=%d tid=%d", os.Getpid(), syscall.Gettid())
+		c.Say("waiting pid=%d tid=%d", os.Getpid(), syscall.Gettid())
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		defer cancel()
 		l, err := r.LockContext(ctx)
 		if err != nil {
 			return err
 		}
-		c.say("locked")
+		c.Say("locked")
 		return l.Unlock()
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
@@ -440,17 +438,17 @@ func waiter(c *child) error {
 	case !errors.Is(err, shm.ErrTimeout):
 		return fmt.Errorf("LockContext: %w, want ErrTimeout", err)
 	}
-	c.say("timedout pid=%d pidns=%d err=%v", os.Getpid(), nsInode("self", "pid"), err)
+	c.Say("timedout pid=%d pidns=%d err=%v", os.Getpid(), nsInode("self", "pid"), err)
 	if c.arg != "then-lock" {
 		return nil
 	}
-	c.say("waiting")
+	c.Say("waiting")
 	ctx, cancel = context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	if l, err = r.LockContext(ctx); err != nil {
 		return err
 	}
-	c.say("locked")
+	c.Say("locked")
 	return l.Unlock()
 }
 
@@ -465,14 +463,14 @@ func counterRole(c *child) error {
 		return err
 	}
 	defer r.Close()
-	c.say("attached pid=%d pidns=%d", os.Getpid(), nsInode("self", "pid"))
-	if cmd := c.hear(); cmd != "go" {
+	c.Say("attached pid=%d pidns=%d", os.Getpid(), nsInode("self", "pid"))
+	if cmd := c.Hear(); cmd != "go" {
 		return fmt.Errorf("told %q, want go", cmd)
 	}
 	if err := increment(r, n); err != nil {
 		return err
 	}
-	c.say("done")
+	c.Say("done")
 	return nil
 }
 
@@ -489,15 +487,10 @@ func nsInit(c *child) error {
 	usr1 := make(chan os.Signal, 1)
 	signal.Notify(usr1, syscall.SIGUSR1)
 
-	var env []string
-	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, envRole+"=") && !strings.HasPrefix(kv, envSetup+"=") && !strings.HasPrefix(kv, envArg+"=") {
-			env = append(env, kv)
-		}
+	cmd, err := reexec.Command(opts["inner"], []string{c.key, "", "", ""})
+	if err != nil {
+		return err
 	}
-	env = append(env, envRole+"="+opts["inner"])
-	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = env
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
 	if err := cmd.Start(); err != nil {
 		return err
@@ -528,7 +521,7 @@ func nsInit(c *child) error {
 		}
 		return fmt.Errorf("Lock after killing the holder in this namespace: %v, want ErrOwnerDead", err)
 	}
-	c.say("recovered pid=%d err=%v", os.Getpid(), err)
+	c.Say("recovered pid=%d err=%v", os.Getpid(), err)
 	if err := l.MarkConsistent(); err != nil {
 		return err
 	}

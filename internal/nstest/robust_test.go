@@ -41,12 +41,12 @@ func TestRobustLockAcrossPIDNamespaces(t *testing.T) {
 	t.Run("live-holder-excludes", func(t *testing.T) {
 		r, k := newRobustRegion(t, "rob-excl")
 		h := start(t, "holder", "holder", k, "", nsPID1)
-		t.Logf("holder: %s", h.expect("locked", time.Minute))
+		t.Logf("holder: %s", h.expect("locked"))
 		mustTimeOut(t, r, time.Second, "a live holder in another PID namespace")
-		h.send("unlock")
-		h.expect("unlocked", time.Minute)
+		h.Send("unlock")
+		h.expect("unlocked")
 		mustLock(t, r)
-		h.mustSucceed(time.Minute)
+		h.Wait()
 	})
 
 	// Unlike the default lock, a robust lock is recovered from outside the
@@ -54,9 +54,9 @@ func TestRobustLockAcrossPIDNamespaces(t *testing.T) {
 	t.Run("holder-killed-waiter-outside", func(t *testing.T) {
 		r, k := newRobustRegion(t, "rob-killout")
 		h := start(t, "holder", "holder", k, "", nsPID1)
-		h.expect("locked", time.Minute)
+		h.expect("locked")
 		h.kill()
-		if err := h.wait(time.Minute); !killed(err) {
+		if err := h.Err(); !killed(err) {
 			t.Fatalf("holder: %v, want killed", err)
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
@@ -78,14 +78,14 @@ func TestRobustLockAcrossPIDNamespaces(t *testing.T) {
 	t.Run("holder-outside-killed-waiter-inside", func(t *testing.T) {
 		r, k := newRobustRegion(t, "rob-killhost")
 		h := start(t, "holder", "holder", k, "", nsOpts{})
-		h.expect("locked", time.Minute)
+		h.expect("locked")
 		h.kill()
-		if err := h.wait(time.Minute); !killed(err) {
+		if err := h.Err(); !killed(err) {
 			t.Fatalf("holder: %v, want killed", err)
 		}
 		w := start(t, "waiter", "waiter", k, "expect-ownerdead", nsPID1)
-		t.Logf("waiter in a new PID namespace: %s", w.expect("recovered", time.Minute))
-		w.mustSucceed(time.Minute)
+		t.Logf("waiter in a new PID namespace: %s", w.expect("recovered"))
+		w.Wait()
 		mustLock(t, r)
 	})
 
@@ -97,22 +97,22 @@ func TestRobustLockAcrossPIDNamespaces(t *testing.T) {
 	t.Run("waiter-killed-same-tid", func(t *testing.T) {
 		r, k := newRobustRegion(t, "rob-sametid")
 		h := start(t, "holder", "holder", k, "", nsPID1)
-		hl := h.expect("locked", time.Minute)
+		hl := h.expect("locked")
 		w := start(t, "waiter", "waiter", k, "wait", nsPID1)
-		wl := w.expect("waiting", time.Minute)
+		wl := w.expect("waiting")
 		if ht, wt := field(t, hl, "tid"), field(t, wl, "tid"); ht != "1" || wt != "1" {
 			t.Fatalf("holder locks from thread %s, waiter from thread %s: want 1 for both", ht, wt)
 		}
-		waitInFutex(t, w.cmd.Process.Pid, "/dev/shm"+k)
+		waitInFutex(t, w.PID(), "/dev/shm"+k)
 		w.kill()
-		if err := w.wait(time.Minute); !killed(err) {
+		if err := w.Err(); !killed(err) {
 			t.Fatalf("waiter: %v, want killed", err)
 		}
 		mustTimeOut(t, r, time.Second, "a live holder whose thread ID equals the dead waiter's")
-		h.send("unlock")
-		h.expect("unlocked", time.Minute)
+		h.Send("unlock")
+		h.expect("unlocked")
 		mustLock(t, r)
-		h.mustSucceed(time.Minute)
+		h.Wait()
 	})
 }
 

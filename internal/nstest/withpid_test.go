@@ -25,9 +25,10 @@ import (
 	"strconv"
 	"strings"
 	"testing"
-	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/shmgo/shm/internal/reexec"
 )
 
 // pidNS is a new PID namespace, with a mount namespace of its own in which
@@ -51,15 +52,16 @@ func newPIDNS(t *testing.T) *pidNS {
 		t.Skip("skipped: nsenter(1) from util-linux is not installed (CI installs util-linux)")
 	}
 	lastPIDWorks(t)
-	// read returns at the end of its input: when the test closes it.
-	const script = `echo "` + linePrefix + `ready pid_max=$(cat /proc/sys/kernel/pid_max)"; read _`
-	init := startArgv(t, "PID 1 (sh) of a new PID namespace",
-		[]string{unshare, "--pid", "--fork", "--mount-proc", "--kill-child", "sh", "-c", script},
-		childEnv(), 0)
-	line := init.expect("ready", time.Minute)
+	// read returns at the end of its input: when the test closes it. The
+	// test binary and its flags, which reexec.Start appends, are the
+	// script's arguments, unused: no test binary plays role "sh" here.
+	const script = `echo "` + reexec.ReportPrefix + `ready pid_max=$(cat /proc/sys/kernel/pid_max)"; read _`
+	init := startChild(t, "PID 1 (sh) of a new PID namespace", "sh", nil,
+		nsOpts{prefix: []string{unshare, "--pid", "--fork", "--mount-proc", "--kill-child", "sh", "-c", script, "sh"}})
+	line := init.expect("ready")
 	ns := &pidNS{
 		nsenter: nsenter,
-		unshare: init.cmd.Process.Pid,
+		unshare: init.PID(),
 		pidMax:  atoi(t, field(t, line, "pid_max")),
 	}
 	ns.inode = nsInode(strconv.Itoa(ns.unshare), "pid_for_children")
@@ -98,10 +100,10 @@ func (ns *pidNS) startWithPID(t *testing.T, name, role, key, arg string, pid int
 		t.Fatal(err)
 	}
 	u := "/proc/" + strconv.Itoa(ns.unshare) + "/ns/"
-	argv := []string{ns.nsenter, "--pid=" + u + "pid_for_children", "--mount=" + u + "mnt", "--wd=" + wd, "--",
-		"sh", "-c", startWithPIDScript, "sh", strconv.Itoa(pid - 1), testBinary(t), "-test.run=^$"}
-	p := startArgv(t, name, argv, append(roleEnv(role, key, arg, nsOpts{}), envPID+"="+strconv.Itoa(pid)), 0)
-	if got := atoi(t, field(t, p.expect("started", time.Minute), "pid")); got != pid {
+	p := startChild(t, name, role, []string{key, arg, "", strconv.Itoa(pid)}, nsOpts{prefix: []string{
+		ns.nsenter, "--pid=" + u + "pid_for_children", "--mount=" + u + "mnt", "--wd=" + wd, "--",
+		"sh", "-c", startWithPIDScript, "sh", strconv.Itoa(pid - 1)}})
+	if got := atoi(t, field(t, p.expect("started"), "pid")); got != pid {
 		t.Fatalf("%s has PID %d in its namespace, want %d", name, got, pid)
 	}
 	// The child's PID here, held as a pidfd: once the child is gone its
@@ -112,8 +114,15 @@ func (ns *pidNS) startWithPID(t *testing.T, name, role, key, arg string, pid int
 		t.Fatalf("%s (PID %d in PID namespace %d): %v; output:\n%s", name, pid, ns.inode, err, p.Output())
 	}
 	t.Cleanup(func() { unix.Close(fd) })
-	p.kill = func() error { return unix.PidfdSendSignal(fd, unix.SIGKILL, nil, 0) }
-	p.send("go")
+	sigkill := func() { unix.PidfdSendSignal(fd, unix.SIGKILL, nil, 0) }
+	// Killing nsenter(1), as reexec does at the end of the test, leaves
+	// the child: kill it first (cleanups run last first).
+	t.Cleanup(sigkill)
+	p.kill = func() {
+		sigkill()
+		p.WaitDone()
+	}
+	p.Send("go")
 	return p
 }
 

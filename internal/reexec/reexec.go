@@ -8,12 +8,16 @@
 //
 //   - Roles registered with Register are played by Main, which a package's
 //     TestMain (or an init function) calls before anything else: the child
-//     plays its role and exits without running any test.
+//     plays its role and exits without running any test. A program that
+//     re-executes itself may do the same from its main, starting its
+//     children with Command (cmd/shmbench's workers).
 //   - A child started with InTest (or InBenchmark) runs that test (or
 //     benchmark) instead, whose code calls In to learn that it is the child
 //     and plays the role itself, with what the test has at hand (package
 //     conformance plays its roles inside Run, where the backend under test
 //     is known).
+//   - Rerun runs the calling test again in a child (in new namespaces, say),
+//     in which it returns true and the test does its work.
 //
 // Parent and child talk in lines. The child reports with Child.Say, which
 // the parent reads with Proc.Expect or Proc.Next; the parent sends lines
@@ -35,6 +39,8 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -45,8 +51,10 @@ import (
 // envSpec holds a child's spec, as JSON.
 const envSpec = "SHMGO_REEXEC"
 
-// linePrefix starts the lines of stdout that are a child's reports.
-const linePrefix = "REEXEC "
+// ReportPrefix starts the lines of a child's stdout that are its reports
+// (Child.Say). A command that a child runs through (Prefix) may report
+// with such lines itself.
+const ReportPrefix = "REEXEC "
 
 // DefaultTimeout is how long the parent waits for a child's report or exit
 // unless Timeout says otherwise.
@@ -54,6 +62,8 @@ const DefaultTimeout = 2 * time.Minute
 
 type spec struct {
 	Role string
+	// Args are Go-quoted (strconv.Quote): JSON would replace bytes that
+	// are not UTF-8, and an environment variable cannot hold a NUL.
 	Args []string `json:",omitempty"`
 	Test string   `json:",omitempty"` // the test or benchmark that plays the role; "" for Main
 }
@@ -92,6 +102,19 @@ func Main() {
 	c.Exit(play(c))
 }
 
+// LockMainThread, called from an init function, makes the roles that Main
+// plays in this process run on the main thread, whose thread ID is the PID
+// (1 for PID 1 of a new PID namespace): for a role that ends the main
+// thread alone, say. It does nothing in a process that is not a child
+// started for Main (the tests' process, a child of InTest).
+func LockMainThread() {
+	if c, ok := self(); ok && c.spec.Test == "" {
+		// Calling LockOSThread from an init function keeps the main
+		// goroutine, which runs TestMain and so Main, on the main thread.
+		runtime.LockOSThread()
+	}
+}
+
 // IsChild reports whether this process is a child started by Start or
 // Command, whatever its role.
 func IsChild() bool { return os.Getenv(envSpec) != "" }
@@ -100,7 +123,15 @@ func IsChild() bool { return os.Getenv(envSpec) != "" }
 // InBenchmark naming tb's test or benchmark, and returns its Child. The
 // caller plays c.Role() and ends with c.Exit.
 func In(tb testing.TB) (c *Child, ok bool) {
-	c, ok = self()
+	c, ok = in(tb)
+	if !ok || c.spec.Role == rerunRole {
+		return nil, false
+	}
+	return c, true
+}
+
+func in(tb testing.TB) (*Child, bool) {
+	c, ok := self()
 	if !ok || c.spec.Test == "" || c.spec.Test != tb.Name() {
 		return nil, false
 	}
@@ -119,7 +150,11 @@ func self() (*Child, bool) {
 			return
 		}
 		var s spec
-		if err := json.Unmarshal([]byte(raw), &s); err != nil {
+		err := json.Unmarshal([]byte(raw), &s)
+		for i := 0; err == nil && i < len(s.Args); i++ {
+			s.Args[i], err = strconv.Unquote(s.Args[i])
+		}
+		if err != nil {
 			fmt.Fprintf(os.Stderr, "reexec: bad %s: %v\n", envSpec, err)
 			os.Exit(3)
 		}
@@ -157,7 +192,7 @@ func (c *Child) Arg(i int) string {
 // Say reports a line to the parent (Proc.Expect, Proc.Next). The line must
 // not contain a newline.
 func (c *Child) Say(format string, args ...any) {
-	line := linePrefix + fmt.Sprintf(format, args...) + "\n"
+	line := ReportPrefix + fmt.Sprintf(format, args...) + "\n"
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	os.Stdout.WriteString(line)
@@ -185,7 +220,7 @@ func (c *Child) Exit(err error) {
 // CutReport returns the report in a line of a child's stdout, for a parent
 // that reads it itself (see Command).
 func CutReport(line string) (report string, ok bool) {
-	return strings.CutPrefix(strings.TrimRight(line, "\r\n"), linePrefix)
+	return strings.CutPrefix(strings.TrimRight(line, "\r\n"), ReportPrefix)
 }
 
 // An Option configures a child.
@@ -193,11 +228,14 @@ type Option func(*config)
 
 type config struct {
 	test, bench string
+	verbose     bool // -test.v, for Rerun
 	env         []string
 	user        *syscall.Credential
 	timeout     time.Duration
 	extra       []*os.File
 	attr        *syscall.SysProcAttr
+	prefix      []string
+	name        string
 }
 
 // InTest starts the child in the test (or subtest) called name, whose code
@@ -233,6 +271,20 @@ func ExtraFiles(f ...*os.File) Option { return func(c *config) { c.extra = appen
 // AsUser, the credential is set in it.
 func SysProcAttr(a *syscall.SysProcAttr) Option { return func(c *config) { c.attr = a } }
 
+// Name is what the parent's failure messages call the child, besides its
+// role: for children of one role that play different parts.
+func Name(name string) Option { return func(c *config) { c.name = name } }
+
+// Prefix runs the test binary through the command argv (unshare(1) or
+// nsenter(1) with their options, say): the child's command line is argv,
+// then the test binary and its flags. Proc.PID, Signal, Kill and the kill
+// at the end of the test are then argv[0]'s: a command that forks the child
+// and does not pass SIGKILL on leaves the child to be killed by the caller,
+// after which Proc.Done waits for it to end.
+func Prefix(argv ...string) Option {
+	return func(c *config) { c.prefix = append([]string{}, argv...) }
+}
+
 // Command returns the child process of role with args, not started, for a
 // caller that runs it itself (reading its reports with CutReport): a child
 // that starts a grandchild, say. It cannot use AsUser. Its stdin, stdout and
@@ -245,11 +297,23 @@ func Command(role string, args []string, opts ...Option) (*exec.Cmd, error) {
 	if cf.user != nil {
 		return nil, errors.New("reexec.Command: AsUser needs Start")
 	}
-	return command(role, args, &cf, os.Args[0])
+	return command(role, args, &cf, testBinary())
+}
+
+// testBinary is the absolute path of the test binary, which a child started
+// through a Prefix that changes directory finds as well.
+func testBinary() string {
+	if exe, err := os.Executable(); err == nil {
+		return exe
+	}
+	return os.Args[0]
 }
 
 func command(role string, args []string, cf *config, exe string) (*exec.Cmd, error) {
-	s := spec{Role: role, Args: args, Test: cf.test}
+	s := spec{Role: role, Test: cf.test}
+	for _, a := range args {
+		s.Args = append(s.Args, strconv.Quote(a))
+	}
 	flags := []string{"-test.run=^$"}
 	switch {
 	case cf.test != "" && cf.bench != "":
@@ -260,11 +324,15 @@ func command(role string, args []string, cf *config, exe string) (*exec.Cmd, err
 		s.Test = cf.bench
 		flags = []string{"-test.run=^$", "-test.bench=" + Pattern(cf.bench), "-test.benchtime=1x"}
 	}
+	if cf.verbose {
+		flags = append(flags, "-test.v")
+	}
 	raw, err := json.Marshal(s)
 	if err != nil {
 		return nil, err
 	}
-	cmd := exec.Command(exe, append(flags, "-test.count=1")...)
+	argv := append(append(append([]string{}, cf.prefix...), exe), append(flags, "-test.count=1")...)
+	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Env = append(os.Environ(), envSpec+"="+string(raw))
 	if g := os.Getenv("GORACE"); !strings.Contains(g, "atexit_sleep_ms") {
 		// The race detector sleeps a second at exit by default.
@@ -289,7 +357,7 @@ func Pattern(name string) string {
 // Proc is a running child, seen from the parent.
 type Proc struct {
 	t       testing.TB
-	role    string
+	role    string // the role, and the Name given
 	cmd     *exec.Cmd
 	stdin   io.WriteCloser
 	reports chan string
@@ -300,21 +368,31 @@ type Proc struct {
 }
 
 // Start starts a child playing role with args. It fails the test when the
-// child cannot be started. The child is killed and reaped when the test
-// ends, if it still runs.
+// child cannot be started, and skips it when the kernel refuses the new
+// namespaces that SysProcAttr asks for (EPERM, EINVAL). The child is
+// killed and reaped when the test ends, if it still runs.
 func Start(t testing.TB, role string, args []string, opts ...Option) *Proc {
 	t.Helper()
 	var cf config
 	for _, o := range opts {
 		o(&cf)
 	}
-	exe := os.Args[0]
+	p, err := start(t, role, args, &cf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func start(t testing.TB, role string, args []string, cf *config) (*Proc, error) {
+	t.Helper()
+	exe := testBinary()
 	if cf.user != nil {
 		exe = exeFor(t, cf.user.Uid, cf.user.Gid)
 	}
-	cmd, err := command(role, args, &cf, exe)
+	cmd, err := command(role, args, cf, exe)
 	if err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
 	if cf.user != nil {
 		if cmd.SysProcAttr == nil {
@@ -323,20 +401,27 @@ func Start(t testing.TB, role string, args []string, opts ...Option) *Proc {
 		cmd.SysProcAttr.Credential = cf.user
 		cmd.Dir = "/"
 	}
-	p := &Proc{t: t, role: role, cmd: cmd, reports: make(chan string, 64), done: make(chan struct{}), timeout: cf.timeout}
+	name := role
+	if cf.name != "" {
+		name = fmt.Sprintf("%q (%s)", cf.name, role)
+	}
+	p := &Proc{t: t, role: name, cmd: cmd, reports: make(chan string, 64), done: make(chan struct{}), timeout: cf.timeout}
 	if p.timeout <= 0 {
 		p.timeout = DefaultTimeout
 	}
 	cmd.Stderr = &p.out
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
 	if p.stdin, err = cmd.StdinPipe(); err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
 	if err := cmd.Start(); err != nil {
-		t.Fatalf("starting child %s: %v", role, err)
+		if cf.attr != nil && cf.attr.Cloneflags != 0 && (errors.Is(err, syscall.EPERM) || errors.Is(err, syscall.EINVAL)) {
+			t.Skipf("skipped: cannot create namespaces (clone flags %#x) here, for child %s: %v", cf.attr.Cloneflags, role, err)
+		}
+		return nil, fmt.Errorf("starting child %s: %w", role, err)
 	}
 	go func() {
 		sc := bufio.NewScanner(stdout)
@@ -355,9 +440,59 @@ func Start(t testing.TB, role string, args []string, opts ...Option) *Proc {
 	}()
 	t.Cleanup(func() {
 		p.cmd.Process.Kill()
-		<-p.done
+		// Its input closed too (after the kill: the child must not take
+		// the end of its input for a word of the parent's): a process it
+		// started that waits for input ends as well, and so lets go of
+		// the output.
+		p.stdin.Close()
+		select {
+		case <-p.done:
+		case <-time.After(p.timeout):
+			t.Errorf("child %s: its output still open %v after it was killed (by a process it started?); its output:\n%s", p.role, p.timeout, p.Output())
+		}
 	})
-	return p
+	return p, nil
+}
+
+// rerunRole is the role of a child of Rerun.
+const rerunRole = "rerun"
+
+// Rerun runs the calling test (or subtest) again in a child process started
+// with opts (SysProcAttr with Cloneflags for new namespaces, Env, Timeout),
+// and reports whether this process is that child, in which the test does
+// its work:
+//
+//	if !reexec.Rerun(t, reexec.SysProcAttr(&syscall.SysProcAttr{Cloneflags: syscall.CLONE_NEWIPC})) {
+//		return // the child ran the test
+//	}
+//
+// In the parent, Rerun waits for the child and fails t unless the child's
+// run of the test passed; like Start, it skips t when the kernel refuses
+// the new namespaces (they need CAP_SYS_ADMIN).
+func Rerun(t testing.TB, opts ...Option) bool {
+	t.Helper()
+	if c, ok := in(t); ok && c.Role() == rerunRole {
+		return true
+	}
+	var cf config
+	for _, o := range opts {
+		o(&cf)
+	}
+	cf.test, cf.bench, cf.verbose = t.Name(), "", true
+	p, err := start(t, rerunRole, nil, &cf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.stdin.Close()
+	select {
+	case <-p.done:
+	case <-time.After(p.timeout):
+		t.Fatalf("the child that reruns %s did not exit within %v; its output:\n%s", t.Name(), p.timeout, p.Output())
+	}
+	if out := p.Output(); p.err != nil || !strings.Contains(out, "--- PASS: "+t.Name()+" ") {
+		t.Fatalf("in the child, %s did not pass (%v); its output:\n%s", t.Name(), p.err, out)
+	}
+	return false
 }
 
 // PID is the child's process ID.
@@ -429,10 +564,24 @@ func (p *Proc) Wait() {
 // Signal sends sig to the child.
 func (p *Proc) Signal(sig os.Signal) error { return p.cmd.Process.Signal(sig) }
 
-// Kill sends SIGKILL to the child and reaps it.
+// Kill sends SIGKILL to the child and reaps it. It fails the test if the
+// child's output stays open for the timeout (a process it started holds
+// it).
 func (p *Proc) Kill() {
+	p.t.Helper()
 	p.cmd.Process.Signal(syscall.SIGKILL)
-	<-p.done
+	p.WaitDone()
+}
+
+// WaitDone waits until the child has exited and been reaped (Done), and
+// fails the test if that takes longer than the timeout.
+func (p *Proc) WaitDone() {
+	p.t.Helper()
+	select {
+	case <-p.done:
+	case <-time.After(p.timeout):
+		p.t.Fatalf("child %s did not end within %v; its output:\n%s", p.role, p.timeout, p.Output())
+	}
 }
 
 // Done is closed once the child has exited and been reaped.
@@ -483,9 +632,9 @@ func exeFor(t testing.TB, uid, gid uint32) string {
 	}
 	var data []byte
 	if err == nil {
-		data, err = os.ReadFile(os.Args[0])
+		data, err = os.ReadFile(testBinary())
 	}
-	exe := filepath.Join(dir, filepath.Base(os.Args[0]))
+	exe := filepath.Join(dir, filepath.Base(testBinary()))
 	if err == nil {
 		err = os.WriteFile(exe, data, 0o755)
 	}
