@@ -18,21 +18,6 @@ import (
 	"github.com/shmgo/shm/internal/sys"
 )
 
-// Handing a region to another process by descriptor, without its key: to a
-// child through exec.Cmd.ExtraFiles, or over a unix socket the processes
-// already share.
-//
-//	f, _ := r.File()                       // the parent
-//	cmd.ExtraFiles = []*os.File{f}         // the child's descriptor 3
-//
-//	u, err := shm.OpenFile(os.NewFile(3, "region")) // the child
-//
-// A region opened from a descriptor is the same memory, header and lock as
-// its key's: the lock excludes every holder whichever way it attached.
-// Only the key is missing: such a region has no backend ("fd") and cannot
-// be unlinked through it (Unlink fails with ErrInvalidOption); its Key is
-// the one recorded in the header.
-
 // fdBackendName is what Region.Backend returns for a region opened from a
 // descriptor.
 const fdBackendName = "fd"
@@ -42,6 +27,16 @@ const fdBackendName = "fd"
 // exec.Cmd.ExtraFiles, or send it with SendRegion, and open it there with
 // OpenFile. The descriptor is close-on-exec, like every *os.File, until
 // ExtraFiles passes it on.
+//
+// This hands a region to another process without its key:
+//
+//	f, _ := r.File()               // the parent
+//	cmd.ExtraFiles = []*os.File{f} // the child's descriptor 3
+//
+//	u, err := shm.OpenFile(os.NewFile(3, "region")) // the child
+//
+// A region opened from a descriptor is the same memory, header and lock as
+// its key's: the lock excludes every holder whichever way it attached.
 //
 // Backends that implement backend.Fder have descriptors (posix, memfd,
 // file); File fails with ErrInvalidOption for the others (sysv).
