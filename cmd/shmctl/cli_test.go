@@ -408,6 +408,26 @@ func TestDumpSqueezeAndHeader(t *testing.T) {
 	}
 }
 
+// dump attaches a region that has no file (memfd) read-only: a user with
+// read permission only dumps it.
+func TestDumpReadOnlyAttach(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root, to run shmctl as another user")
+	}
+	k := key("dump-ro")
+	r, err := shm.Create("memfd:"+k, 64, shm.WithMode(0o644))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { r.Unlink(); r.Close() })
+	copy(r.Bytes(), "head")
+	cmd := exec.Command(bin, "dump", "-l", "4", "memfd:"+k)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+	if res := runCmd(t, cmd); res.code != 0 || res.stdout != "00000000: 6865 6164                                head\n" {
+		t.Errorf("dump as nobody of a 0644 memfd region: %v", res)
+	}
+}
+
 // Completion scripts parse, and complete; the manual page is current.
 func TestCompletionAndMan(t *testing.T) {
 	r := run(t, "completion", "bash")

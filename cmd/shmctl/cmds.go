@@ -97,8 +97,8 @@ xxd -a and hexdump(1) do; --verbose prints every line.
 POSIX and file regions are read with pread(2) from a read-only descriptor:
 read permission suffices, and the region is neither mapped nor written
 (their data starts after the header, at the offset it records). SysV and
-memfd regions have no file to read: they are attached (read-write, as the
-library maps them).
+memfd regions have no file to read: they are attached read-only
+(shm.WithReadOnly), which also needs only read permission.
 
 --header prints the header instead, decoded as far as the library tells it
 (shm.Stat): key, sizes, creator, creation time, ready state and lock word.`},

@@ -6,6 +6,7 @@ import (
 	"io"
 	"io/fs"
 	"strconv"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -25,8 +26,10 @@ func (c *cli) dump(f found, offset, length int64, squeeze bool) error {
 		end = offset + length
 	}
 	h := &hexdumper{w: c.stdout, off: offset, squeeze: squeeze}
-	switch f.info.Backend {
-	case "posix", "file":
+	// An object with a file path is read through a read-only descriptor; any
+	// other is attached read-only.
+	switch {
+	case strings.HasPrefix(f.info.Path, "/"):
 		if err := c.dumpFile(f, offset, end, h); err != nil {
 			return err
 		}
@@ -34,7 +37,7 @@ func (c *cli) dump(f found, offset, length int64, squeeze bool) error {
 		if err := f.sameSegment(); err != nil {
 			return err
 		}
-		r, err := shm.Open(f.key, 0, shm.WithBackend(f.be))
+		r, err := shm.Open(f.key, 0, shm.WithBackend(f.be), shm.WithReadOnly())
 		if err != nil {
 			return err
 		}
@@ -48,7 +51,7 @@ func (c *cli) dump(f found, offset, length int64, squeeze bool) error {
 	return h.close()
 }
 
-// dumpFile reads the data of a posix or file region from a read-only
+// dumpFile reads the data of a region whose object has a path from a read-only
 // descriptor, with pread: no mapping, no write access needed, and a file
 // truncated meanwhile gives a short read, not SIGBUS.
 func (c *cli) dumpFile(f found, offset, end int64, h *hexdumper) error {
