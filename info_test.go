@@ -121,7 +121,7 @@ func TestStatLiveRegion(t *testing.T) {
 			if in.Mode != 0o640 || in.UID != os.Geteuid() || in.GID != 65534 {
 				t.Errorf("mode %v uid %d gid %d, want 0640 %d 65534", in.Mode, in.UID, in.GID, os.Geteuid())
 			}
-			if in.CreatorPID != os.Getpid() || in.Creator != shm.Alive || !in.Ready {
+			if in.CreatorPID != os.Getpid() || in.Creator != shm.LivenessAlive || !in.Ready {
 				t.Errorf("creator %d %v ready %v", in.CreatorPID, in.Creator, in.Ready)
 			}
 			if time.Since(in.Created) > time.Minute || in.Created.After(time.Now()) {
@@ -182,7 +182,7 @@ func TestStaleAfterKill(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if in.CreatorPID != c.PID() || in.Creator != shm.Dead {
+			if in.CreatorPID != c.PID() || in.Creator != shm.LivenessDead {
 				t.Errorf("creator %d %v, want %d dead", in.CreatorPID, in.Creator, c.PID())
 			}
 			if in.Lock.State != shm.LockHolderDead || in.Lock.PID != c.PID() {
@@ -232,7 +232,7 @@ func TestInUseNeverRemoved(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if in.Creator != shm.Dead || in.Stale || in.Attached < 1 {
+			if in.Creator != shm.LivenessDead || in.Stale || in.Attached < 1 {
 				t.Errorf("creator %v stale %v attached %d, want dead, not stale, attached", in.Creator, in.Stale, in.Attached)
 			}
 			if err := shm.Remove(key, shm.WithBackend(bc.be)); !errors.Is(err, shm.ErrInUse) {
@@ -295,7 +295,7 @@ func TestSysvRemoveStale(t *testing.T) {
 	if _, ok := findInfo(infos, "sysv", stale); ok {
 		t.Error("the stale segment is still listed")
 	}
-	if in, ok := findInfo(infos, "sysv", live); !ok || in.Stale || in.Creator != shm.Alive {
+	if in, ok := findInfo(infos, "sysv", live); !ok || in.Stale || in.Creator != shm.LivenessAlive {
 		t.Errorf("the live segment: %+v (found %v)", in, ok)
 	}
 }
@@ -357,7 +357,7 @@ func TestOrphanTempRemoved(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if len(infos) != 1 || !infos[0].Temp || infos[0].Stale || infos[0].Ready || infos[0].Creator != shm.Alive {
+			if len(infos) != 1 || !infos[0].Temp || infos[0].Stale || infos[0].Ready || infos[0].Creator != shm.LivenessAlive {
 				t.Fatalf("while the creator lives: %+v", infos)
 			}
 			c.Kill()

@@ -434,7 +434,7 @@ func TestUserSlots(t *testing.T) {
 		t.Fatalf("Stat: %d users of %d, want 3 of 3", len(info.Users), info.MaxUsers)
 	}
 	for _, u := range info.Users {
-		if u.PID != os.Getpid() || u.Alive != Alive {
+		if u.PID != os.Getpid() || u.Alive != LivenessAlive {
 			t.Fatalf("user %+v, want PID %d alive", u, os.Getpid())
 		}
 	}

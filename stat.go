@@ -26,18 +26,18 @@ const (
 	// LivenessUnknown: the process cannot be judged from here (it was
 	// recorded in another PID namespace, or /proc does not show this one).
 	LivenessUnknown Liveness = iota
-	// Alive: the same process is still running.
-	Alive
-	// Dead: the process is gone, a zombie, or its PID now belongs to
-	// another process.
-	Dead
+	// LivenessAlive: the same process is still running.
+	LivenessAlive
+	// LivenessDead: the process is gone, a zombie, or its PID now belongs
+	// to another process.
+	LivenessDead
 )
 
 func (l Liveness) String() string {
 	switch l {
-	case Alive:
+	case LivenessAlive:
 		return "alive"
-	case Dead:
+	case LivenessDead:
 		return "dead"
 	}
 	return "unknown"
@@ -48,8 +48,8 @@ func liveness(l sys.Liveness) Liveness { return Liveness(l) }
 
 // The two packages' values are the same.
 var _ = [1]struct{}{}[LivenessUnknown-Liveness(sys.Unknown)]
-var _ = [1]struct{}{}[Alive-Liveness(sys.Alive)]
-var _ = [1]struct{}{}[Dead-Liveness(sys.Dead)]
+var _ = [1]struct{}{}[LivenessAlive-Liveness(sys.Alive)]
+var _ = [1]struct{}{}[LivenessDead-Liveness(sys.Dead)]
 
 // User is a Region that has a region open, as the region's user table
 // records it.
@@ -759,7 +759,7 @@ func (o *object) creatorGone() string {
 		return "no header"
 	}
 	switch o.Creator {
-	case Alive:
+	case LivenessAlive:
 		return fmt.Sprintf("creator %d is alive", o.CreatorPID)
 	case LivenessUnknown:
 		return fmt.Sprintf("cannot tell whether creator %d lives (another PID namespace?)", o.CreatorPID)

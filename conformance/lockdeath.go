@@ -690,7 +690,7 @@ func (h *harness) unprovable(key string, err error) {
 	in, serr := shm.Stat(key, h.Opt())
 	h.ok(serr, "Stat of the dead creator's region")
 	switch {
-	case in.Creator != shm.Dead:
+	case in.Creator != shm.LivenessDead:
 		h.t.Fatalf("Stat says the killed creator is %v", in.Creator)
 	case in.Stale || in.AttachedExact && in.Attached == 0:
 		h.t.Fatalf("Stat says the region is unused (stale %v, %d processes attached, exact %v), yet WithReplaceStale refused: %v", in.Stale, in.Attached, in.AttachedExact, err)

@@ -114,7 +114,7 @@ func stale(in shm.Info) string {
 		return "yes"
 	case in.Err != nil || in.Foreign:
 		return "-"
-	case in.Creator == shm.Dead:
+	case in.Creator == shm.LivenessDead:
 		return "no"
 	case in.Creator == shm.LivenessUnknown && in.CreatorPID != 0:
 		return "?"
