@@ -332,11 +332,12 @@ func TestLockOptions(t *testing.T) {
 		code int
 		msg  string
 	}{
-		{[]string{"-n", k, "true"}, 1, "lock is held (held by " + strconv.Itoa(os.Getpid()) + ")"},
+		{[]string{"-n", k, "true"}, 75, "lock is held (held by " + strconv.Itoa(os.Getpid()) + ")"},
 		{[]string{"--nonblock", "-E", "42", k, "true"}, 42, "lock is held"},
-		{[]string{"-w", "0", k, "true"}, 1, "lock is held"},
+		{[]string{"-w", "0", k, "true"}, 75, "lock is held"},
+		{[]string{"-w", "0", "-E", "1", k, "true"}, 1, "lock is held"},
 		{[]string{"-w", "0.05", "--conflict-exit-code=7", k, "true"}, 7, "timed out after 50ms"},
-		{[]string{"--timeout", "30ms", k, "true"}, 1, "timed out after 30ms"},
+		{[]string{"--timeout", "30ms", k, "true"}, 75, "timed out after 30ms"},
 	} {
 		start := time.Now()
 		r := lock(c.a...)

@@ -122,8 +122,9 @@ repaired it).
 
 Exit status:
   CMD's status, or 128+N when CMD was killed by signal N
-  1      the lock is busy: held (--nonblock, --timeout 0) or not had in
+  75     the lock is busy: held (--nonblock, --timeout 0) or not had in
          time (--timeout); -E N chooses another status for this case
+         (flock(1) exits with 1 here: -E 1 does the same)
   1      another failure (no such region, ...)
   2      a usage error
   126    CMD was found but could not be run
@@ -704,7 +705,7 @@ func defineDump(c *cli, s *optSet) runner {
 func defineLock(c *cli, s *optSet) runner {
 	nonblock := s.Bool("nonblock", 'n', "fail at once if the lock is held (as --timeout 0)")
 	timeout := s.Seconds("timeout", 'w', "give up after SECONDS (1.5, or a duration: 200ms); 0: do not wait (default: wait as long as it takes)")
-	conflict := s.Int("conflict-exit-code", 'E', "N", exitFail, true, "exit status when the lock is busy: held, or not had in time")
+	conflict := s.Int("conflict-exit-code", 'E', "N", exitBusy, true, "exit status when the lock is busy: held, or not had in time")
 	command := s.String("command", 'c', "COMMAND", "", "run COMMAND with sh -c, instead of CMD [ARG...]")
 	consistent := s.Bool("consistent", 0, "after a holder died, mark the data consistent when CMD succeeds")
 	c.common(s, optsSearch)

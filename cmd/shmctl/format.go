@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"os/user"
 	"strconv"
 	"strings"
@@ -131,9 +132,6 @@ func lockCol(in shm.Info) string {
 	switch l.State {
 	case shm.LockHeld:
 		s = "held:" + strconv.Itoa(l.PID)
-		if l.Robust {
-			s = "held:tid" + strconv.Itoa(l.PID)
-		}
 	case shm.LockHolderDead:
 		s = "dead:" + strconv.Itoa(l.PID)
 	default:
@@ -260,11 +258,20 @@ func uninspected(n int) string {
 	case n < 0:
 		return " (/proc could not be read)"
 	case n == 1:
-		return " (1 process could not be inspected: run as root to see every one)"
+		return " (1 process could not be inspected" + rootHint() + ")"
 	case n > 1:
-		return fmt.Sprintf(" (%d processes could not be inspected: run as root to see every one)", n)
+		return fmt.Sprintf(" (%d processes could not be inspected%s)", n, rootHint())
 	}
 	return ""
+}
+
+// rootHint is the advice for processes that could not be inspected: root
+// sees every process unless /proc refuses (as it can for PID 1 of a VM).
+func rootHint() string {
+	if os.Geteuid() == 0 {
+		return ": /proc would not show their mappings, even to root"
+	}
+	return ": run as root to see every one"
 }
 
 // describe names a region in gc and rm output.
@@ -317,7 +324,7 @@ type jsonInfo struct {
 type jsonLock struct {
 	State        string `json:"state"` // free, held, holder dead
 	PID          int    `json:"pid"`
-	Robust       bool   `json:"robust"` // pid is then a thread ID
+	Robust       bool   `json:"robust"` // the kernel marks the holder's death
 	Inconsistent bool   `json:"inconsistent"`
 	Waiters      bool   `json:"waiters"`
 }

@@ -55,9 +55,9 @@ that it may not remove (it reports them on stderr), and with 1 when a
 region it was entitled to remove could not be removed, or a backend could
 not be listed. rm exits with 1 when any KEY was not removed.
 
-lock exits with CMD's status (128+N when CMD was killed by signal N); 1,
-or N given with -E, when the lock is busy; 126 when CMD cannot be run; 127
-when CMD is not found.`
+lock exits with CMD's status (128+N when CMD was killed by signal N); 75
+(EX_TEMPFAIL), or N given with -E, when the lock is busy; 126 when CMD
+cannot be run; 127 when CMD is not found.`
 
 const jsonText = `
 ls --json and gc --json print an array of objects, stat --json one object.
@@ -89,8 +89,10 @@ may be added, but none is renamed or removed, nor changes type.
   ready           bool    the creator has finished initialising it
   lock            object  null without a header, else:
     state         string  free, held or holder dead
-    pid           number  the holder's PID (thread ID if robust); 0 if free
-    robust        bool    a kernel robust futex (WithRobustLock)
+    pid           number  the holder's PID; 0 if free
+    robust        bool    the kernel marks the holder's death (its process
+                          is on a robust futex list); false when only its
+                          PID can tell
     inconsistent  bool    a holder died; not yet marked consistent
     waiters       bool    a process may be waiting
   attached        number  processes that map it; -1 when unknown

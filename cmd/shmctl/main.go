@@ -53,6 +53,10 @@ const (
 	exitOK    = 0
 	exitFail  = 1
 	exitUsage = 2
+	// lock: the lock is busy (held, or not had in time): EX_TEMPFAIL of
+	// sysexits.h, "try again later", so that a script tells it from a
+	// failure; flock(1) exits with 1 here (-E 1 does the same).
+	exitBusy = 75
 	// lock: CMD found but not executable, and CMD not found, as sh(1),
 	// env(1) and timeout(1) report them.
 	exitCannotRun = 126

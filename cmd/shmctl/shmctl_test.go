@@ -470,11 +470,11 @@ func TestLock(t *testing.T) {
 		t.Errorf("Stat while shmctl lock runs: %+v, want held by %d", in.Lock, p.pid)
 	}
 	r2 := run(t, append(append([]string{"lock", "--nonblock", k}, args...), "--", "true")...)
-	if r2.code != 1 || !strings.Contains(r2.stderr, "lock is held") {
+	if r2.code != 75 || !strings.Contains(r2.stderr, "lock is held") {
 		t.Errorf("lock --nonblock while held: %v", r2)
 	}
 	r2 = run(t, append(append([]string{"lock", "--timeout", "20ms", k}, args...), "--", "true")...)
-	if r2.code != 1 || !strings.Contains(r2.stderr, "timed out") {
+	if r2.code != 75 || !strings.Contains(r2.stderr, "timed out") {
 		t.Errorf("lock --timeout while held: %v", r2)
 	}
 	stdin.Close()
