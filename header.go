@@ -89,9 +89,11 @@ type slot struct {
 	// Live is the slot's state: 0 free; slotClaiming while a process
 	// takes it; the thread ID of one of the user process's guardian
 	// threads (sys.Arm), which the kernel replaces by FutexOwnerDied
-	// when the process dies; or slotByPID for a process whose kernel
-	// would not arm it, which is judged by PID, Start and NS instead.
-	// sys.FutexWaiters may be set on it by a waiter that sleeps on it.
+	// when the process dies; or a by-PID tag (byPID: unique to the
+	// process, never a thread ID) for a process whose kernel would not
+	// arm it, which is judged by PID, Start and NS instead. Whoever frees
+	// a slot wakes sleepers on Live if sys.FutexWaiters is set (this
+	// library's waiters sleep on the lock word, not on Live).
 	Live uint32
 	// Hazard holds, in its low 16 bits, the slot+1 whose dead holder this
 	// user is taking the lock from, or 0: a slot named by a hazard is not
@@ -113,8 +115,7 @@ const slotSize = 32
 // 1<<22 (PID_MAX_LIMIT), so these never name a thread.
 const (
 	slotFree     = 0
-	slotClaiming = sys.FutexTIDMask     // being taken: not yet anyone's
-	slotByPID    = sys.FutexTIDMask - 1 // alive, not armed by the kernel: judged by PID
+	slotClaiming = sys.FutexTIDMask // being taken: not yet anyone's
 )
 
 // Users of a region: how many slots a new region gets, and the most it may have.

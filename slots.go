@@ -7,8 +7,8 @@ import (
 	"github.com/shmgo/shm/internal/sys"
 )
 
-// The user table. Each Region that may take the lock holds one slot of its
-// region's table from Create or Open to Close. The slot says who the user is
+// The user table. Each Region that locks holds one slot of its region's
+// table from its first Lock to Close. The slot says who the user is
 // and whether it lives, and the lock word names its holder by slot, so a
 // holder can be judged the instant it holds the lock: nothing is written
 // after the lock is taken, and nothing is cleared before it is released.
@@ -17,8 +17,9 @@ import (
 // of a guardian thread of the user's process, armed on that thread's robust
 // futex list (sys.Arm), and the kernel replaces it by FutexOwnerDied when the
 // process dies or execs, in any PID namespace. Only where the kernel refuses
-// robust lists does a slot say slotByPID, and then its PID, start time and
-// PID namespace are judged as sys.Check judges (never across namespaces).
+// robust lists does a slot hold a by-PID tag (byPID), and then its PID,
+// start time and PID namespace are judged as sys.Check judges (never across
+// namespaces).
 
 // errTooManyUsers is the reason an Open finds no free slot.
 func errTooManyUsers(n uint32) error {
