@@ -5,6 +5,7 @@ import (
 	"io/fs"
 	"os"
 	"strings"
+	"syscall"
 
 	"github.com/shmgo/shm/backend"
 )
@@ -140,6 +141,8 @@ func classify(err error) error {
 		return because(inUsePrefix+inUseReason(err), nil, ErrInUse)
 	case errors.Is(err, os.ErrDeadlineExceeded):
 		return because("", err, ErrTimeout)
+	case errors.Is(err, syscall.EOVERFLOW):
+		return because("the object does not fit in this process's address space", err, ErrInvalidSize)
 	case errors.Is(err, fs.ErrExist):
 		return because("", err, ErrExist)
 	case errors.Is(err, fs.ErrNotExist):

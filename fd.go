@@ -6,7 +6,6 @@ import (
 	"errors"
 	"io"
 	"io/fs"
-	"math"
 	"net"
 	"os"
 	"time"
@@ -163,8 +162,11 @@ func mapFd(fd int, what string) (*fdSegment, error) {
 	if st.Mode&unix.S_IFMT != unix.S_IFREG {
 		return fail("open", because("not a regular file", unix.EINVAL, ErrCorrupt))
 	}
-	if st.Size < headerSize || st.Size > int64(dataOffset(MaxUsers))+MaxSize || st.Size > math.MaxInt {
+	if st.Size < headerSize || st.Size > int64(dataOffset(MaxUsers))+MaxSize {
 		return fail("open", because("object is too small or too large to be a region", nil, ErrCorrupt))
+	}
+	if _, err := mappable(st.Size); err != nil {
+		return fail("open", err)
 	}
 	seg, err := fdseg.Map(fd, what, st.Size, unix.PROT_READ|unix.PROT_WRITE, 0)
 	if err != nil {

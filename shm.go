@@ -622,7 +622,10 @@ func Open(key string, timeout time.Duration, opts ...Option) (*Region, error) {
 
 // OpenContext is Open that waits until ctx is done. When ctx ends before
 // the region is there, the error wraps ctx.Err() and matches ErrNotExist
-// (and ErrTimeout when the deadline passed).
+// (and ErrTimeout when the deadline passed). With ctx already done it
+// still looks once where a look needs no other process (posix, sysv,
+// file), and fails with ctx's error (matching ErrTimeout for a deadline)
+// where attaching needs the owner's answer (memfd).
 func OpenContext(ctx context.Context, key string, opts ...Option) (*Region, error) {
 	return open(ctx, key, time.Time{}, false, opts)
 }
@@ -760,7 +763,7 @@ func tryOpen(ctx context.Context, deadline time.Time, be backend.Backend, key, n
 	var seen *header
 	sizeOf := func(head []byte) (int64, error) {
 		seen = headerCopy(head)
-		return regionLenOf(seen, len(head)), nil
+		return mappable(regionLenOf(seen, len(head)))
 	}
 	switch {
 	case readOnly:
@@ -841,7 +844,17 @@ func tryOpen(ctx context.Context, deadline time.Time, be backend.Backend, key, n
 // say gives the fixed header only (or, when head is shorter, the whole
 // object), and the header check then says what is wrong.
 func regionLen(head []byte) (int64, error) {
-	return regionLenOf(headerCopy(head), len(head)), nil
+	return mappable(regionLenOf(headerCopy(head), len(head)))
+}
+
+// mappable returns n, or ErrInvalidSize when n bytes cannot be mapped in
+// this process's address space (a region of 2 GiB or more, made by a 64-bit
+// process, opened from a 32-bit one).
+func mappable(n int64) (int64, error) {
+	if uint64(n) > uint64(math.MaxInt) {
+		return 0, because("the region's "+strconv.FormatInt(n, 10)+" bytes do not fit in this process's address space", nil, ErrInvalidSize)
+	}
+	return n, nil
 }
 
 // regionLenOf is regionLen for h, a copy of the n bytes of head (nil when

@@ -19,9 +19,10 @@
 // A backend reports failures with errors that match fs.ErrExist,
 // fs.ErrNotExist and fs.ErrPermission where they mean the same (a
 // syscall.Errno such as EEXIST does), os.ErrDeadlineExceeded when a wait
-// for another process ran out of time, and ErrForeign when something that
-// cannot be one of its objects sits under a name. Package shm adds the key
-// and the operation.
+// for another process ran out of time, syscall.EOVERFLOW when an object is
+// too large to map in this process (a 32-bit one), and ErrForeign when
+// something that cannot be one of its objects sits under a name. Package
+// shm adds the key and the operation.
 //
 // Capabilities that not every backend has are optional interfaces, which
 // package shm detects with a type assertion. What each one gives, and the

@@ -263,8 +263,11 @@ func (b *Backend) openAddr(ctx context.Context, addr string, readOnly bool) (bac
 	if err := unix.Fstat(fd, &st); err != nil {
 		return fail("fstat", err)
 	}
-	if st.Mode&unix.S_IFMT != unix.S_IFREG || st.Size < 1 || int64(int(st.Size)) != st.Size {
+	if st.Mode&unix.S_IFMT != unix.S_IFREG || st.Size < 1 {
 		return fail("open", protoErr(nil, unix.EINVAL, "the owner sent something that is not a memory file"))
+	}
+	if int64(int(st.Size)) != st.Size {
+		return fail("mmap", unix.EOVERFLOW) // more than a 32-bit process can map
 	}
 	seals, err := unix.FcntlInt(uintptr(fd), unix.F_GET_SEALS, 0)
 	if err != nil || seals&(unix.F_SEAL_SHRINK|unix.F_SEAL_GROW) != unix.F_SEAL_SHRINK|unix.F_SEAL_GROW {

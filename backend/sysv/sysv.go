@@ -36,6 +36,7 @@ import (
 	"hash/fnv"
 	"io"
 	"io/fs"
+	"math"
 	"os"
 	"strconv"
 	"strings"
@@ -204,6 +205,12 @@ func (b *Backend) open(name string, flags int) (backend.Segment, error) {
 	id, err := unix.SysvShmGet(key, 0, 0)
 	if err != nil {
 		return nil, &fs.PathError{Op: "shmget", Path: path, Err: err}
+	}
+	// A segment larger than this process can map (a 32-bit process, a
+	// segment of 2 GiB or more) would overflow the slice of its mapping.
+	var pre unix.SysvShmDesc
+	if _, err := unix.SysvShmCtl(id, unix.IPC_STAT, &pre); err == nil && uint64(pre.Segsz) > math.MaxInt {
+		return nil, &fs.PathError{Op: "shmat", Path: path, Err: unix.EOVERFLOW}
 	}
 	s, err := attach(id, path, flags)
 	if err != nil {
