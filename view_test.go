@@ -91,7 +91,10 @@ func TestViewBadInputs(t *testing.T) {
 		{"map", func() error { _, err := Slice[map[int]int](r, 0, 1); return err }, "holds a map"},
 		{"unsafe.Pointer", func() error { _, err := View[unsafe.Pointer](r, 0); return err }, "holds a unsafe.Pointer"},
 		{"zero-size type", func() error { _, err := View[struct{}](r, 0); return err }, "has size 0"},
-		{"misaligned", func() error { _, err := View[uint64](r, 4); return err }, "not a multiple of uint64's alignment, 8"},
+		{"misaligned", func() error { _, err := View[uint32](r, 2); return err }, "not a multiple of uint32's alignment, 4"},
+		// Go aligns uint64 to 4 bytes on 32-bit architectures, to 8 elsewhere.
+		{"misaligned uint64", func() error { _, err := View[uint64](r, int(unsafe.Alignof(uint64(0)))/2); return err },
+			fmt.Sprintf("not a multiple of uint64's alignment, %d", unsafe.Alignof(uint64(0)))},
 		{"negative offset", func() error { _, err := View[uint32](r, -4); return err }, "outside"},
 		{"offset beyond", func() error { _, err := View[byte](r, 4097); return err }, "outside"},
 		{"one byte too long", func() error { _, err := View[[4097]byte](r, 0); return err }, "do not fit"},

@@ -170,8 +170,11 @@ func (b *Backend) Create(name string, size int64, perm fs.FileMode) (backend.Pen
 		unix.Close(lfd)
 		return nil, &fs.PathError{Op: op, Path: path, Err: err}
 	}
-	if size < 1 || int64(int(size)) != size {
+	if size < 1 {
 		return fail("create", unix.EINVAL)
+	}
+	if int64(int(size)) != size {
+		return fail("create", unix.EOVERFLOW) // more than a 32-bit process can map
 	}
 	if err := unix.Fchmod(fd, uint32(perm.Perm())); err != nil {
 		return fail("fchmod", err)
