@@ -116,7 +116,9 @@ func Example_ownerAndUser() {
 // List finds the regions this process can see, on every default backend
 // (DefaultBackends); here, the one this example made. Its error says what
 // went wrong on some backend: the regions of the others are returned
-// anyway, so report it and go on.
+// anyway, so report it and go on. Regions kept in a directory of their own
+// (a key file:/DIR/NAME, SHM_BACKEND=file:/DIR) are listed only when
+// ListBackends names it: file.New("/DIR").
 func ExampleList() {
 	r, err := shm.Create(exampleKey("list"), 4096)
 	if err != nil {
