@@ -76,6 +76,8 @@ type Error struct {
 	Err     error  // what went wrong; matches the sentinels above
 }
 
+// Error returns "shm OP KEY (BACKEND): ERR", leaving out the key and the
+// backend when they are empty.
 func (e *Error) Error() string {
 	var b strings.Builder
 	b.WriteString("shm ")
@@ -94,6 +96,8 @@ func (e *Error) Error() string {
 	return b.String()
 }
 
+// Unwrap returns e.Err, so that errors.Is and errors.As see the sentinel
+// errors and the system error it wraps.
 func (e *Error) Unwrap() error { return e.Err }
 
 // reason attaches sentinels to a cause: it matches every sentinel and the

@@ -39,7 +39,10 @@ func Example() {
 		return
 	}
 	copy(owner.Bytes(), "hello from the owner")
-	l.Unlock()
+	if err := l.Unlock(); err != nil {
+		fmt.Println(err)
+		return
+	}
 
 	fmt.Println(string(user.Bytes()[:20]), user.Size())
 	// Output: hello from the owner 4096
@@ -71,13 +74,20 @@ func ExampleRegion_Lock() {
 	switch {
 	case errors.Is(err, shm.ErrOwnerDead):
 		clear(r.Bytes()) // repair: here, start over
-		l.MarkConsistent()
+		if err := l.MarkConsistent(); err != nil {
+			fmt.Println(err)
+			l.Unlock()
+			return
+		}
 	case err != nil:
 		fmt.Println(err)
 		return
 	}
 	r.Bytes()[0]++
-	l.Unlock()
+	if err := l.Unlock(); err != nil {
+		fmt.Println(err)
+		return
+	}
 	fmt.Println(r.Bytes()[0])
 	// Output: 1
 }

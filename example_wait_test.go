@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"sync"
 	"time"
 
 	"github.com/shmgo/shm"
@@ -38,10 +37,17 @@ func ExampleView() {
 		fmt.Println(err)
 		return
 	}
-	l, _ := r.Lock()
+	l, err := r.Lock()
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
 	st.Seq++
 	st.Samples[0] = 3.5
-	l.Unlock()
+	if err := l.Unlock(); err != nil {
+		fmt.Println(err)
+		return
+	}
 
 	// A type that holds a Go pointer cannot be shared.
 	_, err = shm.View[struct{ Name string }](r, 128)
@@ -88,30 +94,56 @@ func ExampleLock_Wait() {
 	}
 	defer consumer.Close()
 
-	in, _ := shm.View[Status](consumer, 0)
-	out, _ := shm.View[Status](producer, 0)
-	var wg sync.WaitGroup
-	wg.Add(1)
+	in, err := shm.View[Status](consumer, 0)
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	out, err := shm.View[Status](producer, 0)
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	got := make(chan error, 1)
 	go func() { // the consumer
-		defer wg.Done()
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		l, _ := consumer.Lock()
+		l, err := consumer.LockContext(ctx)
+		if err != nil {
+			got <- err
+			return
+		}
 		defer l.Unlock()
 		for in.Seq == 0 { // spurious wake-ups are allowed: check again
 			if err := l.Wait(ctx); err != nil {
-				fmt.Println(err)
+				got <- err
 				return
 			}
 		}
 		fmt.Println("got record", in.Seq)
+		got <- nil
 	}()
 
-	l, _ := producer.Lock()
-	out.Seq = 1
-	l.Unlock()
-	producer.Broadcast() // wakes every waiter, in every process
-	wg.Wait()
+	// The producer.
+	produce := func() error {
+		l, err := producer.Lock()
+		if err != nil {
+			return err
+		}
+		out.Seq = 1
+		if err := l.Unlock(); err != nil {
+			return err
+		}
+		return producer.Broadcast() // wakes every waiter, in every process
+	}
+	if err := produce(); err != nil {
+		fmt.Println(err)
+		cancel() // the consumer gives up
+	}
+	if err := <-got; err != nil { // wait for it before the regions close
+		fmt.Println(err)
+	}
 	// Output: got record 1
 }
 
@@ -129,19 +161,31 @@ func ExampleFutex() {
 	}
 	defer r.Close()
 	defer r.Unlink()
-	q, _ := shm.View[ring](r, 0)
+	q, err := shm.View[ring](r, 0)
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
 
-	done := make(chan uint32)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	done := make(chan error, 1)
 	go func() { // the consumer, normally in another process
 		seen := uint32(0)
-		for q.Tail.Load() == seen {
-			q.Tail.Wait(context.Background(), seen)
+		for q.Tail.Load() == seen { // spurious wake-ups are allowed: check again
+			if err := q.Tail.Wait(ctx, seen); err != nil {
+				done <- err
+				return
+			}
 		}
-		done <- q.Tail.Load()
+		fmt.Println("tail", q.Tail.Load(), "data", q.Data[0])
+		done <- nil
 	}()
 	q.Data[0] = 42
 	q.Tail.Add(1) // publish, then wake
 	q.Tail.Wake(1)
-	fmt.Println("tail", <-done, "data", q.Data[0])
+	if err := <-done; err != nil { // wait for it before the region closes
+		fmt.Println(err)
+	}
 	// Output: tail 1 data 42
 }

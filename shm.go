@@ -50,6 +50,15 @@
 // Region.File, OpenFile, SendRegion and ReceiveRegion pass a region by
 // descriptor.
 //
+// The race detector (go test -race) sees the happens-before edges of this
+// package's own primitives: taking and releasing a region's lock (Lock,
+// Unlock, and Lock.Wait, which releases and takes it again) and the methods
+// of Futex, so that what goroutines share in Go memory under them is
+// checked as usual. It cannot see other processes, nor the caller's own
+// sync/atomic operations on the shared memory, which order nothing in its
+// eyes; and it checks no plain access to the region's memory, which is
+// outside the Go heap.
+//
 // Errors are *Error values wrapping the sentinel errors of this package;
 // test them with errors.Is. ErrExist, ErrNotExist, ErrTimeout and ErrClosed
 // also match fs.ErrExist, fs.ErrNotExist, os.ErrDeadlineExceeded and
@@ -194,11 +203,15 @@ func WithReplaceStale() Option {
 	}
 }
 
-// WithRobustLock is accepted for compatibility and does nothing: every
-// region's lock now recovers from the death of its holder in any PID
-// namespace, as this option used to arrange.
+// WithRobustLock does nothing; it is kept so that programs written for
+// earlier versions still compile. Every region's lock now recovers from the
+// death of its holder in any PID namespace, as this option used to arrange:
+// the next Lock returns the lock with ErrOwnerDead (see Region.Lock). It
+// applies to Create.
 //
-// Deprecated: the lock is always robust; drop the option.
+// Deprecated: every lock is robust; drop the option and use Create without
+// it. Info.Lock.Robust (Stat, List) tells whether the kernel itself marks
+// the holder's death.
 func WithRobustLock() Option {
 	return func(o *options) error { return o.applies("WithRobustLock", opCreate) }
 }

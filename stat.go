@@ -33,6 +33,7 @@ const (
 	LivenessDead
 )
 
+// String returns "alive", "dead" or "unknown".
 func (l Liveness) String() string {
 	switch l {
 	case LivenessAlive:
@@ -79,6 +80,8 @@ const (
 	LockHolderUnknown
 )
 
+// String returns the state in words: "free", "held", "holder dead" or
+// "held, holder unknown".
 func (s LockState) String() string {
 	switch s {
 	case LockHeld:
@@ -93,6 +96,8 @@ func (s LockState) String() string {
 
 // LockInfo describes a region's lock.
 type LockInfo struct {
+	// State is whether the lock is held and what can be said of its
+	// holder.
 	State LockState
 	// PID is the holder's PID, in the PID namespace where it runs; 0 when
 	// the lock is free.
@@ -108,6 +113,10 @@ type LockInfo struct {
 	Waiters bool
 }
 
+// String describes the lock in a line, as shmctl shows it: "free", "held by
+// PID", "held by PID (cannot tell whether it lives)" or "holder PID dead",
+// followed by ", inconsistent" when a holder died holding it and nobody has
+// called MarkConsistent since.
 func (l LockInfo) String() string {
 	var s string
 	switch l.State {
@@ -150,15 +159,17 @@ type Info struct {
 	// HeaderSize is where the data starts in the object: the header and
 	// the table of users (0 for objects that are not regions).
 	HeaderSize int64
-	// Mode holds the permission bits; UID and GID the owner (-1 when
-	// unknown).
-	Mode     fs.FileMode
+	// Mode holds the permission bits.
+	Mode fs.FileMode
+	// UID and GID are the object's owner and group (-1 when unknown).
 	UID, GID int
 
 	// CreatorPID is the PID of the process that created the region, in
-	// the PID namespace it ran in; Creator tells whether it still runs.
+	// the PID namespace it ran in.
 	CreatorPID int
-	Creator    Liveness
+	// Creator tells whether the process that created the region still
+	// runs.
+	Creator Liveness
 	// Created is when the region was created.
 	Created time.Time
 	// Ready is set once the creator has initialised the region.
@@ -168,21 +179,23 @@ type Info struct {
 	// Users are the Regions that have used the lock and are still open, one
 	// per slot of its user table (a process that locked through two
 	// Regions appears twice; Regions that never locked have no slot; slots
-	// of processes known to be dead are left out), and
-	// MaxUsers is the size of that table (WithMaxUsers).
-	Users    []User
+	// of processes known to be dead are left out).
+	Users []User
+	// MaxUsers is the size of the user table (WithMaxUsers).
 	MaxUsers int
 
 	// Attached is how many processes map the region: the kernel's count
 	// for sysv, the processes of /proc/*/maps otherwise. It is -1 when the
-	// count is unknown. AttachedExact is false when some processes could
-	// not be inspected, so that Attached is only a lower bound.
-	Attached      int
+	// count is unknown.
+	Attached int
+	// AttachedExact is false when some processes could not be inspected,
+	// so that Attached is only a lower bound.
 	AttachedExact bool
 
 	// Stale is set when the region's creator is dead and no process uses
-	// it: it is safe to remove. Reason says why it is, or is not.
-	Stale  bool
+	// it: it is safe to remove.
+	Stale bool
+	// Reason says why the region is stale, or is not.
 	Reason string
 
 	// Foreign is set for objects that are not regions of this package

@@ -19,8 +19,10 @@ import (
 //
 // The pointer is valid until Close. Plain reads and writes through it are
 // not synchronised: guard them with the region's lock, or use atomics
-// (sync/atomic functions on its fields, or a Futex). The race detector does
-// not see accesses by other processes.
+// (sync/atomic functions on its fields, or a Futex). The race detector
+// checks no access through it (the memory is outside the Go heap) and
+// orders goroutines by the lock and Futex, not by sync/atomic functions on
+// the region's memory: see the package documentation.
 func View[T any](r *Region, offset int) (*T, error) {
 	var zero T
 	p, err := view(r, "view", offset, 1, reflect.TypeOf(&zero).Elem(), unsafe.Sizeof(zero), unsafe.Alignof(zero))
