@@ -12,8 +12,11 @@
 // creation, waiting for a missing or not-yet-ready region, sizes and
 // alignment, invalid keys and sizes, Unlink, use after Close, the lock
 // (goroutines and processes, TryLock, deadlines, a holder killed with
-// SIGKILL), foreign objects under a key, exact modes under a umask, a second
-// user, creation races, many regions without leaks, and a 256 MiB region.
+// SIGKILL), the condition and Futex across processes (Signal, Broadcast to
+// every waiter, waiters and notifiers killed, the OS threads of 64
+// waiters), read-only users, typed views, foreign objects under a key,
+// exact modes under a umask, a second user, creation races, many regions
+// without leaks, and a 256 MiB region.
 // go test -run selects some of its tests as usual
 // (-run 'TestConformance/Lock'); their names are not part of the API.
 //
@@ -219,11 +222,15 @@ func tests() []test {
 		{"FutexAcrossProcesses", testFutexAcrossProcesses},
 		{"CondAcrossProcesses", testCondAcrossProcesses},
 		{"CondWaiterKilled", testCondWaiterKilled},
+		{"BroadcastAcrossProcesses", testBroadcastAcrossProcesses},
+		{"CondHolderDied", testCondHolderDied},
+		{"NotifierDies", testNotifierDies},
 		{"ReadOnly", testReadOnly},
 		{"ViewChecks", testViewChecks},
 		{"Squatter", testSquatter},
 		{"InitPanics", testInitPanics},
 		{"LockWaitersThreads", testLockWaitersThreads},
+		{"WaitersThreads", testWaitersThreads},
 		{"ForeignObject", testForeignObject},
 		{"Modes", testModes},
 		{"CreateRace", testCreateRace},

@@ -352,12 +352,20 @@ func threads() int {
 // Region.LockContext.
 const lockFrame = "github.com/shmgo/shm.(*Region).Lock"
 
-// lockWaiters looks at every goroutine of this process whose stack has a
-// frame whose name contains frame (the function that called Lock) and a
-// frame of Lock itself, and returns how many there are and the IDs of
-// those blocked there (their status is neither running nor runnable: asleep
-// in the waiting room, in a timer, or in a system call).
-func lockWaiters(frame string) (in int, blocked []string) {
+// Frames of the waits of package shm other than Lock's: every goroutine
+// inside Lock.Wait, or inside Futex.Wait, has one in its traceback.
+const (
+	condWaitFrame  = "github.com/shmgo/shm.Lock.Wait("
+	futexWaitFrame = "github.com/shmgo/shm.(*Futex).Wait("
+)
+
+// stackWaiters looks at every goroutine of this process whose stack has a
+// frame whose name contains frame (the function that called the wait) and
+// a frame whose name contains inner (the wait itself: lockFrame,
+// condWaitFrame, futexWaitFrame), and returns how many there are and the
+// IDs of those blocked there (their status is neither running nor
+// runnable: asleep in the waiting room, in a timer, or in a system call).
+func stackWaiters(frame, inner string) (in int, blocked []string) {
 	buf := make([]byte, 1<<20)
 	for {
 		n := runtime.Stack(buf, true)
@@ -368,7 +376,7 @@ func lockWaiters(frame string) (in int, blocked []string) {
 		buf = make([]byte, 2*len(buf))
 	}
 	for g := range bytes.SplitSeq(buf, []byte("\n\n")) {
-		if !bytes.Contains(g, []byte(frame)) || !bytes.Contains(g, []byte(lockFrame)) {
+		if !bytes.Contains(g, []byte(frame)) || !bytes.Contains(g, []byte(inner)) {
 			continue
 		}
 		in++
@@ -385,16 +393,22 @@ func lockWaiters(frame string) (in int, blocked []string) {
 }
 
 // awaitLockWaiters waits until each of the n goroutines called from frame
-// (see lockWaiters) has been seen blocked inside Lock, for at most timeout.
+// (see stackWaiters) has been seen blocked inside Lock, for at most timeout.
 // A fixed sleep would do on a quiet machine only: under load the goroutines
 // may not have got that far. (Each is seen blocked once: waiters that look
 // at the holder again every few milliseconds are rarely all asleep at
 // once.) The caller makes sure that none can leave Lock meanwhile.
 func awaitLockWaiters(frame string, n int, timeout time.Duration) error {
+	return awaitWaiters(frame, lockFrame, n, timeout)
+}
+
+// awaitWaiters is awaitLockWaiters for the wait whose frame is inner (see
+// stackWaiters).
+func awaitWaiters(frame, inner string, n int, timeout time.Duration) error {
 	deadline := time.Now().Add(timeout)
 	seen := map[string]bool{}
 	for {
-		in, blocked := lockWaiters(frame)
+		in, blocked := stackWaiters(frame, inner)
 		for _, id := range blocked {
 			seen[id] = true
 		}
@@ -402,7 +416,7 @@ func awaitLockWaiters(frame string, n int, timeout time.Duration) error {
 			return nil
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("after %v, %d goroutines from %s are in Lock, %d of them seen waiting; want %d", timeout, in, frame, len(seen), n)
+			return fmt.Errorf("after %v, %d goroutines from %s are in %s, %d of them seen waiting; want %d", timeout, in, frame, strings.TrimSuffix(inner, "("), len(seen), n)
 		}
 		time.Sleep(2 * time.Millisecond)
 	}

@@ -207,6 +207,9 @@ func roleReadOnly(c *childCtx) error {
 	if err := r.Signal(); !errors.Is(err, fs.ErrPermission) {
 		return errors.New("Signal: " + errString(err) + ", want fs.ErrPermission")
 	}
+	if err := r.Broadcast(); !errors.Is(err, fs.ErrPermission) {
+		return errors.New("Broadcast: " + errString(err) + ", want fs.ErrPermission")
+	}
 	c.say("waiting")
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
@@ -227,7 +230,8 @@ func errString(err error) string {
 }
 
 // testReadOnly: a user who may only read a 0644 region opens it
-// WithReadOnly, reads it, waits on a Futex in it, and may not lock. A
+// WithReadOnly, reads it, waits on a Futex in it, and may not lock, Signal
+// or Broadcast (fs.ErrPermission). A
 // backend without backend.ReadOnlyOpener refuses WithReadOnly with
 // ErrInvalidOption.
 func testReadOnly(h *harness) {
@@ -243,6 +247,8 @@ func testReadOnly(h *harness) {
 	h.ok(err, "Open WithReadOnly")
 	_, err = u.TryLock()
 	h.is(err, fs.ErrPermission)
+	h.is(u.Signal(), fs.ErrPermission)
+	h.is(u.Broadcast(), fs.ErrPermission)
 	h.ok(u.Close(), "Close of a read-only Region")
 	if os.Geteuid() != 0 {
 		h.t.Skip("skipped: the rest runs a child as another user, which needs root (CI runs as root)")
