@@ -161,7 +161,26 @@ func roleCondSleep(c *childCtx) error {
 			l.Wait(context.Background())
 		}
 	}()
-	time.Sleep(10 * time.Millisecond) // in Wait, the lock released
+	// Wait releases the lock after it counted itself: say "waiting" only
+	// once another Region of this process could take the lock, so that a
+	// kill cannot find the waiter between the two.
+	r2, err := shm.Open(c.key, 0, c.opt())
+	if err != nil {
+		return err
+	}
+	for wait := 100 * time.Microsecond; ; wait = min(2*wait, 10*time.Millisecond) {
+		l2, err := r2.TryLock()
+		if err == nil {
+			if err := l2.Unlock(); err != nil {
+				return err
+			}
+			break
+		}
+		if !errors.Is(err, shm.ErrLocked) {
+			return err
+		}
+		time.Sleep(wait)
+	}
 	c.say("waiting")
 	select {}
 }
