@@ -508,6 +508,15 @@ func TestForeignUnderKeyAgrees(t *testing.T) {
 			{"symlink", "symbolic link", func(p string) error { return os.Symlink("/etc/passwd", p) }},
 			{"fifo", "FIFO", func(p string) error { return syscall.Mkfifo(p, 0o600) }},
 			{"dir", "directory", func(p string) error { return os.Mkdir(p, 0o700) }},
+			{"empty", "", func(p string) error { return os.WriteFile(p, nil, 0o600) }}, // Open says "empty", Stat and Remove "blank header"
+			{"socket", "socket", func(p string) error {
+				fd, err := syscall.Socket(syscall.AF_UNIX, syscall.SOCK_STREAM, 0)
+				if err != nil {
+					return err
+				}
+				defer syscall.Close(fd)
+				return syscall.Bind(fd, &syscall.SockaddrUnix{Name: p})
+			}},
 			{"hardlink", "hard-linked", func(p string) error {
 				if err := os.WriteFile(p+".orig", make([]byte, 8192), 0o600); err != nil {
 					return err

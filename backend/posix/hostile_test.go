@@ -428,6 +428,15 @@ func TestOpenSizedHuge(t *testing.T) {
 		t.Fatalf("OpenSized maps %q", s.Bytes()[hdrSize:hdrSize+4])
 	}
 	s.Close()
+	// And so does package shm's Open, which a user calls.
+	u, err := shm.Open(key, 0, shm.WithBackend(be))
+	if err != nil {
+		t.Fatalf("shm.Open of a region whose file was grown to 1 PiB: %v", err)
+	}
+	if u.Size() != 4096 || string(u.Bytes()[:4]) != "data" {
+		t.Fatalf("shm.Open of the grown region: size %d, data %q", u.Size(), u.Bytes()[:4])
+	}
+	u.Close()
 
 	// Shorter than the header says: the whole object, so that the caller
 	// sees it was cut short.

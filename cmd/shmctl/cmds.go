@@ -315,7 +315,7 @@ func (c *cli) lsOnce(o lsOpts) int {
 		if unreadable == 1 {
 			what = "object"
 		}
-		fmt.Fprintf(c.stderr, "shmctl ls: %d %s could not be read (permission denied, or being removed); they may be regions of other users: run as root or as their owner to see them\n", unreadable, what)
+		fmt.Fprintf(c.stderr, "shmctl ls: %d %s could not be read (permission denied, an owner that did not answer, or being removed); they may be regions of other users: run as root or as their owner to see them\n", unreadable, what)
 	}
 	if lerr != nil {
 		return c.fail("ls", lerr)
