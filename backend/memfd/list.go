@@ -41,7 +41,9 @@ func (b *Backend) List() ([]backend.Info, error) {
 // ListContext is List that ends when ctx is done, and reports the sockets
 // that did not answer.
 //
-// It reads /proc/net/unix for the listening sockets of this backend and
+// It reads /proc/net/unix for the listening sockets of this backend (a
+// snapshot that may miss a socket of another process while others come and
+// go; this process's own keys are always there) and
 // asks each owner for its region's size, mode, owner and group, as the
 // owner reports them (any local user may answer for a key it serves):
 // the owners of this process at once, the others in parallel, each within
@@ -70,6 +72,10 @@ func (b *Backend) list(ctx context.Context) (infos []backend.Info, unanswered, e
 	if err != nil {
 		return nil, nil, err
 	}
+	// The kernel prints the table in pieces, and a socket made or closed
+	// meanwhile by anyone can make a read skip other lines: this process's
+	// own keys are added from its registry, so that they are always there.
+	addrs = withServed(addrs)
 	type result struct {
 		in    backend.Info
 		err   error
@@ -157,6 +163,23 @@ func (b *Backend) list(ctx context.Context) (infos []backend.Info, unanswered, e
 			msg: strconv.Itoa(notAsked) + " of " + strconv.Itoa(len(addrs)) + " sockets not asked before the context ended"}})
 	}
 	return out, errors.Join(errs...), nil
+}
+
+// withServed returns addrs and the addresses this process serves that
+// addrs lacks.
+func withServed(addrs []string) []string {
+	have := make(map[string]bool, len(addrs))
+	for _, a := range addrs {
+		have[a] = true
+	}
+	regMu.Lock()
+	defer regMu.Unlock()
+	for a := range registry {
+		if !have[a] {
+			addrs = append(addrs, a)
+		}
+	}
+	return addrs
 }
 
 // listening returns the listening SOCK_SEQPACKET abstract sockets named

@@ -7,6 +7,8 @@ import (
 	"io/fs"
 	"os"
 	"sync"
+	"sync/atomic"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -110,7 +112,22 @@ func (w *dirWatch) done(name string, ch chan struct{}) {
 func (w *dirWatch) retire() {
 	if watches[w.path] == w {
 		delete(watches, w.path)
-		go w.f.Close() // ends read too
+		closing.Add(1)
+		go func() {
+			defer closing.Add(-1)
+			w.f.Close() // ends read too
+		}()
+	}
+}
+
+// closing counts the instances being closed in the background.
+var closing atomic.Int64
+
+// WaitClosed returns once the inotify instances of waits that have ended
+// are closed (or after 5 s): tests that count descriptors call it first.
+func WaitClosed() {
+	for wait, end := 100*time.Microsecond, time.Now().Add(5*time.Second); closing.Load() != 0 && time.Now().Before(end); wait = min(2*wait, 10*time.Millisecond) {
+		time.Sleep(wait)
 	}
 }
 

@@ -10,12 +10,16 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/shmgo/shm/internal/dirobj"
 )
 
 // Count returns how many descriptors this process has open, leaving out the
-// one it reads /proc/self/fd with. It fails tb when it cannot read them.
+// one it reads /proc/self/fd with, once the library's inotify instances of
+// ended waits are closed (they close in the background). It fails tb when it cannot read them.
 func Count(tb testing.TB) int {
 	tb.Helper()
+	dirobj.WaitClosed()
 	names, err := list()
 	if err != nil {
 		tb.Fatalf("counting descriptors: %v", err)
@@ -27,6 +31,7 @@ func Count(tb testing.TB) int {
 // target of its link in /proc/self/fd), leaving out the one it reads the
 // directory with and those closed meanwhile.
 func Targets() (map[int]string, error) {
+	dirobj.WaitClosed()
 	names, err := list()
 	if err != nil {
 		return nil, err
