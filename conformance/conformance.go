@@ -215,6 +215,7 @@ func tests() []test {
 		{"TryLockDeadHolder", testTryLockDeadHolder},
 		{"LockLoad", testLockLoad},
 		{"LockLoadKilled", testLockLoadKilled},
+		{"LockStarvation", testLockStarvation},
 		{"CloseWhileLocking", testCloseWhileLocking},
 		{"FutexAcrossProcesses", testFutexAcrossProcesses},
 		{"CondAcrossProcesses", testCondAcrossProcesses},
