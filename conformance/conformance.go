@@ -218,6 +218,7 @@ func tests() []test {
 		{"TryLockDeadHolder", testTryLockDeadHolder},
 		{"LockLoad", testLockLoad},
 		{"LockLoadKilled", testLockLoadKilled},
+		{"LockStarvation", testLockStarvation},
 		{"CloseWhileLocking", testCloseWhileLocking},
 		{"FutexAcrossProcesses", testFutexAcrossProcesses},
 		{"CondAcrossProcesses", testCondAcrossProcesses},
