@@ -12,7 +12,7 @@
 // creation, waiting for a missing or not-yet-ready region, sizes and
 // alignment, invalid keys and sizes, Unlink, use after Close, the lock
 // (goroutines and processes, TryLock, deadlines, a holder killed with
-// SIGKILL), the condition and Futex across processes (Signal, Broadcast to
+// SIGKILL, a waiter not starved by a process that relocks at once), the condition and Futex across processes (Signal, Broadcast to
 // every waiter, waiters and notifiers killed, the OS threads of 64
 // waiters), read-only users, typed views, foreign objects under a key,
 // exact modes under a umask, a second user, creation races, many regions
