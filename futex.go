@@ -67,11 +67,12 @@ func (f *Futex) CompareAndSwap(old, new uint32) bool {
 	return ok
 }
 
-// Wait sleeps while the word holds old: it returns nil once the word holds
-// something else or a Wake woke it (spurious wake-ups are possible, so
-// check the word again), or ctx's error (matching ErrTimeout when its
-// deadline passed) when ctx ends first. It returns at once when the word
-// does not hold old.
+// Wait sleeps while the word holds old: it returns nil once a Wake woke it
+// or it finds the word holding something else (spurious wake-ups are
+// possible, so check the word again), or ctx's error (matching ErrTimeout
+// when its deadline passed) when ctx ends first. It returns at once when
+// the word does not hold old. As with futex(2), a change of the word
+// reaches a sleeping Wait through Wake: store, then Wake.
 func (f *Futex) Wait(ctx context.Context, old uint32) error {
 	if atomic.LoadUint32(&f.v) != old {
 		raceAcquire(unsafe.Pointer(&raceFutex))
@@ -128,10 +129,6 @@ var groups struct {
 	mu sync.Mutex
 	m  map[*uint32]*group
 }
-
-// watchTimeout bounds a leader's sleep, so that it looks at the word again
-// now and then even if a wake-up went to another process.
-const watchTimeout = time.Second
 
 // waitWord waits until *addr does not hold old, a FUTEX_WAKE woke the
 // group's leader, or ctx ends.
@@ -260,7 +257,10 @@ func (wt *waiter) lead(ctx context.Context) error {
 			return ctxError(ctx)
 		}
 		groups.mu.Unlock()
-		err := sys.FutexWait(g.addr, cur, watchTimeout)
+		// No timeout: an hrtimer per sleep costs about 0.5 us a round
+		// trip; a change of the word comes with a Wake (see Wait), and
+		// ctx and Close wake the sleeper themselves.
+		err := sys.FutexWait(g.addr, cur, 0)
 		if err == nil {
 			// Woken, by a Wake that need not have changed the word (or by
 			// our context's end): every waiter wakes and checks its own
