@@ -103,20 +103,23 @@ var raceFutex byte
 // Waiting for a word of shared memory to change. The goroutines of one
 // process that wait on one word form a group; one of them, the leader,
 // sleeps in FUTEX_WAIT (one OS thread for the group) and, when it wakes,
-// wakes the others through channels; when it leaves (its context ended),
-// it hands the lead to another. Close cancels the groups of its mapping
-// before the memory goes.
+// wakes the others (its followers) through channels; when it leaves (its
+// context ended), it hands the lead to a follower. Close cancels the groups
+// of its mapping before the memory goes.
+//
+// A lone waiter, the common case, leads at once: it allocates its group
+// (without a map) and takes its waiter, channel included, from a pool.
 
 type group struct {
 	addr      *uint32
-	waiters   map[*waiter]struct{} // the leader too
+	followers map[*waiter]struct{} // not the leader; nil until one follows
 	leader    *waiter              // asleep in the kernel, or about to be
 	cancelled error                // set by Close: ErrClosed
 }
 
 type waiter struct {
 	old uint32
-	ch  chan waitMsg // buffered
+	ch  chan waitMsg // buffered: at most one message is ever pending
 	g   *group       // nil when satisfied at once
 }
 
@@ -130,6 +133,9 @@ var groups struct {
 	m  map[*uint32]*group
 }
 
+// waiters holds waiters that are in no group and have no message pending.
+var waiters = sync.Pool{New: func() any { return &waiter{ch: make(chan waitMsg, 1)} }}
+
 // waitWord waits until *addr does not hold old, a FUTEX_WAKE woke the
 // group's leader, or ctx ends.
 func waitWord(ctx context.Context, addr *uint32, old uint32) error {
@@ -137,14 +143,14 @@ func waitWord(ctx context.Context, addr *uint32, old uint32) error {
 }
 
 // watch registers a wait for *addr to change from old (satisfied at once
-// when *addr does not hold old); wait blocks for it. In between, a change
-// or a wake-up is not lost.
+// when *addr does not hold old); wait blocks for it, or abandon drops it.
+// In between, a change or a wake-up is not lost.
 func watch(addr *uint32, old uint32) *waiter {
-	wt := &waiter{old: old, ch: make(chan waitMsg, 1)}
+	wt := waiters.Get().(*waiter)
+	wt.old = old
 	groups.mu.Lock()
 	defer groups.mu.Unlock()
 	if atomic.LoadUint32(addr) != old {
-		wt.ch <- waitMsg{}
 		return wt
 	}
 	if groups.m == nil {
@@ -152,40 +158,53 @@ func watch(addr *uint32, old uint32) *waiter {
 	}
 	g := groups.m[addr]
 	if g == nil {
-		g = &group{addr: addr, waiters: map[*waiter]struct{}{}}
+		g = &group{addr: addr}
 		groups.m[addr] = g
 	}
 	wt.g = g
-	g.waiters[wt] = struct{}{}
+	if g.leader == nil {
+		g.leader = wt // no follower either (see handOff)
+	} else {
+		if g.followers == nil {
+			g.followers = map[*waiter]struct{}{}
+		}
+		g.followers[wt] = struct{}{}
+	}
 	return wt
 }
 
+// release puts wt, in no group and with no message pending, back in the
+// pool.
+func (wt *waiter) release() {
+	wt.g = nil
+	waiters.Put(wt)
+}
+
 // wait blocks until the waiter is woken or ctx ends. The caller does not
-// hold groups.mu.
+// hold groups.mu, and does not use wt after.
 func (wt *waiter) wait(ctx context.Context) error {
-	g := wt.g
-	if g == nil {
-		return (<-wt.ch).err
+	if wt.g == nil {
+		wt.release()
+		return nil
 	}
+	err := wt.waitGroup(ctx)
+	wt.release()
+	return err
+}
+
+func (wt *waiter) waitGroup(ctx context.Context) error {
+	g := wt.g
 	for {
 		groups.mu.Lock()
-		select {
-		case m := <-wt.ch:
-			groups.mu.Unlock()
-			if !m.lead {
-				return m.err
+		if g.leader == wt {
+			select {
+			case <-wt.ch: // handOff's message
+			default:
 			}
-			groups.mu.Lock() // take the lead
-		default:
-		}
-		if g.cancelled == nil && g.leader == nil {
-			g.leader = wt
-		}
-		lead := g.leader == wt
-		groups.mu.Unlock()
-		if lead {
+			groups.mu.Unlock()
 			return wt.lead(ctx)
 		}
+		groups.mu.Unlock()
 		select {
 		case m := <-wt.ch:
 			if !m.lead {
@@ -194,7 +213,6 @@ func (wt *waiter) wait(ctx context.Context) error {
 			// The lead came to us: loop to take it.
 		case <-ctx.Done():
 			groups.mu.Lock()
-			delete(g.waiters, wt)
 			var m waitMsg
 			got := false
 			select {
@@ -202,13 +220,15 @@ func (wt *waiter) wait(ctx context.Context) error {
 				got = true
 			default:
 			}
-			if got && m.lead {
+			delete(g.followers, wt)
+			if g.leader == wt { // handed to us meanwhile
+				got = false
 				g.leader = nil
 				g.handOff()
 			}
 			g.drop()
 			groups.mu.Unlock()
-			if got && !m.lead {
+			if got {
 				return m.err // woken meanwhile: that counts
 			}
 			return ctxError(ctx)
@@ -216,8 +236,29 @@ func (wt *waiter) wait(ctx context.Context) error {
 	}
 }
 
+// abandon drops a wait that watch registered and that wait will not block
+// for.
+func (wt *waiter) abandon() {
+	if g := wt.g; g != nil {
+		groups.mu.Lock()
+		select {
+		case <-wt.ch:
+		default:
+		}
+		delete(g.followers, wt)
+		if g.leader == wt {
+			g.leader = nil
+			g.handOff()
+		}
+		g.drop()
+		groups.mu.Unlock()
+	}
+	wt.release()
+}
+
 // lead sleeps in the kernel for the group, wakes the others when it wakes,
-// and returns for itself.
+// and returns for itself. The word is not touched once the leader has left
+// (then Close may unmap it).
 func (wt *waiter) lead(ctx context.Context) error {
 	g := wt.g
 	if ctx.Done() != nil {
@@ -231,7 +272,6 @@ func (wt *waiter) lead(ctx context.Context) error {
 		if g.cancelled != nil {
 			err := g.cancelled
 			g.leader = nil
-			delete(g.waiters, wt)
 			g.drop()
 			groups.mu.Unlock()
 			return err
@@ -242,15 +282,14 @@ func (wt *waiter) lead(ctx context.Context) error {
 			groups.mu.Unlock()
 			return nil
 		}
-		for w := range g.waiters {
+		for w := range g.followers {
 			if w.old != cur {
-				delete(g.waiters, w)
+				delete(g.followers, w)
 				w.ch <- waitMsg{}
 			}
 		}
 		if ctx.Err() != nil {
 			g.leader = nil
-			delete(g.waiters, wt)
 			g.handOff()
 			g.drop()
 			groups.mu.Unlock()
@@ -267,9 +306,10 @@ func (wt *waiter) lead(ctx context.Context) error {
 			// condition.
 			groups.mu.Lock()
 			if g.cancelled == nil {
+				same := atomic.LoadUint32(g.addr) == wt.old
 				g.wakeAll(nil)
 				groups.mu.Unlock()
-				if ctx.Err() != nil && atomic.LoadUint32(g.addr) == wt.old {
+				if same && ctx.Err() != nil {
 					return ctxError(ctx)
 				}
 				return nil
@@ -286,20 +326,20 @@ func (wt *waiter) lead(ctx context.Context) error {
 // wakeAll ends every wait of the group (the leader's too) with err. The
 // caller holds groups.mu.
 func (g *group) wakeAll(err error) {
-	for w := range g.waiters {
-		delete(g.waiters, w)
-		if w != g.leader {
-			w.ch <- waitMsg{err: err}
-		}
+	for w := range g.followers {
+		delete(g.followers, w)
+		w.ch <- waitMsg{err: err}
 	}
 	g.leader = nil
 	g.drop()
 }
 
-// handOff gives the lead to a waiter, if any is left. The caller holds
-// groups.mu and has cleared g.leader.
+// handOff gives the lead to a follower, if any is left. The caller holds
+// groups.mu and has cleared g.leader. So a group without a leader has no
+// follower either.
 func (g *group) handOff() {
-	for w := range g.waiters {
+	for w := range g.followers {
+		delete(g.followers, w)
 		g.leader = w
 		w.ch <- waitMsg{lead: true}
 		return
@@ -308,7 +348,7 @@ func (g *group) handOff() {
 
 // drop forgets an empty group. The caller holds groups.mu.
 func (g *group) drop() {
-	if len(g.waiters) == 0 && g.leader == nil && groups.m[g.addr] == g {
+	if len(g.followers) == 0 && g.leader == nil && groups.m[g.addr] == g {
 		delete(groups.m, g.addr)
 	}
 }
@@ -317,11 +357,9 @@ func (g *group) drop() {
 // the leader leave when it wakes. The caller holds groups.mu.
 func (g *group) cancel(err error) {
 	g.cancelled = err
-	for w := range g.waiters {
-		if w != g.leader {
-			delete(g.waiters, w)
-			w.ch <- waitMsg{err: err}
-		}
+	for w := range g.followers {
+		delete(g.followers, w)
+		w.ch <- waitMsg{err: err}
 	}
 	if groups.m[g.addr] == g {
 		delete(groups.m, g.addr) // later waits start a new group
