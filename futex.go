@@ -3,6 +3,7 @@ package shm
 import (
 	"context"
 	"errors"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -114,6 +115,7 @@ type group struct {
 	addr      *uint32
 	followers map[*waiter]struct{} // not the leader; nil until one follows
 	leader    *waiter              // asleep in the kernel, or about to be
+	leadDone  <-chan struct{}      // the leader's ctx.Done()
 	cancelled error                // set by Close: ErrClosed
 }
 
@@ -261,24 +263,32 @@ func (wt *waiter) abandon() {
 // (then Close may unmap it).
 func (wt *waiter) lead(ctx context.Context) error {
 	g := wt.g
-	if ctx.Done() != nil {
-		// Cancellation wakes the sleeper (and, spuriously, other
-		// processes' sleepers on the word, which look again).
-		stop := context.AfterFunc(ctx, func() { sys.FutexWake(g.addr, 1<<30) })
-		defer stop()
+	done := ctx.Done()
+	var cw *ctxWatch
+	leave := func() { // with groups.mu held
+		if cw != nil {
+			cw.users--
+		}
 	}
 	for {
 		groups.mu.Lock()
+		if done != nil && cw == nil {
+			cw = watchCtx(ctx, done)
+			cw.users++
+		}
+		g.leadDone = done
 		if g.cancelled != nil {
 			err := g.cancelled
 			g.leader = nil
 			g.drop()
+			leave()
 			groups.mu.Unlock()
 			return err
 		}
 		cur := atomic.LoadUint32(g.addr) // mapped: Close cancels us first
 		if wt.old != cur {
 			g.wakeAll(nil)
+			leave()
 			groups.mu.Unlock()
 			return nil
 		}
@@ -292,6 +302,7 @@ func (wt *waiter) lead(ctx context.Context) error {
 			g.leader = nil
 			g.handOff()
 			g.drop()
+			leave()
 			groups.mu.Unlock()
 			return ctxError(ctx)
 		}
@@ -308,6 +319,7 @@ func (wt *waiter) lead(ctx context.Context) error {
 			if g.cancelled == nil {
 				same := atomic.LoadUint32(g.addr) == wt.old
 				g.wakeAll(nil)
+				leave()
 				groups.mu.Unlock()
 				if same && ctx.Err() != nil {
 					return ctxError(ctx)
@@ -363,6 +375,77 @@ func (g *group) cancel(err error) {
 	}
 	if groups.m[g.addr] == g {
 		delete(groups.m, g.addr) // later waits start a new group
+	}
+}
+
+// The end of a leader's context wakes it: context.AfterFunc calls wakeLeaders
+// for the context. A registration stays for the next waits with the same
+// context (a loop of waits usually has one), up to ctxWatchMax contexts:
+// registering costs more than a round trip's sleep and wake-up. Those kept
+// are held until they end or newer ones push them out; one that a leader
+// uses stays.
+
+const ctxWatchMax = 4
+
+type ctxWatch struct {
+	done  <-chan struct{}
+	stop  func() bool
+	users int // leaders that rely on it
+}
+
+// ctxWatches, newest first, under groups.mu.
+var ctxWatches []*ctxWatch
+
+// watchCtx makes sure that the end of ctx, whose Done channel is done, wakes
+// the leaders that wait with it (those that count themselves in its users).
+// The caller holds groups.mu.
+func watchCtx(ctx context.Context, done <-chan struct{}) *ctxWatch {
+	for i, w := range ctxWatches {
+		if w.done == done {
+			if i > 0 {
+				copy(ctxWatches[1:i+1], ctxWatches[:i])
+				ctxWatches[0] = w
+			}
+			return w
+		}
+	}
+	w := &ctxWatch{done: done}
+	w.stop = context.AfterFunc(ctx, func() { wakeLeaders(w) })
+	if len(ctxWatches) >= ctxWatchMax {
+		for i := len(ctxWatches) - 1; i >= 0; i-- {
+			if ctxWatches[i].users == 0 {
+				ctxWatches[i].stop()
+				ctxWatches = slices.Delete(ctxWatches, i, i+1)
+				break
+			}
+		}
+	}
+	ctxWatches = slices.Insert(ctxWatches, 0, w)
+	return w
+}
+
+// wakeLeaders wakes the leaders whose context w watched, which has ended
+// (and, spuriously, other processes' sleepers on their words, which look
+// again), until none is left: a leader that was about to sleep when the
+// first wake-up came sleeps through it.
+func wakeLeaders(w *ctxWatch) {
+	for wait := 20 * time.Microsecond; ; wait = min(2*wait, time.Millisecond) {
+		groups.mu.Lock()
+		if i := slices.Index(ctxWatches, w); i >= 0 {
+			ctxWatches = slices.Delete(ctxWatches, i, i+1)
+		}
+		left := false
+		for _, g := range groups.m {
+			if g.leader != nil && g.leadDone == w.done {
+				sys.FutexWake(g.addr, 1<<30) // mapped while in groups.m
+				left = true
+			}
+		}
+		groups.mu.Unlock()
+		if !left {
+			return
+		}
+		time.Sleep(wait)
 	}
 }
 

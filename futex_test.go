@@ -143,3 +143,49 @@ func TestWatchAbandon(t *testing.T) {
 		t.Fatal("a group outlived its waiters")
 	}
 }
+
+// The end of a leader's context ends its wait promptly, even when it comes
+// just as the leader goes to sleep, and with more contexts in use at once
+// than the registrations kept (ctxWatchMax): each leader on its own word.
+func TestFutexWaitCtxPrompt(t *testing.T) {
+	r, _ := lockRegion(t, "futexctx")
+	words, err := Slice[Futex](r, 0, 2*ctxWatchMax)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for round := range 200 {
+		n := 1
+		if round%10 == 0 {
+			n = len(words) // more contexts than the registrations kept
+		}
+		ends := make(chan error, n)
+		cancels := make([]context.CancelFunc, n)
+		for i := range n {
+			ctx, cancel := context.WithCancel(context.Background())
+			cancels[i] = cancel
+			go func() { ends <- words[i].Wait(ctx, 0) }()
+		}
+		if n > 1 || round%2 == 0 {
+			time.Sleep(time.Duration(rand.N(300)) * time.Microsecond)
+		}
+		for _, cancel := range cancels {
+			cancel()
+		}
+		for range n {
+			select {
+			case err := <-ends:
+				if !errors.Is(err, context.Canceled) && err != nil {
+					t.Fatalf("Wait: %v", err)
+				}
+			case <-time.After(5 * time.Second):
+				t.Fatalf("round %d: a Wait outlived its context", round)
+			}
+		}
+	}
+	groups.mu.Lock()
+	kept := len(ctxWatches)
+	groups.mu.Unlock()
+	if kept > ctxWatchMax {
+		t.Fatalf("%d context registrations kept, at most %d", kept, ctxWatchMax)
+	}
+}
