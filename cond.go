@@ -64,6 +64,7 @@ func (l Lock) wait(ctx context.Context) error {
 	}
 	wt := watch(&c.Seq, atomic.LoadUint32(&c.Seq))
 	if err := (Lock{r: r, v: cur}).unlock(); err != nil {
+		wt.abandon()
 		done()
 		return err
 	}
