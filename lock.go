@@ -299,10 +299,13 @@ func (r *Region) waitLock(ctx context.Context, try bool, want uint32) (Lock, err
 		cur := atomic.LoadUint32(w)
 		owner := cur & lockOwner
 		switch {
-		case owner == 0 && (cur&lockHandoff == 0 || slept || starving):
-			// Free (or handed to waiters, and we are one). Take it with
-			// the waiters flag set if we slept: others may sleep too,
-			// and the wake-up that freed us cleared it.
+		case owner == 0 && (cur&lockHandoff == 0 || starving):
+			// Free, or handed to waiters that starve, and we are one (a
+			// waiter that has not waited starveAfter sleeps again: the
+			// hand-off is for the one that set it, which wakeNext woke
+			// too). Take it with the waiters flag set if we slept:
+			// others may sleep too, and the wake-up that freed us
+			// cleared it.
 			keep := cur & lockWaiters
 			if slept {
 				keep = lockWaiters
@@ -532,7 +535,14 @@ func (r *Region) wakeNext(cur uint32) {
 	if cur&lockWaiters == 0 {
 		return
 	}
-	if n, _ := sys.FutexWakeN(r.word, 1); n == 0 && cur&lockHandoff != 0 {
+	// A hand-off wakes every sleeper: the kernel would wake one, perhaps
+	// one that has not waited long enough to take it, while the waiter
+	// that starves sleeps on.
+	n := 1
+	if cur&lockHandoff != 0 {
+		n = 1 << 30
+	}
+	if n, _ := sys.FutexWakeN(r.word, n); n == 0 && cur&lockHandoff != 0 {
 		for {
 			c := atomic.LoadUint32(r.word)
 			if c&(lockOwner|lockHandoff) != lockHandoff || atomic.CompareAndSwapUint32(r.word, c, c&^lockHandoff) {

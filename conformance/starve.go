@@ -72,10 +72,14 @@ func roleHog(c *childCtx) error {
 
 // starveWaits is how many times the waiter of testLockStarvation takes the
 // lock, and starveBound how many of the hog's holdings one of its waits
-// may see, besides those that the waiter's own lack of a CPU explains.
+// may see, besides those that the waiter's own lack of a CPU explains: the
+// hand-off lets about ten through (1 ms of 100 us holdings); a machine
+// busy with other tests has let through up to 78; without the hand-off a
+// wait sees thousands. Waits that see more than starveNote are logged.
 const (
 	starveWaits = 50
-	starveBound = 64
+	starveBound = 200
+	starveNote  = 32
 )
 
 // runDelay is how long the calling OS thread has waited, runnable, for a
@@ -206,8 +210,8 @@ func testLockStarvation(h *harness) {
 			h.t.Fatalf("wait %d (%v) saw %d holdings of the hog, want at most %d (%d, and one for each %v of the %v the waiter waited for a CPU): the waiter starved",
 				i, wait, n, bound, starveBound, hogBusy, delay)
 		}
-		if n > starveBound {
-			h.t.Logf("wait %d (%v) saw %d holdings of the hog, more than %d: its thread waited %v for a CPU", i, wait, n, starveBound, delay)
+		if n > starveNote {
+			h.t.Logf("wait %d (%v) saw %d holdings of the hog, more than %d: its thread waited %v for a CPU", i, wait, n, starveNote, delay)
 		}
 		waits = append(waits, wait)
 		seen = append(seen, n)
