@@ -27,7 +27,8 @@ import (
 //   - lockWaiters: a waiter may sleep in FUTEX_WAIT; Unlock must wake one.
 //   - lockDied: a holder died holding the lock; set until MarkConsistent.
 //   - lockHandoff: a waiter has waited long enough (starveAfter); while it
-//     is set, a free lock goes to a waiter, never to a newcomer.
+//     is set, a free lock goes to a waiter that has waited that long,
+//     never to a newcomer, and a release wakes every sleeper.
 const (
 	lockOwnerBits = 13
 	lockOwner     = 1<<lockOwnerBits - 1 // the holder's slot+1
