@@ -9,6 +9,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -22,6 +23,9 @@ import (
 // process created, no abstract unix socket named with its keys, and no more
 // open descriptors than before. On a leak it says what leaked and fails.
 func TestMain(m *testing.M) {
+	// The suite's SysV segments live in an IPC namespace of its own (as
+	// root): a binary killed before its cleanups leaves none behind.
+	reexec.OwnNamespaces(syscall.CLONE_NEWIPC)
 	if reexec.IsChild() {
 		os.Exit(m.Run()) // a child plays its role and exits inside m.Run
 	}

@@ -44,6 +44,10 @@ func testName(t testing.TB, tag string) string {
 }
 
 func TestMain(m *testing.M) {
+	// In an IPC namespace of its own (as root), so that the segments of a
+	// test binary killed before its cleanups go with it: a blank segment,
+	// say, is foreign, and nothing would ever remove it.
+	reexec.OwnNamespaces(syscall.CLONE_NEWIPC)
 	// Children (internal/reexec) play their role and exit; their arguments
 	// are the key and, for some roles, one more.
 	for _, role := range []string{"flip", "foreign", "rmid", "denied", "create-readonly", "allowed"} {
