@@ -303,12 +303,18 @@ func TestNotifyNoWaitersAllocs(t *testing.T) {
 		name   string
 		notify func() error
 	}{{"Signal", r.Signal}, {"Broadcast", r.Broadcast}} {
+		// The sequence word moves just before the kernel is asked to
+		// wake: unmoved, no wake-up was asked for.
+		seq := atomic.LoadUint32(&r.hdr.Cond.Seq)
 		if n := testing.AllocsPerRun(100, func() {
 			if err := c.notify(); err != nil {
 				t.Fatal(err)
 			}
 		}); n != 0 {
 			t.Errorf("%s with nobody waiting: %v allocations, want 0", c.name, n)
+		}
+		if now := atomic.LoadUint32(&r.hdr.Cond.Seq); now != seq {
+			t.Errorf("%s with nobody waiting moved the sequence word from %d to %d (and so asked the kernel to wake)", c.name, seq, now)
 		}
 	}
 }
