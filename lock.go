@@ -155,8 +155,8 @@ func (r *Region) fastLock() (Lock, bool) {
 	if !r.closed.Load() {
 		w := r.word
 		cur := atomic.LoadUint32(w)
-		if cur&^lockGen == 0 && r.me.Load() != 0 {
-			v := nextGen(cur) | r.me.Load()
+		if me := r.me.Load(); cur&^lockGen == 0 && me != 0 {
+			v := nextGen(cur) | me
 			if atomic.CompareAndSwapUint32(w, cur, v) {
 				procUnpin()
 				return Lock{r: r, v: v}, true
