@@ -16,23 +16,8 @@ import (
 	"github.com/shmgo/shm"
 	"github.com/shmgo/shm/backend"
 	"github.com/shmgo/shm/backend/posix"
+	_ "github.com/shmgo/shm/internal/tposix" // a third-party backend, registered as "tposix"
 )
-
-// tposix is a third-party backend as a package outside the module would
-// write one: the POSIX backend under another name. It registers itself as
-// "tposix", taking a directory as posix does.
-type tposix struct{ *posix.Backend }
-
-func (tposix) Name() string { return "tposix" }
-
-func init() {
-	backend.Register("tposix", func(arg string) (backend.Backend, error) {
-		if arg == "" {
-			return tposix{posix.New()}, nil
-		}
-		return tposix{posix.NewDir(arg)}, nil
-	})
-}
 
 // regRun makes this run's keys its own (see the root package's chooseRun).
 var regRun = fmt.Sprintf("%d-%08x", os.Getpid(), rand.Uint32())

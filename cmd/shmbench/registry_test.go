@@ -5,25 +5,8 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/shmgo/shm/backend"
-	"github.com/shmgo/shm/backend/posix"
+	_ "github.com/shmgo/shm/internal/tposix" // a third-party backend, registered as "tposix"
 )
-
-// tposix is a third-party backend (the POSIX one under another name),
-// registered as a package outside the module would: -backend takes it, and
-// so do the worker processes (this test binary, re-executed).
-type tposix struct{ *posix.Backend }
-
-func (tposix) Name() string { return "tposix" }
-
-func init() {
-	backend.Register("tposix", func(arg string) (backend.Backend, error) {
-		if arg == "" {
-			return tposix{posix.New()}, nil
-		}
-		return tposix{posix.NewDir(arg)}, nil
-	})
-}
 
 func TestThirdPartyBackend(t *testing.T) {
 	if names := strings.Join(backendNames(), " "); names != "posix sysv file memfd tposix auto" {
