@@ -197,6 +197,7 @@ func tests() []test {
 		{"ShareAcrossProcesses", testShareAcrossProcesses},
 		{"CreateExisting", testCreateExisting},
 		{"OpenMissing", testOpenMissing},
+		{"OpenEndedContext", testOpenEndedContext},
 		{"OpenBeforeCreate", testOpenBeforeCreate},
 		{"OpenWaitsForReady", testOpenWaitsForReady},
 		{"SizeAndAlignment", testSizeAndAlignment},

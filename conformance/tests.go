@@ -138,6 +138,47 @@ func testOpenMissing(h *harness) {
 	h.is(err, shm.ErrNotExist, shm.ErrTimeout, context.DeadlineExceeded)
 }
 
+// testOpenEndedContext: OpenContext with a context that has already ended,
+// on a key that exists, looks once or not at all: it returns the region
+// (where a look needs no other process) or ctx's error (where attaching
+// needs the owner's answer), at once, and nothing else.
+func testOpenEndedContext(h *harness) {
+	key := h.Key("ended")
+	owner := h.create(key, 64)
+	copy(owner.Bytes(), "here")
+	cancelled, cancel := context.WithCancel(context.Background())
+	cancel()
+	expired, cancel2 := context.WithDeadline(context.Background(), time.Now().Add(-time.Second))
+	defer cancel2()
+	for _, c := range []struct {
+		name string
+		ctx  context.Context
+		want []error
+	}{
+		{"cancelled", cancelled, []error{context.Canceled}},
+		{"past its deadline", expired, []error{shm.ErrTimeout, context.DeadlineExceeded}},
+	} {
+		start := time.Now()
+		r, err := shm.OpenContext(c.ctx, key, h.Opt())
+		if took := time.Since(start); took > 10*time.Second {
+			h.t.Fatalf("OpenContext with a context %s took %v", c.name, took)
+		}
+		if err != nil {
+			for _, w := range c.want {
+				if !errors.Is(err, w) {
+					h.t.Fatalf("OpenContext of an existing key with a context %s: %v, want a region or an error matching %v", c.name, err, c.want)
+				}
+			}
+			h.t.Logf("OpenContext with a context %s: %v", c.name, err)
+			continue
+		}
+		if string(r.Bytes()[:4]) != "here" {
+			h.t.Fatalf("OpenContext with a context %s: data %q", c.name, r.Bytes()[:4])
+		}
+		h.ok(r.Close(), "Close")
+	}
+}
+
 func testOpenBeforeCreate(h *harness) {
 	key := h.Key("later")
 	type result struct {
